@@ -1,0 +1,64 @@
+"""Drafters, one module each, all behind the protocol in `base.py`; `make_drafter` builds one by name."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from transformers import PreTrainedModel
+
+from .autoregressive import Autoregressive
+from .base import DecodeState, Draft, Drafter, Reuse, VerifyResult
+from .draft_model import DraftModel
+from .early_exit import EarlyExit
+from .prompt_lookup import PromptLookup
+from .static_skip import StaticSkip
+
+Factory = Callable[..., Drafter]
+
+
+def _ar(target, **opts):
+    return Autoregressive(**opts)
+
+
+def _static(target, **opts):
+    return StaticSkip(target.config.num_hidden_layers, **opts)
+
+
+def _early(target, **opts):
+    return EarlyExit(target.config.num_hidden_layers, **opts)
+
+
+def _draft_model(target, draft_model: PreTrainedModel | None = None, **opts):
+    if draft_model is None:
+        raise ValueError("drafter 'draft-model' needs a draft model (--draft-model NAME)")
+    return DraftModel(draft_model, target.config.vocab_size, **opts)
+
+
+def _prompt_lookup(target, **opts):
+    return PromptLookup(**opts)
+
+
+DRAFTERS: dict[str, Factory] = {
+    "ar": _ar,
+    "static-skip": _static,
+    "early-exit": _early,
+    "draft-model": _draft_model,
+    "prompt-lookup": _prompt_lookup,
+}
+
+
+def register(name: str, factory: Factory) -> None:
+    DRAFTERS[name] = factory
+
+
+def make_drafter(name: str, target: PreTrainedModel, **options: Any) -> Drafter:
+    """Build drafter `name` for `target`. Unknown names and bad options raise ValueError."""
+    if name not in DRAFTERS:
+        raise ValueError(f"unknown drafter {name!r}: choose one of {', '.join(DRAFTERS)}")
+    try:
+        return DRAFTERS[name](target, **options)
+    except TypeError as err:  # an option this drafter does not take
+        raise ValueError(f"bad option for drafter {name!r}: {err}") from None
+
+
+__all__ = ["DRAFTERS", "DecodeState", "Draft", "Drafter", "Reuse", "VerifyResult", "make_drafter", "register"]

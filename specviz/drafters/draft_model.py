@@ -1,0 +1,64 @@
+"""A separate small draft model with the same tokenizer (Leviathan et al. 2023).
+
+The draft model keeps its own cache in step with the committed text: after each verification
+it is cropped to the longest prefix it computed that the target committed, and the next
+proposal first feeds whatever it has not seen (the target's own token, or a bonus token).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from ..layers import LayerRunner
+from .base import DecodeState, Draft, DraftBuilder, VerifyResult, check_draft_length, check_threshold, choose
+
+
+class DraftModel:
+    name = "draft-model"
+    wants_states = False
+
+    def __init__(self, draft_model: PreTrainedModel, target_vocab_size: int, k: int = 4, threshold: float = 0.0,
+                 model_name: str = ""):
+        if draft_model.config.vocab_size != target_vocab_size:
+            raise ValueError(
+                f"draft model vocab_size {draft_model.config.vocab_size} != target vocab_size "
+                f"{target_vocab_size}: the draft model must share the target's tokenizer"
+            )
+        self.runner = LayerRunner(draft_model.eval())
+        self.k = check_draft_length(k)
+        self.threshold = check_threshold(threshold)
+        self.model_name = model_name or getattr(draft_model.config, "_name_or_path", "")
+        self.cache = None
+        self.fed = 0  # tokens whose KV the draft cache holds (a prefix of the committed text)
+
+    def start(self, state: DecodeState, states) -> None:
+        self.cache = self.runner.new_cache()
+        self.fed = 0
+
+    def _feed(self, tokens: list[int]) -> torch.Tensor:
+        """Feed tokens[self.fed:] and return the logits of the last one."""
+        ids = torch.tensor([tokens[self.fed:]], device=self.runner.device)
+        out = self.runner.forward(self.runner.embed(ids), range(self.runner.num_layers), self.fed, self.cache)
+        self.fed = len(tokens)
+        return self.runner.head(out.hidden[0, -1]).to(torch.float32)
+
+    def propose(self, state: DecodeState) -> Draft:
+        builder = DraftBuilder(min(self.k, state.max_draft), self.threshold, state.eos_token_ids)
+        if builder.done:
+            return builder.build(state.sampling)
+        sequence = list(state.tokens)
+        while True:
+            logits = self._feed(sequence)
+            if not builder.offer(choose(logits, state.sampling, state.generator)):
+                break
+            sequence.append(builder.tokens[-1])
+        return builder.build(state.sampling, info={"draft_model": self.model_name} if state.record else None)
+
+    def observe(self, result: VerifyResult) -> None:
+        # Valid: what it fed that the target committed (all but the new pending token at most).
+        self.fed = min(self.fed, len(result.tokens) - 1)
+        self.runner.crop(self.cache, self.fed)
+
+    def settings(self) -> dict:
+        return {"draft_model": self.model_name, "k": self.k, "threshold": self.threshold}

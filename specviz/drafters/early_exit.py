@@ -1,0 +1,41 @@
+"""Early exit (LayerSkip-style self-speculation): draft with the first E layers + the shared
+final norm and LM head.
+
+Verification reuses the draft's work: layers below E already hold the drafted tokens' KV, and
+their layer-E states are exact, so the target runs only layers >= E on them (plus layers < E
+on the one token the draft never fed). Needs a model trained with an early-exit loss (the
+bundled one is) to accept anything.
+"""
+
+from __future__ import annotations
+
+from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+from .layer_skip import draft_with_skip
+
+
+class EarlyExit:
+    name = "early-exit"
+    wants_states = False
+
+    def __init__(self, num_layers: int, exit_layer: int | None = None, k: int = 6, threshold: float = 0.0):
+        if exit_layer is None:
+            exit_layer = max(1, num_layers // 4)
+        if not isinstance(exit_layer, int) or not 1 <= exit_layer <= num_layers - 1:
+            raise ValueError(f"exit_layer (E) must be an integer in [1, {num_layers - 1}], got {exit_layer!r}")
+        self.exit_layer = exit_layer
+        self.k = check_draft_length(k)
+        self.threshold = check_threshold(threshold)
+        self.skip = list(range(exit_layer, num_layers))
+
+    def start(self, state: DecodeState, states) -> None:
+        pass
+
+    def propose(self, state: DecodeState) -> Draft:
+        info = {"skipped_layers": self.skip, "exit_layer": self.exit_layer} if state.record else None
+        return draft_with_skip(state, self.skip, self.k, self.threshold, info=info)
+
+    def observe(self, result: VerifyResult) -> None:
+        pass
+
+    def settings(self) -> dict:
+        return {"exit_layer": self.exit_layer, "k": self.k, "threshold": self.threshold}

@@ -1,0 +1,60 @@
+"""Prompt lookup (Saxena 2023; transformers' `prompt_lookup_num_tokens`): find the most recent
+earlier occurrence of the context's last n tokens and propose the k tokens that followed it.
+
+Tries n = max_ngram down to min_ngram. The draft is deterministic (q is one-hot on each
+token), which rejection sampling handles exactly. It has no draft distribution, so the
+confidence threshold does not apply.
+"""
+
+from __future__ import annotations
+
+from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+
+
+def find_continuation(tokens: list[int], max_ngram: int, min_ngram: int, k: int) -> tuple[list[int], int, int]:
+    """Return (continuation, n, match start) of the latest earlier match of the longest suffix n-gram."""
+    size = len(tokens)
+    for n in range(min(max_ngram, size - 1), min_ngram - 1, -1):
+        suffix = tokens[size - n:]
+        # latest match first: recent text predicts the next tokens best
+        for start in range(size - n - 1, -1, -1):
+            if tokens[start:start + n] == suffix:
+                continuation = tokens[start + n:start + n + k]
+                if continuation:
+                    return continuation, n, start
+    return [], 0, -1
+
+
+class PromptLookup:
+    name = "prompt-lookup"
+    wants_states = False
+
+    def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1, threshold: float = 0.0):
+        self.k = check_draft_length(k)
+        if not isinstance(max_ngram, int) or not 1 <= max_ngram <= 16:
+            raise ValueError(f"max_ngram (n) must be an integer in [1, 16], got {max_ngram!r}")
+        if not isinstance(min_ngram, int) or not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"min_ngram must be an integer in [1, max_ngram={max_ngram}], got {min_ngram!r}")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.threshold = check_threshold(threshold)  # accepted for a uniform interface; unused
+
+    def start(self, state: DecodeState, states) -> None:
+        pass
+
+    def propose(self, state: DecodeState) -> Draft:
+        limit = min(self.k, state.max_draft)
+        if limit <= 0:
+            return Draft(tokens=[])
+        tokens, n, start = find_continuation(state.tokens, self.max_ngram, self.min_ngram, limit)
+        for i, tok in enumerate(tokens):  # nothing after an EOS can be committed
+            if tok in state.eos_token_ids:
+                tokens = tokens[: i + 1]
+                break
+        info = {"ngram": n, "match_start": start} if state.record else {}
+        return Draft(tokens=tokens, probs=None, token_probs=[1.0] * len(tokens), info=info)
+
+    def observe(self, result: VerifyResult) -> None:
+        pass
+
+    def settings(self) -> dict:
+        return {"k": self.k, "max_ngram": self.max_ngram, "min_ngram": self.min_ngram}

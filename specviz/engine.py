@@ -1,0 +1,266 @@
+"""The speculative decoding loop: draft, verify, accept, commit.
+
+    prefill the prompt -> first token (pending)
+    repeat until EOS or max_new_tokens:
+        draft    = drafter.propose(state)                 # up to k tokens
+        logits   = target([pending, *draft])              # one pass, reusing exact draft work
+        verdict  = accept(draft, p, q)                    # greedy prefix or rejection sampling
+        commit     accepted drafts + the target's own token; crop the cache to the commit
+        drafter.observe(result)                           # e.g. CLaSp's layer search
+
+Plain autoregressive decoding is the same loop with an empty draft. The cache holds every
+committed token except the pending one (the last), whose KV the next verification writes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
+from .layers import LayerRunner, PassOutput
+from .sampling import SamplingConfig, Verdict, accept_greedy, accept_rejection
+from .trace import StepEvent, Trace
+
+AcceptRule = Callable[[list[int], "torch.Tensor | None", torch.Tensor, torch.Generator], Verdict]
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def eos_ids(model: PreTrainedModel) -> frozenset[int]:
+    """The EOS ids `generate()` stops at (from the generation config, as generate does)."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    record: bool = True  # keep p/q per token and drafter info in the trace
+
+
+class Engine:
+    """One target model, any drafter."""
+
+    def __init__(self, model: PreTrainedModel, name: str = ""):
+        self.model = model.eval()
+        self.runner = LayerRunner(model)
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.eos_token_ids = eos_ids(model)
+        self.context_limit = getattr(model.config, "max_position_embeddings", None)
+
+    def start(
+        self,
+        prompt_ids: Sequence[int],
+        drafter: Drafter,
+        config: GenerationConfig,
+        stop: threading.Event | None = None,
+        accept_rule: AcceptRule | None = None,
+    ) -> "Generation":
+        return Generation(self, prompt_ids, drafter, config, stop, accept_rule)
+
+    def generate(self, prompt_ids: Sequence[int], drafter: Drafter, config: GenerationConfig, **kwargs) -> Trace:
+        generation = self.start(prompt_ids, drafter, config, **kwargs)
+        for _ in generation:
+            pass
+        return generation.trace
+
+
+class Generation:
+    """One generation, advanced one verification at a time (`step()`) or iterated."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_ids: Sequence[int],
+        drafter: Drafter,
+        config: GenerationConfig,
+        stop: threading.Event | None = None,
+        accept_rule: AcceptRule | None = None,
+    ):
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("prompt must not be empty (it needs at least one token)")
+        limit = engine.context_limit
+        max_new = config.max_new_tokens
+        if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new!r}")
+        if limit is not None and len(prompt) + max_new > limit:
+            raise ValueError(
+                f"max_new_tokens must be in [1, {limit - len(prompt)}] for this {len(prompt)}-token "
+                f"prompt (the model's context is {limit} tokens), got {max_new}"
+            )
+        self.engine, self.drafter, self.config = engine, drafter, config
+        self.runner = engine.runner
+        self.stop_event = stop
+        self.accept_rule = accept_rule
+        self.generator = torch.Generator().manual_seed(config.sampling.seed)
+        self.cache = self.runner.new_cache()
+        self.tokens = prompt
+        self.trace = Trace(
+            drafter=drafter.name, settings=dict(drafter.settings(), **self._sampling_settings()),
+            model=engine.name, num_layers=self.runner.num_layers, prompt_ids=list(prompt),
+        )
+        self.done = False
+        self._t0 = 0.0
+
+    def _sampling_settings(self) -> dict[str, Any]:
+        s = self.config.sampling
+        return {"max_new_tokens": self.config.max_new_tokens, "temperature": s.temperature,
+                "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed}
+
+    # -- public ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[StepEvent]:
+        while (event := self.step()) is not None:
+            yield event
+
+    @property
+    def generated(self) -> list[int]:
+        return self.trace.generated
+
+    @torch.inference_mode()
+    def step(self) -> StepEvent | None:
+        """Run one verification (the first call prefills) and return its event; None when done."""
+        if self.done:
+            return None
+        if self.stop_event is not None and self.stop_event.is_set():
+            self._finish("stopped")
+            return None
+        event = self._prefill() if not self.trace.steps else self._speculate()
+        self.trace.steps.append(event)
+        if not self.done and len(self.generated) >= self.config.max_new_tokens:
+            self._finish("length")
+        return event
+
+    # -- internals ---------------------------------------------------------------------------
+    def _state(self) -> DecodeState:
+        remaining = self.config.max_new_tokens - len(self.generated)
+        return DecodeState(
+            tokens=self.tokens, runner=self.runner, cache=self.cache,
+            max_draft=remaining - 1,  # the target always adds one token of its own
+            sampling=self.config.sampling, generator=self.generator,
+            eos_token_ids=self.engine.eos_token_ids, record=self.config.record,
+        )
+
+    def _finish(self, reason: str) -> None:
+        self.done = True
+        self.trace.finish_reason = reason
+
+    def _prefill(self) -> StepEvent:
+        runner = self.runner
+        self._t0 = _clock(runner.device)
+        ids = torch.tensor([self.tokens], device=runner.device)
+        wants = self.drafter.wants_states
+        out = runner.forward(runner.embed(ids), range(runner.num_layers), 0, self.cache, capture=wants)
+        verdict = self._accept([], None, runner.head(out.hidden[:, -1:])[0])
+        committed = self._commit([verdict.next_token])
+        states = [s[0, -1:] for s in out.states] if wants else None
+        self.drafter.start(self._state(), states)
+        now = _clock(runner.device)
+        self.trace.t_prefill = now - self._t0
+        return self._event([], verdict, committed, None, 0.0, 0.0, 0.0, now)
+
+    def _speculate(self) -> StepEvent:
+        runner = self.runner
+        t_start = _clock(runner.device)
+        draft = self.drafter.propose(self._state())
+        t_drafted = _clock(runner.device)
+        logits, states = self._verify(draft)
+        verdict = self._accept(draft.tokens, draft.probs, logits)
+        committed = self._commit(draft.tokens[: verdict.accepted] + [verdict.next_token])
+        t_verified = _clock(runner.device)
+        self.drafter.observe(VerifyResult(
+            draft=draft, accepted=verdict.accepted, target_token=verdict.next_token,
+            tokens=self.tokens, runner=runner, cache=self.cache, states=states,
+        ))
+        now = _clock(runner.device)
+        return self._event(draft.tokens, verdict, committed, (draft, logits),
+                           t_drafted - t_start, t_verified - t_drafted, now - t_verified, now)
+
+    def _verify(self, draft: Draft) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """One target pass over [pending, *draft] -> logits [k+1, V] (+ per-layer inputs)."""
+        runner, cache = self.runner, self.cache
+        start = len(self.tokens) - 1  # position of the pending token
+        inputs = torch.tensor([[self.tokens[-1], *draft.tokens]], device=runner.device)
+        wants = self.drafter.wants_states
+        reuse = draft.reuse
+        if reuse is None:
+            runner.crop(cache, start)
+            out = runner.forward(runner.embed(inputs), range(runner.num_layers), start, cache, capture=wants)
+            states = [s[0] for s in out.states] if wants else None
+            return runner.head(out.hidden)[0], states
+
+        # Layers below `reuse.layer` already hold the first j inputs' KV; run only the rest of
+        # the inputs through them, then every input through the layers above.
+        e, j = reuse.layer, reuse.hidden.shape[1]
+        runner.crop(cache, start + j, range(e))
+        runner.crop(cache, start, range(e, runner.num_layers))
+        lower = PassOutput(reuse.hidden[:, :0], None)
+        if j < inputs.shape[1]:
+            lower = runner.forward(runner.embed(inputs[:, j:]), range(e), start + j, cache, capture=wants)
+        hidden_e = torch.cat([reuse.hidden, lower.hidden], dim=1)
+        upper = runner.forward(hidden_e, range(e, runner.num_layers), start, cache, capture=wants)
+        states = None
+        if wants:
+            if reuse.states is None:
+                raise RuntimeError(f"drafter {self.drafter.name} wants states but reused work without them")
+            below = reuse.states if lower.states is None else [
+                torch.cat([r, n], dim=1) for r, n in zip(reuse.states, lower.states)]
+            states = [s[0] for s in below[:e] + upper.states]
+        return runner.head(upper.hidden)[0], states
+
+    def _accept(self, draft: list[int], draft_probs, logits: torch.Tensor) -> Verdict:
+        sampling = self.config.sampling
+        if sampling.greedy and self.accept_rule is None:
+            return accept_greedy(draft, logits)
+        rule = self.accept_rule or accept_rejection
+        return rule(draft, draft_probs, sampling.probs(logits), self.generator)
+
+    def _commit(self, new_tokens: list[int]) -> list[int]:
+        """Append tokens up to and including the first EOS; crop the cache to match."""
+        committed = []
+        for tok in new_tokens:
+            committed.append(tok)
+            if tok in self.engine.eos_token_ids:
+                self._finish("eos")
+                break
+        self.tokens = self.tokens + committed
+        self.runner.crop(self.cache, len(self.tokens) - 1)
+        return committed
+
+    def _event(self, draft_tokens, verdict, committed, scored, t_draft, t_verify, t_search, now) -> StepEvent:
+        event = StepEvent(
+            index=len(self.trace.steps), draft_tokens=list(draft_tokens), accepted=verdict.accepted,
+            target_token=verdict.next_token, committed=committed,
+            t_draft=t_draft, t_verify=t_verify, t_search=t_search, t_end=now - self._t0,
+        )
+        if self.config.record and scored is not None:
+            draft, logits = scored
+            event.draft_probs = list(draft.token_probs)
+            event.target_probs = self._target_probs(draft.tokens, logits)
+            event.info = draft.info
+        return event
+
+    def _target_probs(self, draft_tokens: list[int], logits: torch.Tensor) -> list[float]:
+        """p(x_i) of each draft token, for hover details (softmax at T=1 when greedy)."""
+        if not draft_tokens:
+            return []
+        sampling = self.config.sampling
+        rows = logits[: len(draft_tokens)].float()
+        probs = rows.softmax(-1) if sampling.greedy else sampling.probs(rows)
+        index = torch.tensor(draft_tokens, device=probs.device).unsqueeze(1)
+        return probs.gather(1, index).squeeze(1).tolist()

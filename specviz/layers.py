@@ -1,0 +1,196 @@
+"""The layer runner: embed -> any subset of decoder layers -> final norm -> LM head.
+
+Every drafter and the engine drive the model through this one class instead of `model()`,
+because speculative decoding needs what `model()` cannot do:
+
+* run any subset of decoder layers (layer skip, early exit) on one shared `DynamicCache`;
+* start from a hidden state that an earlier pass already computed at layer e, so verification
+  can reuse the exact work of an early-exit draft;
+* return the pre-norm residual-stream state after each layer (CLaSp's DP target);
+* crop every layer of the cache to an absolute length after a rejection.
+
+Positions are always explicit (absolute token positions), never inferred from the cache: after a
+layer-skip draft the per-layer cache lengths differ, and `model()` would take layer 0's length.
+The mask of a pass is built against a layer that actually runs (`layer_idx=`), as the
+transformers docstring asks for caches whose layers hold different lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+REQUIRED_PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
+
+
+class UnsupportedModelError(ValueError):
+    """The model does not expose what the layer runner needs."""
+
+
+def check_drivable(model: PreTrainedModel) -> None:
+    """Raise `UnsupportedModelError` naming what is missing for the layer runner."""
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(model, "lm_head"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no `.model` decoder and `.lm_head`; specviz drives "
+            "decoder-only causal LMs of the Llama, Qwen2 and Mistral families."
+        )
+    missing = [part for part in REQUIRED_PARTS if not hasattr(base, part)]
+    if missing:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} lacks {', '.join(missing)}; specviz drives decoder-only "
+            "causal LMs of the Llama, Qwen2 and Mistral families."
+        )
+
+
+@dataclass
+class PassOutput:
+    """What one pass of `LayerRunner.forward` returns."""
+
+    hidden: torch.Tensor  # [1, T, d] residual stream after the last layer run (pre final norm)
+    states: list[torch.Tensor] | None = None  # input, then output of each layer run ([1, T, d])
+
+
+class _PrefixOnlyCache:
+    """Quacks like a transformers cache for one layer: attends to a fixed prefix, stores nothing.
+
+    Used by CLaSp's batched DP, where candidate states must see the real prefix KV but never
+    write into it.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys, self.values = keys, values
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class LayerRunner:
+    """Drives the decoder layers of one causal LM by hand (batch size 1)."""
+
+    def __init__(self, model: PreTrainedModel):
+        check_drivable(model)
+        self.model = model
+        self.base = model.model
+        self.config = model.config
+        self.num_layers: int = len(self.base.layers)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._layer_types = self._resolve_layer_types()
+        self._sliding = any(t == "sliding_attention" for t in self._layer_types)
+
+    # -- setup ---------------------------------------------------------------------------
+    def _resolve_layer_types(self) -> list[str]:
+        types = getattr(self.config, "layer_types", None)
+        if types is not None:
+            return list(types)
+        sliding = getattr(self.config, "sliding_window", None)
+        return ["sliding_attention" if sliding else "full_attention"] * self.num_layers
+
+    def new_cache(self) -> DynamicCache:
+        cache = DynamicCache(config=self.config)
+        if self._sliding:
+            # Sliding layers refuse to crop past their window unless past states are recorded.
+            cache.activate_past_recording()
+        return cache
+
+    # -- the pieces of a forward pass ----------------------------------------------------
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.base.embed_tokens(input_ids)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Shared final norm + LM head (also used at early exits)."""
+        return self.model.lm_head(self.base.norm(hidden))
+
+    def positions(self, start: int, length: int) -> torch.Tensor:
+        return torch.arange(start, start + length, device=self.device).unsqueeze(0)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        layers: Sequence[int],
+        start: int,
+        cache: DynamicCache,
+        capture: bool = False,
+    ) -> PassOutput:
+        """Run `layers` (ascending) on `hidden` whose first token sits at absolute position `start`.
+
+        Every layer run must hold exactly `start` cached tokens; each appends its KV to its own
+        slot of `cache`. With `capture`, the input and each layer's output are kept.
+        """
+        states = [hidden] if capture else None
+        if not layers:
+            return PassOutput(hidden, states)
+        pos = self.positions(start, hidden.shape[1])
+        rope = self.base.rotary_emb(hidden, position_ids=pos)
+        masks: dict[str, torch.Tensor | None] = {}
+        for i in layers:
+            kind = self._layer_types[i]
+            if kind not in masks:
+                build = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+                masks[kind] = build(
+                    config=self.config, inputs_embeds=hidden, attention_mask=None,
+                    past_key_values=cache, position_ids=pos, layer_idx=i,
+                )
+            hidden = self.base.layers[i](
+                hidden, attention_mask=masks[kind], position_embeddings=rope,
+                position_ids=pos, past_key_values=cache, use_cache=True,
+            )
+            if capture:
+                states.append(hidden)
+        return PassOutput(hidden, states)
+
+    # -- CLaSp's DP: many candidates through one layer, no cache write ---------------------
+    def layer_on_candidates(
+        self, layer: int, candidates: torch.Tensor, position: int, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Run `candidates` ([1, C, d]) through one layer as C independent copies of the token at
+        `position`: each attends to the cached prefix [0, position) of that layer plus only
+        itself. The real cache is read, never written.
+        """
+        n_cand = candidates.shape[1]
+        slot = cache.layers[layer]
+        stored = slot.keys.shape[-2]
+        stored_from = slot.get_seq_length() - stored  # sliding layers may have dropped old states
+        prefix_len = position - stored_from
+        keys, values = slot.keys[:, :, :prefix_len], slot.values[:, :, :prefix_len]
+        visible = torch.ones(n_cand, prefix_len + n_cand, dtype=torch.bool, device=self.device)
+        visible[:, prefix_len:] = torch.eye(n_cand, dtype=torch.bool, device=self.device)
+        window = getattr(self.config, "sliding_window", None)
+        if self._layer_types[layer] == "sliding_attention" and window:
+            first_visible = max(0, position - window + 1)
+            visible[:, : max(0, first_visible - stored_from)] = False
+        mask = self._as_mask(visible)
+        pos = torch.full((1, n_cand), position, device=self.device)
+        rope = self.base.rotary_emb(candidates, position_ids=pos)
+        return self.base.layers[layer](
+            candidates, attention_mask=mask, position_embeddings=rope, position_ids=pos,
+            past_key_values=_PrefixOnlyCache(keys, values), use_cache=True,
+        )
+
+    def _as_mask(self, visible: torch.Tensor) -> torch.Tensor:
+        mask = visible[None, None]
+        if self.config._attn_implementation == "sdpa":
+            return mask
+        # eager and the other kernels add the mask to the scores
+        blocked = torch.finfo(self.dtype).min
+        return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(~mask, blocked)
+
+    # -- cache bookkeeping -----------------------------------------------------------------
+    @staticmethod
+    def crop(cache: DynamicCache, length: int, layers: Sequence[int] | None = None) -> None:
+        """Shorten the chosen layers (default all) to hold at most `length` tokens."""
+        chosen = range(len(cache.layers)) if layers is None else layers
+        for i in chosen:
+            slot = cache.layers[i]
+            extra = slot.get_seq_length() - length
+            if extra > 0:
+                slot.crop(-extra)
+
+    @staticmethod
+    def lengths(cache: DynamicCache) -> list[int]:
+        return [slot.get_seq_length() for slot in cache.layers]

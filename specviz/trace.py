@@ -1,0 +1,118 @@
+"""What a run leaves behind: one `StepEvent` per verification, a `Trace`, and metrics from it.
+
+The trace is plain data (ints, floats, strings, lists, dicts) so it round-trips through JSON and
+figures can be drawn from it without a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class StepEvent:
+    """One draft-verify-accept-commit cycle."""
+
+    index: int
+    draft_tokens: list[int]  # what the drafter proposed (empty for plain decoding)
+    accepted: int  # how many of them the target accepted (a prefix)
+    target_token: int  # the target's own token after the accepted prefix (correction or bonus)
+    committed: list[int]  # tokens added to the output this step (after EOS / length cut)
+    draft_probs: list[float] = field(default_factory=list)  # q(x_i) of each draft token
+    target_probs: list[float] = field(default_factory=list)  # p(x_i) of each draft token
+    t_draft: float = 0.0  # seconds spent proposing
+    t_verify: float = 0.0  # seconds in the target's verification pass and acceptance
+    t_search: float = 0.0  # seconds the drafter spent adapting after the step (CLaSp's DP)
+    t_end: float = 0.0  # seconds since generation started, at the end of this step
+    info: dict[str, Any] = field(default_factory=dict)  # drafter-specific, shown by the UI
+
+    @property
+    def rejected(self) -> list[int]:
+        return self.draft_tokens[self.accepted:]
+
+
+@dataclass
+class Trace:
+    drafter: str
+    settings: dict[str, Any]
+    model: str
+    num_layers: int
+    prompt_ids: list[int]
+    t_prefill: float = 0.0
+    steps: list[StepEvent] = field(default_factory=list)
+    finish_reason: str = ""  # "eos", "length" or "stopped"
+
+    @property
+    def generated(self) -> list[int]:
+        return [tok for step in self.steps for tok in step.committed]
+
+    @property
+    def wall_time(self) -> float:
+        return self.steps[-1].t_end if self.steps else self.t_prefill
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Trace":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known and k != "steps"}
+        step_fields = {f.name for f in fields(StepEvent)}
+        steps = [StepEvent(**{k: v for k, v in s.items() if k in step_fields}) for s in data.get("steps", [])]
+        return cls(steps=steps, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Trace":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class Metrics:
+    new_tokens: int
+    steps: int
+    wall_time: float
+    tokens_per_s: float
+    tau: float  # mean tokens committed per verification, the target's own token included
+    acceptance_rate: float | None  # accepted draft tokens / drafted tokens (None: nothing drafted)
+    acceptance_per_position: list[float]  # P(draft position i accepted | a draft reached i)
+    drafted_per_position: list[int]  # how many drafts reached position i (the sample size)
+    mean_draft_length: float
+    time_split: dict[str, float]  # seconds: prefill, draft, verify, search, other
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_metrics(trace: Trace) -> Metrics:
+    steps = trace.steps
+    new_tokens = sum(len(s.committed) for s in steps)
+    wall = trace.wall_time
+    drafted = sum(len(s.draft_tokens) for s in steps)
+    accepted = sum(s.accepted for s in steps)
+    longest = max((len(s.draft_tokens) for s in steps), default=0)
+    reached = [sum(1 for s in steps if len(s.draft_tokens) > i) for i in range(longest)]
+    hits = [sum(1 for s in steps if s.accepted > i) for i in range(longest)]
+    split = {
+        "prefill": trace.t_prefill,
+        "draft": sum(s.t_draft for s in steps),
+        "verify": sum(s.t_verify for s in steps),
+        "search": sum(s.t_search for s in steps),
+    }
+    split["other"] = max(0.0, wall - sum(split.values()))
+    return Metrics(
+        new_tokens=new_tokens,
+        steps=len(steps),
+        wall_time=wall,
+        tokens_per_s=new_tokens / wall if wall > 0 else 0.0,
+        tau=new_tokens / len(steps) if steps else 0.0,
+        acceptance_rate=accepted / drafted if drafted else None,
+        acceptance_per_position=[h / r for h, r in zip(hits, reached)],
+        drafted_per_position=reached,
+        mean_draft_length=drafted / len(steps) if steps else 0.0,
+        time_split=split,
+    )
