@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from transformers import PreTrainedModel
@@ -49,6 +50,17 @@ DRAFTERS: dict[str, Factory] = {
 
 def register(name: str, factory: Factory) -> None:
     DRAFTERS[name] = factory
+
+
+# Drafters that live in their own modules and export `NAME` and `build(target, **options)`.
+for _module in ("clasp", "hispec", "ctc"):
+    try:
+        _mod = importlib.import_module(f"{__name__}.{_module}")
+    except ModuleNotFoundError as _err:
+        if _err.name != f"{__name__}.{_module}":
+            raise
+        continue
+    register(_mod.NAME, _mod.build)
 
 
 def make_drafter(name: str, target: PreTrainedModel, **options: Any) -> Drafter:
