@@ -1,0 +1,225 @@
+"""`python -m specviz.bench_hispec`: HiSpec's levels against early-exit self-speculation and
+`model.generate()`, and a small sweep of d, v, n (and k) to choose the defaults.
+
+Greedy, batch size 1, CPU, `--max-new-tokens` (64) per prompt. Every method runs once per
+prompt per repeat, interleaved (the method order rotates from prompt to prompt) so machine drift
+hits all alike; one warm-up generation per method first. Reported per method:
+
+* speedup: mean over samples of tokens/s, divided by the same mean of `generate()`;
+* τ: tokens committed per full verification (the full model's own token included; prefill
+  excluded), the Spec-Bench τ;
+* τ_v (HiSpec): tentative tokens per intermediate check (accepted drafts + the exit-v token);
+* acc_v: share of exit-d drafts accepted at exit v; acc_L: share of tentative tokens accepted by
+  the full model (for early exit: share of drafts accepted);
+* time per level in ms per generated token: draft level (layers [0, d) + head), intermediate
+  (layers [d, v) + head, incl. the bonus token's layers [0, d)), full check (engine verify:
+  layers [v, L) on the tentative tokens + [0, v) on the last one, acceptance included);
+* matched: greedy outputs equal to generate()'s.
+
+Model: the bundled `specviz-tiny` when its weights exist, else a random 16-layer Llama whose
+layers >= 1 have their output projections scaled down (a weak stand-in for an early-exit-trained
+model: early exits agree with the full model only sometimes). Prompts: assets/prompts/
+examples.jsonl (needs the bundled tokenizer), else random token ids. Timing on a shared 2-core
+CPU is noisy: read ratios from one run, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .drafters import make_drafter
+from .drafters.hispec import default_levels
+from .engine import Engine, GenerationConfig
+from .models import ASSETS
+
+PROMPTS = ASSETS / "prompts" / "examples.jsonl"
+FALLBACK_CODE_PROMPTS = [
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "import os\n\ndef list_python_files(root):\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
+    "def is_prime(n):\n    if n < 2:\n        return False\n",
+]
+
+
+def load_setup(n_prompts: int, seed: int, name: str | None = None):
+    """(model, prompt id lists, description)."""
+    bundled = ASSETS / "models" / "specviz-tiny"
+    if name is None and list(bundled.glob("*.safetensors")):
+        name = "specviz-tiny"
+    if name is not None:
+        from .models import load_model
+
+        loaded = load_model(name, device="cpu")
+        texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()
+                 if line.strip()] if PROMPTS.exists() else []
+        texts = (texts or FALLBACK_CODE_PROMPTS)[:n_prompts]
+        ids = [list(loaded.tokenizer(t)["input_ids"]) for t in texts]
+        return loaded.model.eval(), ids, f"{name} ({loaded.model.config.num_hidden_layers} layers)"
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=16,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+        for i in range(1, 16):
+            scale = 0.35 / i  # later layers move the residual stream less: early exits mostly agree
+            model.model.layers[i].self_attn.o_proj.weight.mul_(scale)
+            model.model.layers[i].mlp.down_proj.weight.mul_(scale)
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(3, 2048, (24,), generator=g).tolist() for _ in range(n_prompts)]
+    return model.eval(), ids, "random 16-layer Llama (hidden 256, damped layers; specviz-tiny not found)"
+
+
+class Method:
+    def __init__(self, label: str, make=None, group: str = ""):
+        self.label, self.make, self.group = label, make, group  # make None: model.generate()
+        self.tps: list[float] = []
+        self.traces = []
+        self.matched = 0
+
+
+def _generate(model, ids, max_new):
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=model.generation_config.eos_token_id,
+                             pad_token_id=model.generation_config.pad_token_id or 0)
+    return out[0, len(ids):].tolist(), time.perf_counter() - t0
+
+
+def run_all(model, prompts, methods: list[Method], max_new: int, repeats: int) -> None:
+    engine = Engine(model)
+    config = GenerationConfig(max_new_tokens=max_new, record=True)
+    reference = [_generate(model, ids, max_new)[0] for ids in prompts]
+    for m in methods:  # warm-up
+        if m.make is None:
+            _generate(model, prompts[0], 8)
+        else:
+            engine.generate(prompts[0], m.make(), GenerationConfig(max_new_tokens=8))
+    for rep, (p, ids) in itertools.product(range(repeats), enumerate(prompts)):
+        shift = (rep * len(prompts) + p) % len(methods)
+        for m in methods[shift:] + methods[:shift]:
+            if m.make is None:
+                toks, wall = _generate(model, ids, max_new)
+            else:
+                trace = engine.generate(ids, m.make(), config)
+                toks, wall = trace.generated, trace.wall_time
+                m.traces.append(trace)
+            m.tps.append(len(toks) / wall)
+            m.matched += toks == reference[p]
+
+
+def summarize(m: Method, base_tps: float) -> dict:
+    row = {"method": m.label, "group": m.group, "tps": statistics.mean(m.tps),
+           "speedup": statistics.mean(m.tps) / base_tps, "matched": f"{m.matched}/{len(m.tps)}"}
+    if not m.traces:
+        return row
+    steps = [s for t in m.traces for s in t.steps[1:]]
+    new = sum(len(t.generated) - 1 for t in m.traces)
+    drafted = sum(len(s.draft_tokens) for s in steps)
+    accepted = sum(s.accepted for s in steps)
+    row.update(tau=new / len(steps) if steps else 0.0, acc_L=accepted / drafted if drafted else 0.0)
+    t_verify = sum(s.t_verify for s in steps)
+    if steps and "verify_exit" in steps[0].info:
+        rounds = sum(len(s.info["rounds"]) for s in steps)
+        d_drafts = sum(s.info["drafted"] for s in steps)
+        d_acc = sum(s.info["accepted_intermediate"] for s in steps)
+        row.update(tau_v=drafted / rounds if rounds else 0.0, acc_v=d_acc / d_drafts if d_drafts else 0.0,
+                   ms_draft=1e3 * sum(s.info["t_draft_level"] for s in steps) / new,
+                   ms_inter=1e3 * sum(s.info["t_intermediate"] for s in steps) / new)
+    else:
+        row.update(ms_draft=1e3 * sum(s.t_draft for s in steps) / new, ms_inter=0.0)
+    row["ms_full"] = 1e3 * t_verify / new
+    return row
+
+
+HEADER = ("| method | speedup vs generate() | τ (full) | τ_v | acc_v | acc_L | ms/token draft | "
+          "ms/token intermediate | ms/token full check | matched |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def fmt(r: dict) -> str:
+    def f(key, spec=".2f"):
+        return format(r[key], spec) if key in r else "–"
+    return (f"| {r['method']} | {r['speedup']:.2f} | {f('tau')} | {f('tau_v')} | {f('acc_v', '.0%')} | "
+            f"{f('acc_L', '.0%')} | {f('ms_draft')} | {f('ms_inter')} | {f('ms_full')} | {r['matched']} |")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m specviz.bench_hispec", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="registry name or model directory (default: specviz-tiny if "
+                   "its weights exist, else a random 16-layer stand-in)")
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--d", default=None, help="draft exits to sweep, e.g. 1,2,3 (default: L/16, L/8)")
+    p.add_argument("--v", default=None, help="intermediate exits to sweep (default: L/4, 3L/8)")
+    p.add_argument("--n", default="4,8,12", help="tentative-buffer sizes to sweep")
+    p.add_argument("--k", default="4", help="drafts per intermediate round to sweep")
+    p.add_argument("--threshold", default="0", help="exit-d confidence thresholds to sweep, e.g. 0,0.5")
+    p.add_argument("--ee-k", default="4,8", help="draft lengths of the early-exit baselines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    model, prompts, desc = load_setup(args.prompts, args.seed, args.model)
+    L = model.config.num_hidden_layers
+    d0, v0 = default_levels(L)
+    ds = _ints(args.d) if args.d else sorted({max(1, L // 16), d0})
+    vs = _ints(args.v) if args.v else sorted({v0, max(v0 + 1, (3 * L) // 8)})
+    methods = [Method("generate()", None, "baseline"), Method("engine AR", lambda: make_drafter("ar", model), "baseline")]
+    for d in ds:
+        for k in _ints(args.ee_k):
+            methods.append(Method(f"early-exit E={d} k={k}",
+                                  (lambda d=d, k=k: make_drafter("early-exit", model, exit_layer=d, k=k)), "early-exit"))
+    for v in vs:
+        methods.append(Method(f"early-exit E={v} k=4", (lambda v=v: make_drafter("early-exit", model, exit_layer=v, k=4)),
+                              "early-exit"))
+    thresholds = [float(x) for x in args.threshold.split(",") if x.strip()]
+    for d, v, n, k, th in itertools.product(ds, vs, _ints(args.n), _ints(args.k), thresholds):
+        if d < v < L:
+            methods.append(Method(f"hispec d={d} v={v} n={n} k={k}" + (f" th={th}" if th else ""),
+                                  (lambda d=d, v=v, n=n, k=k, th=th: make_drafter(
+                                      "hispec", model, d=d, v=v, n=n, k=k, threshold=th)), "hispec"))
+    print(f"model: {desc}; {len(prompts)} prompts x {args.repeats}, {args.max_new_tokens} new tokens, greedy, "
+          f"CPU {torch.get_num_threads()} thread(s); {len(methods)} methods, interleaved", flush=True)
+    t0 = time.perf_counter()
+    run_all(model, prompts, methods, args.max_new_tokens, args.repeats)
+    base = statistics.mean(methods[0].tps)
+    rows = [summarize(m, base) for m in methods]
+    print(f"generate(): {base:.1f} tokens/s; bench wall {time.perf_counter() - t0:.0f} s\n\n{HEADER}")
+    for r in rows:
+        print(fmt(r))
+    best = max((r for r in rows if r["group"] == "hispec"), key=lambda r: r["speedup"], default=None)
+    best_ee = max((r for r in rows if r["group"] == "early-exit"), key=lambda r: r["speedup"], default=None)
+    if best and best_ee:
+        print(f"\nbest HiSpec: {best['method']} ({best['speedup']:.2f}x); best early exit: {best_ee['method']} "
+              f"({best_ee['speedup']:.2f}x); ratio {best['speedup'] / best_ee['speedup']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": desc, "generate_tps": base, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`python -m specviz generate ...`: run one generation and print the text and its metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .models import DEFAULT_MODEL
+
+DRAFTER_NAMES = ("ar", "static-skip", "early-exit", "draft-model", "prompt-lookup", "clasp", "hispec", "ctc")
+
+# CLI flag -> (drafter option name, type, help). Only options the chosen drafter takes are passed.
+DRAFTER_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--k": ("k", int, "max draft length per verification (>= 1)"),
+    "--threshold": ("threshold", float, "adaptive stop: end the draft when its top-1 probability falls below this (0 disables)"),
+    "--skip": ("skip", str, "static-skip preset: 'alternate', 'ratio', or a comma-separated list of layer indices"),
+    "--skip-ratio": ("skip_ratio", float, "static-skip 'ratio' preset and clasp: fraction of layers to skip"),
+    "--exit-layer": ("exit_layer", int, "early-exit: number of layers E the draft runs before the shared head"),
+    "--draft-model": ("draft_model_name", str, "draft-model: registry name or directory of the draft model"),
+    "--max-ngram": ("max_ngram", int, "prompt-lookup: longest n-gram to match"),
+    "--min-ngram": ("min_ngram", int, "prompt-lookup: shortest n-gram to match"),
+    "--dp-interval": ("dp_interval", int, "clasp: rerun the layer DP every N verifications"),
+    "--draft-exit": ("d", int, "hispec: draft exit layer d"),
+    "--verify-exit": ("v", int, "hispec: intermediate verifier exit layer v"),
+    "--validate-every": ("n", int, "hispec: full verification once n tentative tokens are buffered"),
+    "--head": ("head", str, "ctc: which trained head, 'ctc' or 'medusa'"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m specviz", description="Lossless speculative decoding, made visible.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text with a drafter and print it with its metrics",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="registry name, local directory or allowlisted hub id")
+    gen.add_argument("--drafter", default="ar", help=f"one of: {', '.join(DRAFTER_NAMES)}")
+    gen.add_argument("--prompt", required=True, help="the prompt text")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (stops earlier at EOS)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (rejection sampling keeps the target distribution)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, (0, 1]")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 disables)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    gen.add_argument("--dtype", default="auto", help="auto (cuda: bf16, cpu: fp32), float32, bfloat16, float16")
+    gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, metrics, steps")
+    drafter = gen.add_argument_group("drafter options (each drafter uses the ones it understands; defaults are the drafter's)")
+    for flag, (_, kind, text) in DRAFTER_FLAGS.items():
+        drafter.add_argument(flag, type=kind, default=None, help=text)
+    return parser
+
+
+def _drafter_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    for flag, (name, _, _) in DRAFTER_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            options[name] = value
+    skip = options.get("skip")
+    if isinstance(skip, str) and skip not in ("alternate", "ratio"):
+        try:
+            options["skip"] = [int(i) for i in skip.split(",") if i.strip()]
+        except ValueError:
+            raise ValueError(f"--skip must be 'alternate', 'ratio' or comma-separated layer indices, got {skip!r}") from None
+    return options
+
+
+def generate(args: argparse.Namespace) -> int:
+    from . import api
+    from .trace import compute_metrics
+
+    options = _drafter_options(args)
+    device = None if args.device == "auto" else args.device
+    dtype = None if args.dtype == "auto" else args.dtype
+    loaded, generation = api.start(
+        args.model, args.drafter, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, top_k=args.top_k, seed=args.seed, options=options, device=device, dtype=dtype,
+    )
+    trace = generation.trace
+    for _ in generation:
+        pass
+    metrics = compute_metrics(trace).to_dict()
+    text = api.decode(loaded, trace.generated)
+    if args.json:
+        print(json.dumps({"text": text, "token_ids": trace.generated, "metrics": metrics,
+                          "steps": trace.to_dict()["steps"], "trace": {k: v for k, v in trace.to_dict().items() if k != "steps"}}))
+        return 0
+    print(args.prompt + text)
+    print()
+    acc = metrics["acceptance_rate"]
+    split = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in metrics["time_split"].items())
+    print(f"[{args.drafter}] {metrics['new_tokens']} tokens in {metrics['wall_time']:.2f} s "
+          f"= {metrics['tokens_per_s']:.1f} tok/s | tau {metrics['tau']:.2f} | "
+          f"acceptance {'n/a' if acc is None else f'{acc:.1%}'} | {metrics['steps']} verifications | "
+          f"finish: {trace.finish_reason}")
+    print(f"time split: {split}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return generate(args)
+    except ValueError as err:  # bad input: a clear message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2

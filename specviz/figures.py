@@ -1,0 +1,886 @@
+"""Pure functions from a `Trace` to plotly figures and HTML, for the UI and for reports.
+
+Nothing here runs a model. Token text comes from a `decode(ids) -> str` callable the caller
+passes in (a tokenizer's decode); without one, tokens show as ``⟨id⟩``.
+
+Every public figure/HTML function is wrapped in `failsafe`: if it raises, it returns a figure
+(or HTML) that says what went wrong instead of killing the component it feeds.
+
+Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies) and every
+colour is doubled by a shape: accepted draft tokens are underlined, rejected drafts are struck
+through, the target's own tokens are plain.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import plotly.graph_objects as go
+
+from .trace import Trace, compute_metrics
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[list[int]], str]
+
+# Okabe-Ito
+BLUE = "#0072B2"
+ORANGE = "#E69F00"
+SKY = "#56B4E9"
+GREEN = "#009E73"
+VERMILLION = "#D55E00"
+PURPLE = "#CC79A7"
+YELLOW = "#F0E442"
+GREY = "#999999"
+
+FIG_FONT = dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=12)
+
+
+# -- failsafe ---------------------------------------------------------------------------------
+
+def message_figure(text: str, height: int = 260) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(text).replace("\n", "<br>"), x=0.5, y=0.5, xref="paper",
+                       yref="paper", showarrow=False, font=dict(size=13, color="#666"), align="center")
+    fig.update_layout(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=10, r=10, t=10, b=10), font=FIG_FONT,
+                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def message_html(text: str, error: bool = False) -> str:
+    colour = VERMILLION if error else "#666"
+    return (f'<div class="sv-msg" style="padding:.6em .8em;color:{colour};border:1px dashed {colour};'
+            f'border-radius:6px;font-size:.9em">{html.escape(text)}</div>')
+
+
+def failsafe(kind: str = "figure"):
+    """Decorator: an exception becomes a figure / HTML / markdown saying what failed."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - a figure must never kill its component
+                log.exception("figure %s failed", fn.__name__)
+                text = f"{fn.__name__} could not be drawn: {type(err).__name__}: {err}"
+                if kind == "figure":
+                    return message_figure(text)
+                if kind == "markdown":
+                    return f"*{text}*"
+                return message_html(text, error=True)
+
+        return wrapper
+
+    return deco
+
+
+# -- plain generate() reference -----------------------------------------------------------------
+
+@dataclass
+class PlainRun:
+    """A plain `model.generate()` run on the same prompt and settings: the tokens it produced and
+    when each appeared (seconds since the call started; the first includes the prefill)."""
+
+    tokens: list[int]
+    times: list[float]
+    wall_time: float
+    greedy: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.wall_time if self.wall_time > 0 else 0.0
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+def _default_decode(ids: list[int]) -> str:
+    return "".join(f"⟨{i}⟩" for i in ids)
+
+
+def token_pieces(decode: Decode | None, context: Sequence[int], tokens: Sequence[int], window: int = 6) -> list[str]:
+    """The text each token adds after `context` (diff of decodes over a short window, so byte-level
+    and sentencepiece tokenizers both get their spaces right); falls back to decoding alone."""
+    decode = decode or _default_decode
+    out: list[str] = []
+    ctx = list(context[-window:]) if window else []
+    for tok in tokens:
+        tok = int(tok)
+        piece = None
+        if ctx:
+            base = decode(ctx)
+            full = decode(ctx + [tok])
+            if full.startswith(base) and not base.endswith("\ufffd"):
+                piece = full[len(base):]
+        if piece is None:
+            piece = decode([tok])
+        out.append(piece)
+        ctx = (ctx + [tok])[-window:] if window else []
+    return out
+
+
+def _fmt_p(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _get(seq, i):
+    return seq[i] if seq is not None and 0 <= i < len(seq) else None
+
+
+def busy_times(trace: Trace) -> list[float]:
+    """Cumulative engine time at the end of each step (prefill + draft + verify + search),
+    without the time spent between steps (e.g. between Step clicks)."""
+    out, total = [], 0.0
+    for i, s in enumerate(trace.steps):
+        total += trace.t_prefill if i == 0 else (s.t_draft + s.t_verify + s.t_search)
+        out.append(total)
+    return out
+
+
+def step_times(trace: Trace, clock: str = "wall") -> list[float]:
+    return busy_times(trace) if clock == "busy" else [s.t_end for s in trace.steps]
+
+
+def spec_steps(trace: Trace):
+    """Verification steps (the prefill step, index 0, drafts nothing)."""
+    return [s for s in trace.steps if s.index > 0]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height,
+                      margin=dict(l=55, r=20, t=45, b=45), font=FIG_FONT,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+                      paper_bgcolor="rgba(0,0,0,0)", **kwargs)
+    return fig
+
+
+# -- coloured tokens ------------------------------------------------------------------------------
+
+TOKEN_CSS = f"""
+.sv-scroll {{ display: flex; flex-direction: column-reverse; max-height: 480px; overflow-y: auto;
+  border: 1px solid rgba(128,128,128,.35); border-radius: 8px; }}
+.sv-out {{ font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace;
+  white-space: pre-wrap; word-break: break-word; line-height: 1.55; font-size: 13.5px;
+  padding: 10px 12px; tab-size: 4; }}
+.sv-out span {{ border-radius: 2px; }}
+.sv-prompt {{ opacity: .55; }}
+.sv-acc {{ background: rgba(0,114,178,.20); border-bottom: 2px solid {BLUE}; }}
+.sv-tgt {{ background: rgba(230,159,0,.32); }}
+.sv-rej {{ color: {VERMILLION}; text-decoration: line-through; text-decoration-thickness: 1.5px; opacity: .7;
+  font-size: .9em; }}
+.sv-nl {{ opacity: .45; font-size: .85em; }}
+.sv-caret {{ display:inline-block; width:.55em; height:1.1em; vertical-align:text-bottom;
+  background: {GREY}; opacity:.5; animation: sv-blink 1s steps(1) infinite; }}
+@keyframes sv-blink {{ 50% {{ opacity: 0; }} }}
+.sv-legend {{ display:flex; flex-wrap:wrap; gap:14px; font-size:12.5px; margin: 2px 0 6px 0; align-items:center; }}
+.sv-legend .sv-sw {{ font-family: ui-monospace, monospace; padding: 0 4px; }}
+"""
+
+
+def _span(cls: str, piece: str, title: str, inline_newlines: bool = True) -> str:
+    text = html.escape(piece)
+    if "\n" in text:
+        marker = '<span class="sv-nl">↵</span>'
+        text = text.replace("\n", marker + ("\n" if inline_newlines else ""))
+    if text == "":
+        text = "∅"
+    return f'<span class="{cls}" title="{html.escape(title, quote=True)}">{text}</span>'
+
+
+@failsafe("html")
+def legend_html() -> str:
+    return (
+        f"<style>{TOKEN_CSS}</style>"
+        '<div class="sv-legend">'
+        '<span><span class="sv-sw sv-acc">accepted</span> draft token the target accepted (blue, underlined)</span>'
+        '<span><span class="sv-sw sv-tgt">target</span> the target\'s own token: correction or bonus (orange)</span>'
+        '<span><span class="sv-sw sv-rej">rejected</span> draft the target refused (struck through)</span>'
+        '<span><span class="sv-sw sv-prompt">prompt</span></span>'
+        "<span>hover a token for step, position, p and q</span>"
+        "</div>"
+    )
+
+
+@failsafe("html")
+def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected: bool = True,
+               prompt_text: str | None = None, streaming: bool = False) -> str:
+    """The output as coloured monospace text. Hover (title) shows step, draft position, p and q."""
+    if trace is None:
+        return (f"<style>{TOKEN_CSS}</style>" + '<div class="sv-scroll"><div class="sv-out"><span class="sv-prompt">'
+                "Press Run (whole generation) or Step (one speculation cycle).</span></div></div>")
+    # the scroll box is column-reverse, so it stays scrolled to the newest tokens while streaming
+    parts = [f"<style>{TOKEN_CSS}</style>", '<div class="sv-scroll"><div class="sv-out">']
+    if prompt_text is None:
+        prompt_text = (decode or _default_decode)(list(trace.prompt_ids))
+    parts.append(f'<span class="sv-prompt" title="prompt ({len(trace.prompt_ids)} tokens)">{html.escape(prompt_text)}</span>')
+    context = list(trace.prompt_ids)
+    for s in trace.steps:
+        acc = s.accepted
+        # accepted drafts that were committed (EOS may cut the commit short)
+        for j, tok in enumerate(s.committed):
+            (piece,) = token_pieces(decode, context, [tok])
+            if j < acc and j < len(s.draft_tokens):
+                source = _get(s.info.get("tentative_source") if s.info else None, j)
+                origin = {"draft": " (HiSpec: exit-d draft)", "verify": " (HiSpec: exit-v intermediate token)"}.get(source, "")
+                title = (f"step {s.index} · draft position {j + 1} · accepted{origin}\n"
+                         f"p (target) = {_fmt_p(_get(s.target_probs, j))} · q (draft) = {_fmt_p(_get(s.draft_probs, j))}")
+                parts.append(_span("sv-acc", piece, title))
+            else:
+                if show_rejected and s.rejected and j == len(s.committed) - 1:
+                    ctx_r = list(context)
+                    rej_pieces = token_pieces(decode, ctx_r, s.rejected)
+                    for r, (rtok, rp) in enumerate(zip(s.rejected, rej_pieces)):
+                        pos = acc + r
+                        if r == 0:
+                            why = "rejected by the target"
+                        else:
+                            why = "discarded: comes after a rejected token"
+                        title = (f"step {s.index} · draft position {pos + 1} · {why}\n"
+                                 f"p (target) = {_fmt_p(_get(s.target_probs, pos))} · q (draft) = {_fmt_p(_get(s.draft_probs, pos))}")
+                        parts.append(_span("sv-rej", rp, title, inline_newlines=False))
+                if s.index == 0:
+                    title = f"step 0 (prefill) · the target's own first token"
+                elif not s.draft_tokens:
+                    title = f"step {s.index} · the target's own token (no draft)"
+                elif acc < len(s.draft_tokens):
+                    title = f"step {s.index} · the target's correction at draft position {acc + 1} ({acc} of {len(s.draft_tokens)} accepted)"
+                else:
+                    title = f"step {s.index} · bonus token: all {len(s.draft_tokens)} drafts accepted"
+                parts.append(_span("sv-tgt", piece, title))
+            context.append(int(tok))
+    if streaming:
+        parts.append('<span class="sv-caret"></span>')
+    parts.append("</div></div>")
+    return "".join(parts)
+
+
+# -- cards and badges -----------------------------------------------------------------------------
+
+def _card(label: str, value: str, sub: str = "", colour: str = "") -> str:
+    style = f"border-left:4px solid {colour};" if colour else ""
+    return (f'<div class="sv-card" style="{style}"><div class="sv-card-l">{html.escape(label)}</div>'
+            f'<div class="sv-card-v">{value}</div><div class="sv-card-s">{sub}</div></div>')
+
+
+CARD_CSS = """
+.sv-cards { display:grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap:8px; margin-bottom:4px; }
+.sv-card:last-child { grid-column: span 2; }
+.sv-card { border:1px solid rgba(128,128,128,.3); border-radius:8px; padding:6px 10px; min-height:62px; }
+.sv-card-l { font-size:11.5px; opacity:.75; letter-spacing:.02em; }
+.sv-card-v { font-size:21px; font-weight:600; line-height:1.25; font-variant-numeric: tabular-nums; }
+.sv-card-s { font-size:11.5px; opacity:.75; }
+.sv-split { display:flex; height:10px; border-radius:4px; overflow:hidden; margin-top:5px; }
+.sv-badge { display:inline-block; padding:3px 10px; border-radius:12px; font-size:12.5px; font-weight:600; margin:2px 6px 4px 0; }
+.sv-status { font-size:12.5px; opacity:.8; margin: 2px 0 6px 0; }
+"""
+
+SPLIT_COLOURS = {"prefill": GREY, "draft": BLUE, "verify": ORANGE, "search": PURPLE, "other": "#DDDDDD"}
+
+
+def lossless_check(trace: Trace, plain: PlainRun | None) -> tuple[str, str]:
+    """(state, message): state is 'equal', 'differs', 'prefix' (stopped early but equal so far),
+    'na' (sampling) or 'pending'."""
+    greedy = float(trace.settings.get("temperature", 0.0) or 0.0) == 0.0
+    if not greedy:
+        return "na", "sampling: lossless in distribution (rejection sampling), not token for token"
+    if plain is None:
+        return "pending", "comparing with plain greedy generate() when the run ends"
+    ours, ref = trace.generated, plain.tokens
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        if a != b:
+            return "differs", f"differs from greedy generate() at new token {i} (ours {a}, generate {b})"
+    if len(ours) == len(ref):
+        return "equal", f"output equals plain greedy generate() ({len(ours)} tokens)"
+    if trace.finish_reason == "stopped" or len(ours) < len(ref):
+        return "prefix", f"equal to greedy generate() for the {len(ours)} tokens produced (generate made {len(ref)})"
+    return "differs", f"longer than greedy generate() ({len(ours)} vs {len(ref)} tokens)"
+
+
+@failsafe("html")
+def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall",
+               status: str = "") -> str:
+    """Metric cards: tokens/s, speedup vs plain generate(), τ, acceptance, time split, and the
+    losslessness badge."""
+    head = f"<style>{CARD_CSS}</style>"
+    if trace is None or not trace.steps:
+        if trace is not None and trace.finish_reason == "stopped":
+            status = status or "Stopped before the first token."
+        return head + f'<div class="sv-status">{html.escape(status or "No run yet.")}</div>'
+    m = compute_metrics(trace)
+    elapsed = busy_times(trace)[-1] if clock == "busy" else m.wall_time
+    tps = m.new_tokens / elapsed if elapsed > 0 else 0.0
+    cards = []
+    sub = f"{m.new_tokens} tokens in {elapsed:.2f} s" + (" (engine time)" if clock == "busy" else "")
+    cards.append(_card("tokens / s", f"{tps:.1f}", sub, BLUE))
+    if clock == "busy" and not trace.finish_reason:
+        cards.append(_card("speedup", "…", "step mode: shown when the generation ends", ORANGE))
+    elif plain is not None and plain.tokens_per_s > 0 and tps > 0:
+        speed = tps / plain.tokens_per_s
+        cards.append(_card("speedup", f"{speed:.2f}×", f"vs generate(): {plain.tokens_per_s:.1f} tok/s (timed once, cached)", ORANGE))
+    else:
+        cards.append(_card("speedup", "…", "plain generate() is timed when the run ends", ORANGE))
+    cards.append(_card("τ (tokens / verification)", f"{m.tau:.2f}", f"{m.steps} verifications; plain = 1.00", GREEN))
+    if m.acceptance_rate is None:
+        cards.append(_card("acceptance", "–", "nothing drafted", SKY))
+    else:
+        drafted = sum(len(s.draft_tokens) for s in trace.steps)
+        accepted = sum(s.accepted for s in trace.steps)
+        cards.append(_card("acceptance", f"{100 * m.acceptance_rate:.0f}%", f"{accepted} of {drafted} drafts", SKY))
+    split = dict(m.time_split)
+    if clock == "busy":  # step mode: the wall clock includes the time between clicks
+        split.pop("other", None)
+    total = sum(split.values()) or 1.0
+    bar = "".join(
+        f'<div title="{k}: {v * 1000:.0f} ms ({100 * v / total:.0f}%)" style="width:{100 * v / total:.2f}%;background:{SPLIT_COLOURS[k]}"></div>'
+        for k, v in split.items() if v > 0)
+    legend = " ".join(f'<span style="white-space:nowrap"><span style="color:{SPLIT_COLOURS[k]}">■</span>{k} {100 * v / total:.0f}%</span>'
+                      for k, v in split.items() if v > 0 and (k != "other" or v / total >= 0.01))
+    cards.append(_card("time split", f'<div class="sv-split">{bar}</div>', legend, PURPLE))
+
+    state, message = lossless_check(trace, plain)
+    styles = {"equal": (GREEN, "✓ lossless"), "prefix": (GREEN, "✓ lossless so far"), "differs": (VERMILLION, "✗ differs"),
+              "na": (GREY, "≈ sampled"), "pending": (GREY, "… lossless?")}
+    colour, label = styles[state]
+    badge = (f'<span class="sv-badge" style="background:{colour};color:white" title="{html.escape(message, quote=True)}">'
+             f"{label}</span><span style='font-size:12.5px'>{html.escape(message)}</span>")
+    finish = {"eos": "stopped at EOS", "length": "reached max new tokens", "stopped": "stopped by you"}.get(
+        trace.finish_reason, "paused between steps" if clock == "busy" else "running…")
+    status_line = f'<div class="sv-status">{html.escape(trace.drafter)} · {html.escape(finish)}'
+    if status:
+        status_line += f" · {html.escape(status)}"
+    status_line += "</div>"
+    return head + status_line + f'<div class="sv-cards">{"".join(cards)}</div><div>{badge}</div>'
+
+
+# -- skip layers ----------------------------------------------------------------------------------
+
+LAYER_STATES = ["runs in the draft", "skipped by the draft", "intermediate verifier (HiSpec)"]
+
+
+def layer_plan(info: dict[str, Any], num_layers: int) -> list[int] | None:
+    """Per layer: 0 runs in the draft, 1 skipped by the draft, 2 run by HiSpec's intermediate
+    verifier; None when the step's info says nothing about layers."""
+    if not info:
+        return None
+    d, v = info.get("exit_layer"), info.get("verify_exit")
+    if d is not None and v is not None:
+        d, v = int(d), int(v)
+        return [0 if i < d else (2 if i < v else 1) for i in range(num_layers)]
+    skipped = info.get("skipped_layers")
+    if skipped is None and d is not None:
+        skipped = list(range(int(d), num_layers))
+    if skipped is None:
+        return None
+    skipped = set(int(i) for i in skipped)
+    return [1 if i in skipped else 0 for i in range(num_layers)]
+
+
+@failsafe("figure")
+def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Figure:
+    """Layer × step map of which layers each draft skipped (static skip, early exit, CLaSp, HiSpec)."""
+    if trace is None or not trace.steps:
+        return message_figure("Run something to see which layers each draft skipped.")
+    L = int(trace.num_layers)
+    steps = [s for s in trace.steps if s.index > 0]
+    plans = [(s.index, layer_plan(s.info, L)) for s in steps]
+    if not any(p is not None for _, p in plans):
+        return message_figure(f"The '{trace.drafter}' drafter does not skip layers: it drafts "
+                              f"{'nothing (plain decoding)' if trace.drafter == 'ar' else 'without the target’s layers'}.")
+    xs = [i for i, _ in plans]
+    z = [[(p[layer] if p is not None else None) for _, p in plans] for layer in range(L)]
+    used = sorted({v for row in z for v in row if v is not None})
+    n_states = 3 if 2 in used else 2
+    colours = [SKY, ORANGE, GREEN][:n_states]
+    scale = []
+    for k, c in enumerate(colours):
+        scale += [[k / n_states, c], [(k + 1) / n_states, c]]
+    acc = {s.index: (s.accepted, len(s.draft_tokens)) for s in steps}
+    text = [[f"step {x} · layer {layer}: {LAYER_STATES[v] if v is not None else 'no info'}"
+             f"<br>accepted {acc[x][0]}/{acc[x][1]}" for x, v in zip(xs, row)] for layer, row in enumerate(z)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=xs, y=list(range(L)), zmin=-0.5, zmax=n_states - 0.5, colorscale=scale, xgap=1 if len(xs) < 80 else 0, ygap=1,
+        text=text, hoverinfo="text",
+        colorbar=dict(tickvals=list(range(n_states)), ticktext=LAYER_STATES[:n_states], len=0.9, thickness=12),
+    ))
+    dp_steps = [s.index for s in steps if s.info.get("dp_ran")]
+    if dp_steps:
+        fig.add_trace(go.Scatter(x=dp_steps, y=[L - 0.5 + 0.35] * len(dp_steps), mode="markers", name="DP ran",
+                                 marker=dict(symbol="triangle-down", size=8, color=PURPLE),
+                                 hovertemplate="step %{x} drafts with a freshly searched skip set<extra></extra>"))
+    if selected_step is not None and selected_step in acc:
+        fig.add_vline(x=selected_step, line=dict(color="black", width=1, dash="dot"))
+    fig.update_xaxes(title_text="verification step")
+    fig.update_yaxes(title_text="layer", dtick=max(1, L // 8), range=[-0.5, L + 0.2])
+    return _layout(fig, f"Skipped layers per step — {trace.drafter} ({L} layers)", height=340, showlegend=bool(dp_steps))
+
+
+def dp_step(trace: Trace, step: int | None) -> int | None:
+    """The latest step <= `step` whose info holds a DP grid (the grid in force at `step`)."""
+    best = None
+    for s in trace.steps:
+        if s.info.get("dp_grid") is not None and (step is None or s.index <= step):
+            best = s.index
+    return best
+
+
+@failsafe("figure")
+def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
+    """CLaSp's DP table at a step: cosine(g[i][j], x_i) per (layer i, layers skipped so far j),
+    with the chosen path."""
+    if trace is None or not trace.steps:
+        return message_figure("CLaSp's layer-search table appears here.")
+    found = dp_step(trace, step)
+    if found is None:
+        if any(s.info.get("dp_grid") is not None for s in trace.steps):
+            return message_figure(f"No DP search had run yet at step {step} (the first draft is step 1).")
+        return message_figure(f"The '{trace.drafter}' drafter runs no layer search; pick CLaSp to see its DP table.")
+    s = trace.steps[found]
+    grid = s.info["dp_grid"]
+    z = [[(float(v) if v is not None else None) for v in row] for row in grid]
+    rows, cols = len(z), max(len(r) for r in z)
+    z = [r + [None] * (cols - len(r)) for r in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(cols)), y=list(range(rows)), colorscale="Cividis", colorbar=dict(title="cos", thickness=12),
+        hovertemplate="layer i=%{y}, skipped j=%{x}<br>cosine %{z:.4f}<extra></extra>", xgap=1, ygap=1,
+    ))
+    path = s.info.get("dp_path") or []
+    if path:
+        pi = [int(p[0]) for p in path]
+        pj = [int(p[1]) for p in path]
+        fig.add_trace(go.Scatter(x=pj, y=pi, mode="lines+markers", name="chosen path",
+                                 line=dict(color=VERMILLION, width=2), marker=dict(size=6, color=VERMILLION),
+                                 hovertemplate="path: layer %{y}, skipped %{x}<extra></extra>"))
+    # CLaSp reports a DP in the info of the first draft that uses it: it ran after the previous
+    # verification (after the prefill for step 1)
+    when = "the prefill" if found <= 1 else f"step {found - 1}"
+    note = "" if found == step or step is None else f"; still in force at step {step}"
+    dp_time = s.info.get("dp_time")
+    extra = f", {1000 * float(dp_time):.1f} ms" if dp_time is not None else ""
+    fig.update_xaxes(title_text="layers skipped so far (j)", dtick=1 if cols <= 20 else None, range=[-0.5, cols - 0.5])
+    fig.update_yaxes(title_text="after layer i (row i = the first i layers)", dtick=1 if rows <= 20 else None,
+                     range=[-0.5, rows - 0.5])
+    return _layout(fig, f"CLaSp DP table: searched after {when}, used from step {found}{note}{extra}", height=380)
+
+
+@failsafe("html")
+def step_details_html(trace: Trace | None, step: int | None, decode: Decode | None = None) -> str:
+    """One step in detail: drafts with verdicts and p/q, the target's token, timings, the drafter's
+    info (CTC frames, HiSpec buffers, prompt-lookup match ...)."""
+    if trace is None or not trace.steps:
+        return message_html("Step details appear here after a run.")
+    if step is None or not 0 <= int(step) < len(trace.steps):
+        step = len(trace.steps) - 1
+    s = trace.steps[int(step)]
+    context = list(trace.prompt_ids) + [t for x in trace.steps[: s.index] for t in x.committed]
+    rows = []
+    pieces = token_pieces(decode, context, s.draft_tokens)
+    for j, (tok, piece) in enumerate(zip(s.draft_tokens, pieces)):
+        verdict = "accepted" if j < s.accepted else ("rejected" if j == s.accepted else "discarded")
+        colour = BLUE if verdict == "accepted" else VERMILLION
+        rows.append(f"<tr><td>{j + 1}</td><td><code>{html.escape(repr(piece))}</code></td><td>{tok}</td>"
+                    f"<td>{_fmt_p(_get(s.draft_probs, j))}</td><td>{_fmt_p(_get(s.target_probs, j))}</td>"
+                    f'<td style="color:{colour}">{verdict}</td></tr>')
+    tctx = context + s.draft_tokens[: s.accepted]
+    (tpiece,) = token_pieces(decode, tctx, [s.target_token])
+    rows.append(f"<tr><td>target</td><td><code>{html.escape(repr(tpiece))}</code></td><td>{s.target_token}</td>"
+                f'<td></td><td></td><td style="color:{ORANGE}">target\'s own token</td></tr>')
+    table = ("<table style='font-size:12.5px;border-collapse:collapse' cellpadding='3'>"
+             "<tr><th>pos</th><th>text</th><th>id</th><th>q (draft)</th><th>p (target)</th><th>verdict</th></tr>"
+             + "".join(rows) + "</table>")
+    times = (f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
+             if s.index > 0 else f"prefill {1000 * trace.t_prefill:.1f} ms")
+    info_rows = []
+    for key, value in (s.info or {}).items():
+        if key in ("dp_grid",):
+            continue
+        shown = _info_value(key, value, decode)
+        info_rows.append(f"<tr><td><b>{html.escape(str(key))}</b></td><td>{shown}</td></tr>")
+    info = ("<table style='font-size:12.5px' cellpadding='2'>" + "".join(info_rows) + "</table>") if info_rows else "<i>no drafter info</i>"
+    return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {len(s.draft_tokens)} drafted, {s.accepted} accepted, "
+            f"{len(s.committed)} committed · {times}</div>{table}<div style='margin-top:6px'>{info}</div>")
+
+
+def _piece(decode: Decode | None, tok) -> str:
+    if tok is None:
+        return "∅"
+    return repr((decode or _default_decode)([int(tok)]))[1:-1] or "∅"
+
+
+def _info_value(key: str, value: Any, decode: Decode | None) -> str:
+    """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round."""
+    if key == "frames" and isinstance(value, list) and value and isinstance(value[0], dict):
+        cells = []
+        for i, f in enumerate(value):
+            blank = bool(f.get("blank"))
+            text = "∅" if blank else _piece(decode, f.get("token"))
+            kept = f.get("kept") is not None
+            border = f"2px solid {BLUE}" if kept else f"1px dashed {GREY}"
+            title = (f"frame {i}: " + ("blank" if blank else f"token {f.get('token')}") + f", p = {_fmt_p(f.get('p'))}"
+                     + (f", best non-blank: {_piece(decode, f.get('alt'))!s}" if blank and f.get("alt") is not None else "")
+                     + (f", kept as draft token {f.get('kept') + 1}" if kept else (", merged/dropped" if not blank else "")))
+            cells.append(f'<span title="{html.escape(title, quote=True)}" style="border:{border};border-radius:3px;'
+                         f'padding:0 3px;font-family:ui-monospace,monospace;white-space:pre">{html.escape(text)}</span>')
+        return ('<div style="display:flex;flex-wrap:wrap;gap:3px">' + "".join(cells) +
+                "</div><div style='font-size:11px;opacity:.7'>∅ blank · solid = kept in the draft · dashed = merged repeat</div>")
+    if key in ("collapsed", "tentative") and isinstance(value, list) and all(isinstance(t, int) for t in value):
+        return "<code>" + html.escape(" | ".join(_piece(decode, t) for t in value)) + "</code>"
+    if key == "rounds" and isinstance(value, list) and value and isinstance(value[0], dict):
+        lines = []
+        for r, rd in enumerate(value):
+            drafts = rd.get("drafts") or []
+            acc = int(rd.get("accepted") or 0)
+            shown = " ".join(f"<u>{html.escape(_piece(decode, t))}</u>" if i < acc else f"<s>{html.escape(_piece(decode, t))}</s>"
+                             for i, t in enumerate(drafts))
+            corr = rd.get("correction")
+            extra = "" if corr is None else f" → exit-v token <b>{html.escape(_piece(decode, corr))}</b>"
+            lines.append(f"round {r + 1}: {shown} ({acc}/{len(drafts)} passed exit v){extra}")
+        return "<br>".join(lines)
+    if key in ("round_drafts", "round_accepted", "round_correction"):
+        return "<i>see rounds</i>"
+    text = repr(value)
+    if len(text) > 400:
+        text = text[:400] + " …"
+    return f"<code>{html.escape(text)}</code>"
+
+
+# -- speed ----------------------------------------------------------------------------------------
+
+def spec_curve(trace: Trace, clock: str = "wall") -> tuple[list[float], list[int]]:
+    times = step_times(trace, clock)
+    xs, ys, n = [0.0], [0], 0
+    for t, s in zip(times, trace.steps):
+        n += len(s.committed)
+        xs.append(t)
+        ys.append(n)
+    return xs, ys
+
+
+@failsafe("figure")
+def speed_figure(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall") -> go.Figure:
+    """Tokens generated vs time, speculative and plain generate()."""
+    if trace is None or not trace.steps:
+        return message_figure("Tokens vs time appear here while the run streams.")
+    xs, ys = spec_curve(trace, clock)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=f"speculative ({trace.drafter})",
+                             line=dict(color=BLUE, width=2.5), marker=dict(size=4),
+                             hovertemplate="%{x:.3f} s: %{y} tokens<extra>speculative</extra>"))
+    if plain is not None and plain.tokens:
+        fig.add_trace(go.Scatter(x=[0.0] + list(plain.times), y=list(range(len(plain.tokens) + 1)), mode="lines",
+                                 line_shape="hv", name="plain generate()", line=dict(color=ORANGE, width=2, dash="dash"),
+                                 hovertemplate="%{x:.3f} s: %{y} tokens<extra>generate()</extra>"))
+    else:
+        fig.add_annotation(text="plain generate() is timed once the run ends", x=0.99, y=0.02, xref="paper",
+                           yref="paper", showarrow=False, xanchor="right", font=dict(size=11, color="#777"))
+    fig.update_xaxes(title_text="seconds" + (" (engine time)" if clock == "busy" else ""), rangemode="tozero")
+    fig.update_yaxes(title_text="tokens generated", rangemode="tozero")
+    return _layout(fig, "Tokens vs time", height=320)
+
+
+@failsafe("figure")
+def speedup_figure(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall") -> go.Figure:
+    """Speedup over time: time plain generate() needed for the first n tokens ÷ time the
+    speculative run needed for them, at each step's n."""
+    if trace is None or not trace.steps:
+        return message_figure("Speedup over time appears here.")
+    if plain is None or not plain.tokens:
+        return message_figure("Speedup over time needs the plain generate() timing,\nmeasured once per prompt and settings when the run ends.")
+    xs, ys = spec_curve(trace, clock)
+    px, py = [], []
+    for t, n in zip(xs[1:], ys[1:]):
+        if 0 < n <= len(plain.times) and t > 0:
+            px.append(t)
+            py.append(plain.times[n - 1] / t)
+    if not px:
+        return message_figure("No overlap between the speculative and the plain run yet.")
+    fig = go.Figure(go.Scatter(x=px, y=py, mode="lines+markers", line=dict(color=GREEN, width=2), marker=dict(size=4),
+                               name="speedup", hovertemplate="%{x:.3f} s: %{y:.2f}×<extra></extra>"))
+    fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"), annotation_text="plain = 1×", annotation_position="bottom right")
+    fig.update_xaxes(title_text="seconds since start", rangemode="tozero")
+    fig.update_yaxes(title_text="speedup vs generate()", rangemode="tozero")
+    return _layout(fig, "Speedup over time (time generate() needed ÷ time we needed, same token count)", height=300)
+
+
+# -- acceptance -----------------------------------------------------------------------------------
+
+@failsafe("figure")
+def acceptance_figure(trace: Trace | None) -> go.Figure:
+    """P(draft position i accepted | a draft reached i), with sample sizes."""
+    if trace is None or not trace.steps:
+        return message_figure("Acceptance per draft position appears here.")
+    m = compute_metrics(trace)
+    if not m.acceptance_per_position:
+        return message_figure(f"The '{trace.drafter}' run drafted nothing, so there is no acceptance to show.")
+    pos = list(range(1, len(m.acceptance_per_position) + 1))
+    fig = go.Figure(go.Bar(
+        x=pos, y=m.acceptance_per_position, marker_color=BLUE, name="accepted",
+        text=[f"{100 * a:.0f}%<br>n={n}" for a, n in zip(m.acceptance_per_position, m.drafted_per_position)],
+        textposition="outside", cliponaxis=False,
+        hovertemplate="position %{x}: %{y:.1%} accepted<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="draft position", dtick=1)
+    fig.update_yaxes(title_text="accepted", range=[0, 1.15], tickformat=".0%")
+    return _layout(fig, "Acceptance per draft position (positions a draft did not reach are not counted)", height=320)
+
+
+@failsafe("figure")
+def accepted_histogram(trace: Trace | None) -> go.Figure:
+    """How many drafts each verification accepted."""
+    if trace is None or not trace.steps:
+        return message_figure("The accepted-length histogram appears here.")
+    steps = spec_steps(trace)
+    if not steps or not any(s.draft_tokens for s in steps):
+        return message_figure(f"The '{trace.drafter}' run drafted nothing: every step adds exactly one token.")
+    longest = max(len(s.draft_tokens) for s in steps)
+    counts = [0] * (longest + 1)
+    empty = 0  # steps whose drafter proposed nothing (e.g. a confidence stop before the first token)
+    for s in steps:
+        if s.draft_tokens:
+            counts[s.accepted] += 1
+        else:
+            empty += 1
+    mean = sum(s.accepted for s in steps) / len(steps)
+    fig = go.Figure(go.Bar(x=list(range(longest + 1)), y=counts, marker_color=ORANGE, text=counts, textposition="outside",
+                           cliponaxis=False, name="drafted", hovertemplate="%{y} steps accepted %{x} drafts<extra></extra>"))
+    ticks = list(range(longest + 1))
+    labels = [str(t) for t in ticks]
+    if empty:
+        fig.add_trace(go.Bar(x=[-1], y=[empty], marker_color=GREY, text=[empty], textposition="outside", cliponaxis=False,
+                             name="no draft", hovertemplate="%{y} steps drafted nothing<extra></extra>"))
+        ticks, labels = [-1] + ticks, ["no draft"] + labels
+    fig.update_xaxes(title_text="draft tokens accepted in a step", tickvals=ticks, ticktext=labels)
+    fig.update_yaxes(title_text="steps")
+    return _layout(fig, f"Accepted length per verification (mean {mean:.2f}; τ adds the target's token)", height=300,
+                   showlegend=False)
+
+
+# -- compare --------------------------------------------------------------------------------------
+
+@dataclass
+class CompareRow:
+    drafter: str
+    tokens_per_s: float | None = None
+    speedup: float | None = None
+    tau: float | None = None
+    acceptance: float | None = None
+    new_tokens: int | None = None
+    wall_time: float | None = None
+    lossless: str = ""
+    error: str = ""
+
+
+def compare_row(trace: Trace, plain: PlainRun | None) -> CompareRow:
+    m = compute_metrics(trace)
+    state, _ = lossless_check(trace, plain)
+    speed = (m.tokens_per_s / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 else None
+    labels = {"equal": "yes", "prefix": "yes (prefix)", "differs": "NO", "na": "n/a (sampled)", "pending": "?"}
+    return CompareRow(trace.drafter, m.tokens_per_s, speed, m.tau, m.acceptance_rate, m.new_tokens, m.wall_time, labels[state])
+
+
+def compare_table(rows: Sequence[CompareRow]) -> list[list[Any]]:
+    def f(x, fmt):
+        return "" if x is None else format(x, fmt)
+    return [[r.drafter, f(r.tokens_per_s, ".1f"), f(r.speedup, ".2f"), f(r.tau, ".2f"),
+             "" if r.acceptance is None else f"{100 * r.acceptance:.0f}%", "" if r.new_tokens is None else r.new_tokens,
+             f(r.wall_time, ".2f"), r.lossless, r.error] for r in rows]
+
+
+COMPARE_HEADERS = ["drafter", "tokens/s", "speedup ×", "τ", "acceptance", "new tokens", "seconds", "lossless", "error"]
+
+
+@failsafe("figure")
+def compare_figure(rows: Sequence[CompareRow], plain: PlainRun | None = None) -> go.Figure:
+    ok = [r for r in rows if not r.error and r.tokens_per_s is not None]
+    if not ok:
+        return message_figure("Press 'Run every drafter' to compare them on this prompt.")
+    use_speedup = all(r.speedup is not None for r in ok)
+    ys = [r.speedup if use_speedup else r.tokens_per_s for r in ok]
+    colours = [GREY if r.drafter == "ar" else (BLUE if (r.speedup or 0) >= 1 or not use_speedup else VERMILLION) for r in ok]
+    fig = go.Figure(go.Bar(
+        x=[r.drafter for r in ok], y=ys, marker_color=colours,
+        text=[(f"{y:.2f}×" if use_speedup else f"{y:.0f}") + (f"<br>τ {r.tau:.2f}" if r.tau is not None else "") for y, r in zip(ys, ok)],
+        textposition="outside", cliponaxis=False,
+        hovertemplate="%{x}: %{y:.2f}<extra></extra>",
+    ))
+    if use_speedup:
+        fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"), annotation_text="generate()", annotation_position="top left")
+    top = max(ys) if ys else 1
+    fig.update_yaxes(title_text="speedup vs generate()" if use_speedup else "tokens / s", range=[0, top * 1.25 + 1e-9])
+    return _layout(fig, "Every drafter on this prompt", height=340)
+
+
+# -- Leviathan --------------------------------------------------------------------------------------
+
+@dataclass
+class LeviathanInputs:
+    alpha: float | None  # per-token acceptance probability (geometric MLE)
+    gamma: float  # mean draft length per verification
+    c: float | None  # draft cost per token / verification cost per step
+    expected_tokens: float | None  # E[#tokens per verification]
+    predicted_speedup: float | None
+    measured_tau: float
+    measured_speedup: float | None
+    acceptance_rate: float | None
+    mean_draft_time: float | None  # seconds per draft token
+    mean_verify_time: float | None  # seconds per verification
+
+
+def leviathan_expected_tokens(alpha: float, gamma: float) -> float:
+    if alpha >= 1.0:
+        return gamma + 1.0
+    return (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
+    return leviathan_expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+def leviathan_inputs(trace: Trace, plain: PlainRun | None = None) -> LeviathanInputs:
+    """Plug a run into Leviathan et al.'s formula.
+
+    α: each verification tests draft positions until the first rejection, so under the i.i.d.
+    model α̂ = accepted / (accepted + rejections) (the geometric maximum-likelihood estimate).
+    c = mean draft time per draft token / mean verification time per step."""
+    steps = spec_steps(trace)
+    m = compute_metrics(trace)
+    drafted = sum(len(s.draft_tokens) for s in steps)
+    accepted = sum(s.accepted for s in steps)
+    rejections = sum(1 for s in steps if s.accepted < len(s.draft_tokens))
+    alpha = accepted / (accepted + rejections) if (accepted + rejections) else None
+    gamma = drafted / len(steps) if steps else 0.0
+    t_draft = sum(s.t_draft for s in steps)
+    t_verify = sum(s.t_verify for s in steps)
+    mean_draft = t_draft / drafted if drafted else None
+    mean_verify = t_verify / len(steps) if steps else None
+    c = mean_draft / mean_verify if (mean_draft is not None and mean_verify) else None
+    expected = leviathan_expected_tokens(alpha, gamma) if alpha is not None else None
+    predicted = leviathan_speedup(alpha, gamma, c) if (alpha is not None and c is not None) else None
+    measured = (m.tokens_per_s / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 and m.tokens_per_s > 0 else None
+    return LeviathanInputs(alpha, gamma, c, expected, predicted, m.tau, measured, m.acceptance_rate, mean_draft, mean_verify)
+
+
+@failsafe("markdown")
+def leviathan_markdown(trace: Trace | None, plain: PlainRun | None = None) -> str:
+    head = ("### The speedup formula (Leviathan et al., 2023)\n\n"
+            "With per-token acceptance probability $\\alpha$, $\\gamma$ draft tokens per verification and a draft "
+            "token costing $c$ target steps:\n\n"
+            "$$E[\\text{tokens per verification}] = \\frac{1-\\alpha^{\\gamma+1}}{1-\\alpha} \\qquad "
+            "S = \\frac{1-\\alpha^{\\gamma+1}}{(1-\\alpha)(\\gamma c+1)}$$\n\n")
+    if trace is None or not trace.steps:
+        return head + "*Run a drafter to plug in this run's measured α and c.*"
+    x = leviathan_inputs(trace, plain)
+    if x.alpha is None:
+        return head + (f"*This run ('{trace.drafter}') drafted nothing, so α is undefined: "
+                       "plain decoding is the formula's baseline, S = 1.*")
+    fmt = lambda v, f=".3f": "–" if v is None else format(v, f)  # noqa: E731
+    lines = [
+        head,
+        "| quantity | this run |",
+        "|---|---|",
+        f"| α (accepted ÷ (accepted + rejections)) | **{fmt(x.alpha)}** |",
+        f"| raw acceptance rate (accepted ÷ drafted) | {fmt(x.acceptance_rate)} |",
+        f"| γ (mean draft length) | **{fmt(x.gamma, '.2f')}** |",
+        f"| draft time per token | {fmt(None if x.mean_draft_time is None else 1000 * x.mean_draft_time, '.2f')} ms |",
+        f"| verify time per step | {fmt(None if x.mean_verify_time is None else 1000 * x.mean_verify_time, '.2f')} ms |",
+        f"| c = draft per token ÷ verify per step | **{fmt(x.c)}** |",
+        f"| predicted tokens per verification | {fmt(x.expected_tokens, '.2f')} |",
+        f"| measured τ | {fmt(x.measured_tau, '.2f')} |",
+        f"| **predicted speedup S** | **{fmt(x.predicted_speedup, '.2f')}×** |",
+        f"| **measured speedup vs generate()** | **{fmt(x.measured_speedup, '.2f')}×** |",
+        "",
+    ]
+    if x.alpha is not None and x.c is not None:
+        lines.append(f"Plugged in: $S = \\frac{{1-{x.alpha:.3f}^{{{x.gamma:.2f}+1}}}}{{(1-{x.alpha:.3f})({x.gamma:.2f}\\cdot{x.c:.3f}+1)}}"
+                     f" = {x.predicted_speedup:.2f}$" if x.alpha < 1 else
+                     f"Plugged in (α = 1, every draft accepted): $S = \\frac{{\\gamma+1}}{{\\gamma c+1}} = {x.predicted_speedup:.2f}$")
+    lines.append("\nThe formula assumes i.i.d. acceptance, a fixed γ and that verifying γ+1 tokens costs one target "
+                 "step; it ignores prefill, the drafter's search time and Python overhead, so expect the measured "
+                 "number to sit somewhat below it. For layer-skip drafters c is roughly (layers run) ÷ L, "
+                 "so α has to be high to gain anything.")
+    return "\n".join(lines)
+
+
+@failsafe("figure")
+def leviathan_figure(trace: Trace | None, plain: PlainRun | None = None) -> go.Figure:
+    """S(γ) for this run's α and c, with the run's γ and its measured speedup marked."""
+    if trace is None or not trace.steps:
+        alpha, c, inputs = 0.8, 0.5, None
+    else:
+        inputs = leviathan_inputs(trace, plain)
+        if inputs.alpha is None or inputs.c is None:
+            alpha, c, inputs = 0.8, 0.5, None
+        else:
+            alpha, c = inputs.alpha, inputs.c
+    gammas = list(range(0, 17))
+    fig = go.Figure()
+    for a, dash, name in ((alpha, "solid", f"α = {alpha:.2f} (this run)" if inputs else f"α = {alpha:.2f} (example)"),
+                          (min(0.99, alpha + (1 - alpha) / 2), "dash", None), (max(0.0, alpha - 0.2), "dot", None)):
+        fig.add_trace(go.Scatter(x=gammas, y=[leviathan_speedup(a, g, c) for g in gammas], mode="lines",
+                                 name=name or f"α = {a:.2f}", line=dict(color=BLUE, dash=dash, width=2.5 if dash == "solid" else 1.5),
+                                 hovertemplate="γ=%{x}: S=%{y:.2f}<extra></extra>"))
+    if inputs is not None:
+        fig.add_trace(go.Scatter(x=[inputs.gamma], y=[inputs.predicted_speedup], mode="markers", name="predicted at this γ",
+                                 marker=dict(size=11, color=ORANGE, symbol="circle")))
+        if inputs.measured_speedup is not None:
+            fig.add_trace(go.Scatter(x=[inputs.gamma], y=[inputs.measured_speedup], mode="markers", name="measured",
+                                     marker=dict(size=13, color=VERMILLION, symbol="star")))
+    fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"))
+    fig.update_xaxes(title_text="γ (draft tokens per verification)", dtick=2)
+    fig.update_yaxes(title_text="speedup S", rangemode="tozero")
+    return _layout(fig, f"Leviathan speedup vs draft length (c = {c:.2f})", height=330)
+
+
+def method_plans(num_layers: int) -> list[tuple[str, list[int], str]]:
+    """Which layers each layer-skip drafter's draft runs, with default settings, for a model
+    with `num_layers` layers (0 runs in the draft, 1 skipped, 2 HiSpec's intermediate verifier).
+    CLaSp's set is chosen per step by its search; shown here with its budget in the middle."""
+    L = int(num_layers)
+    alternate = [1 if (1 <= i < L - 1 and i % 2 == 1) else 0 for i in range(L)]
+    e = max(1, L // 4)
+    early = [0 if i < e else 1 for i in range(L)]
+    m = max(1, int(0.4 * L))
+    first = 1 + (L - 2 - m) // 2
+    clasp = [1 if first <= i < first + m else 0 for i in range(L)]
+    d = max(1, round(L / 8))
+    v = max(d + 1, round(L / 4))
+    hispec = [0 if i < d else (2 if i < v else 1) for i in range(L)]
+    return [
+        ("static skip (alternate)", alternate, "every other middle layer bypassed"),
+        (f"early exit (E = {e})", early, f"first {e} layers, then the shared head"),
+        (f"CLaSp (M = {m})", clasp, f"{m} layers, re-chosen by the DP every few steps"),
+        (f"HiSpec (d = {d}, v = {v})", hispec, f"draft exits at {d}, checked at {v}, full model every n tokens"),
+    ]
+
+
+@failsafe("figure")
+def methods_figure(num_layers: int = 16) -> go.Figure:
+    """Teaching figure: what each layer-skip drafter's draft runs (default settings)."""
+    plans = method_plans(num_layers)
+    L = int(num_layers)
+    z = [[p[i] for _, p, _ in plans] for i in range(L)]
+    n_states = 3
+    scale = []
+    for k, c in enumerate([SKY, ORANGE, GREEN]):
+        scale += [[k / n_states, c], [(k + 1) / n_states, c]]
+    names = [n for n, _, _ in plans]
+    text = [[f"{names[j]} · layer {i}: {LAYER_STATES[z[i][j]]}<br>{plans[j][2]}" for j in range(len(plans))] for i in range(L)]
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=list(range(L)), zmin=-0.5, zmax=2.5, colorscale=scale, xgap=6, ygap=1,
+                               text=text, hoverinfo="text",
+                               colorbar=dict(tickvals=[0, 1, 2], ticktext=LAYER_STATES, thickness=12, len=0.9)))
+    fig.update_yaxes(title_text="layer", dtick=max(1, L // 8))
+    return _layout(fig, f"What each draft runs, {L}-layer model, default settings", height=360)
+
+
+__all__ = ["method_plans", "methods_figure", 
+    "PlainRun", "CompareRow", "LeviathanInputs", "failsafe", "message_figure", "message_html", "token_pieces",
+    "token_html", "legend_html", "cards_html", "lossless_check", "layer_plan", "skip_heatmap", "dp_grid_figure",
+    "dp_step", "step_details_html", "speed_figure", "speedup_figure", "acceptance_figure", "accepted_histogram",
+    "compare_row", "compare_table", "compare_figure", "COMPARE_HEADERS", "leviathan_inputs", "leviathan_markdown",
+    "leviathan_figure", "leviathan_speedup", "leviathan_expected_tokens", "busy_times", "spec_curve",
+]

@@ -1,0 +1,1065 @@
+"""The Gradio app: `build_app(...) -> gr.Blocks`.
+
+Everything model-related goes through `specviz.api`; everything drawn comes from the pure
+functions in `specviz.figures`. This module only validates inputs, drives a `Generation` and
+streams what it produces.
+
+Events and their API names (`gradio_client`):
+
+* ``/run``     stream a whole generation (tokens appear as each verification lands)
+* ``/step``    one speculation cycle per call (the Generation lives in the session's gr.State)
+* ``/stop``    stop this session's running generation
+* ``/compare`` run every chosen drafter on the prompt, table + bar chart
+
+``/run``, ``/step`` and ``/compare`` take: model, prompt, drafter (not /compare),
+max_new_tokens, temperature, top_p, top_k, seed, extra_options (JSON object, /run and /step),
+and one keyword per drafter option, named ``<drafter>_<option>`` with '-' as '_'
+(``static_skip_k``, ``clasp_dp_interval``, ``hispec_d`` ...). Every model-running event shares
+``concurrency_id="model"``, so one generation at a time touches the shared model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+import torch
+
+from . import api, figures
+from .drafters import DRAFTERS
+from .engine import eos_ids
+from .figures import PlainRun
+from .models import DEFAULT_DRAFT, DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY
+from .trace import Trace
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PROMPTS_DIR = ASSETS / "prompts"
+
+MAX_NEW_TOKENS_LIMIT = 512
+DEFAULT_MAX_NEW_TOKENS = 96
+HTML_INTERVAL = 0.25  # seconds between streamed token updates (more often slows the engine: GIL)
+PLOT_EVERY = 8  # steps between streamed plot updates (the final update always draws)
+PLOT_INTERVAL = 1.5  # and at least this many seconds between them (plots cost ~40 ms each to build)
+
+try:  # ZeroGPU on Spaces; elsewhere the decorator is a no-op or absent
+    import spaces  # type: ignore
+
+    _gpu: Callable = spaces.GPU(duration=120)
+    ZERO_GPU = True
+except ImportError:  # pragma: no cover - depends on the environment
+    def _gpu(fn):
+        return fn
+
+    ZERO_GPU = False
+
+# Models offered by default: the bundled one plus small allowlisted hub models.
+DEFAULT_UI_MODELS = [DEFAULT_MODEL] + [m for m in ("HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-Coder-0.5B",
+                                                   "facebook/layerskip-llama3.2-1B") if m in HUB_ALLOWLIST]
+
+
+# =============================================================================================
+# drafter controls
+
+
+@dataclass(frozen=True)
+class Control:
+    """One drafter option: `kwarg` is the drafter's constructor keyword."""
+
+    kwarg: str
+    kind: str  # "int" | "float" | "choice" | "bool" | "text" | "model" | "layer"
+    label: str
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+    info: str = ""
+
+
+@dataclass(frozen=True)
+class DrafterSpec:
+    title: str
+    blurb: str
+    controls: tuple[Control, ...] = ()
+    module: str | None = None  # specviz/drafters/<module>.py, for drafters that live in their own module
+    to_options: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def _k(default: int, maximum: int = 16, label: str = "k: max draft tokens per verification") -> Control:
+    return Control("k", "int", label, default, 1, maximum, 1)
+
+
+def _threshold(default: float = 0.0) -> Control:
+    return Control("threshold", "float", "confidence threshold (stop drafting below; 0 = off)", default, 0.0, 1.0, 0.05,
+                   info="adaptive draft length: stop before a token whose top-1 probability is below this")
+
+
+def _static_options(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    custom = str(out.pop("skip_layers", "") or "")
+    if out.get("skip") == "custom":
+        try:
+            out["skip"] = [int(x) for x in re.split(r"[,\s]+", custom.strip()) if x]
+        except ValueError:
+            raise ValueError(f"custom skip layers must be integers separated by commas, e.g. 2,4,6; got {custom!r}") from None
+        if not out["skip"]:
+            raise ValueError("preset 'custom' needs a list of layers to skip, e.g. 2,4,6")
+    return out
+
+
+DRAFTER_SPECS: dict[str, DrafterSpec] = {
+    "ar": DrafterSpec(
+        "Plain decoding", "No draft: the target adds one token per forward pass. The baseline every drafter is compared with."),
+    "static-skip": DrafterSpec(
+        "Static layer skip (Draft & Verify / Self-SD)",
+        "Draft with the same model but a fixed set of its layers bypassed; verify with all layers.",
+        (Control("skip", "choice", "skip preset", "alternate", choices=("alternate", "ratio", "custom"),
+                 info="alternate: every other middle layer · ratio: the middle fraction · custom: your list"),
+         Control("skip_ratio", "float", "skip ratio (preset 'ratio')", 0.5, 0.05, 0.95, 0.05),
+         Control("skip_layers", "text", "layers to skip (preset 'custom'), e.g. 2,4,6", ""),
+         _k(4), _threshold()),
+        to_options=_static_options),
+    "early-exit": DrafterSpec(
+        "Early exit (LayerSkip)",
+        "Draft with only the first E layers and the shared LM head; verification reuses their cache.",
+        (Control("exit_layer", "layer", "exit layer E (0 = auto: L/4)", 0, 0, 63, 1), _k(6), _threshold())),
+    "clasp": DrafterSpec(
+        "CLaSp (in-context layer skip)",
+        "After verification, a dynamic program picks which M layers to skip so the draft's hidden states stay "
+        "closest to the full model's; the search reruns every N verifications.",
+        (Control("skip_ratio", "float", "skip ratio (M = ratio × L layers skipped)", 0.4, 0.05, 0.9, 0.05),
+         Control("dp_interval", "int", "DP interval N (rerun the layer search every N verifications)", 4, 1, 32, 1),
+         _k(6), _threshold(0.5),
+         Control("protect_ends", "bool", "never skip the first and last layer", True)),
+        module="clasp"),
+    "hispec": DrafterSpec(
+        "HiSpec (hierarchical speculation)",
+        "Draft at exit d, check cheaply at an intermediate exit v, and let the full model validate the "
+        "buffered tentative tokens every n tokens.",
+        (Control("d", "layer", "draft exit d (0 = auto: L/8)", 0, 0, 63, 1),
+         Control("v", "layer", "intermediate verify exit v (0 = auto: L/4)", 0, 0, 63, 1),
+         Control("n", "int", "n: tentative tokens before the full model checks", 8, 1, 32, 1),
+         _k(4, label="k: drafts per intermediate round")),
+        module="hispec"),
+    "ctc": DrafterSpec(
+        "CTC drafter",
+        "A small head over the last hidden state emits several frames at once; CTC collapses repeats and blanks "
+        "into the draft.",
+        (Control("head", "choice", "head", "ctc", choices=("ctc", "medusa"),
+                 info="ctc: trained with a CTC loss · medusa: per-position heads (the paper's control)"),
+         _k(6), _threshold(),
+         Control("random_head", "bool", "untrained random head (when no trained head file exists)", False)),
+        module="ctc"),
+    "draft-model": DrafterSpec(
+        "Separate draft model",
+        "Classic speculative decoding: a smaller model with the same tokenizer drafts.",
+        (Control("draft_model_name", "model", "draft model", "(default)"), _k(4), _threshold())),
+    "prompt-lookup": DrafterSpec(
+        "Prompt lookup",
+        "Find the latest earlier occurrence of the last n tokens in the context and propose what followed it. "
+        "Free to draft; great on repetitive code.",
+        (_k(8, 32), Control("max_ngram", "int", "max n-gram", 3, 1, 8, 1), Control("min_ngram", "int", "min n-gram", 1, 1, 8, 1))),
+}
+
+DRAFTER_ORDER = ["ar", "static-skip", "early-exit", "clasp", "hispec", "ctc", "draft-model", "prompt-lookup"]
+
+
+def drafter_names() -> list[str]:
+    """Every drafter the UI offers: the known ones (available or not) and any other registered one."""
+    return DRAFTER_ORDER + [n for n in DRAFTERS if n not in DRAFTER_ORDER]
+
+
+def spec_for(name: str) -> DrafterSpec:
+    return DRAFTER_SPECS.get(name) or DrafterSpec(name, f"Drafter '{name}' (registered; set its options as JSON below).")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def param_name(drafter: str, kwarg: str) -> str:
+    return f"{slug(drafter)}_{kwarg}"
+
+
+def available(name: str) -> bool:
+    return name in DRAFTERS
+
+
+def unavailable_message(name: str) -> str:
+    spec = spec_for(name)
+    where = f"specviz/drafters/{spec.module}.py" if spec.module else "its module"
+    return f"Drafter '{name}' is not available in this build: {where} is missing or did not register."
+
+
+def options_from_values(name: str, values: dict[str, Any], model_names: Sequence[str]) -> dict[str, Any]:
+    """Control values (by kwarg) -> the drafter's constructor options."""
+    spec = spec_for(name)
+    out: dict[str, Any] = {}
+    for c in spec.controls:
+        if c.kwarg not in values:
+            continue
+        v = values[c.kwarg]
+        if v is None:
+            continue
+        if c.kind in ("int", "layer"):
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{c.kwarg} must be an integer, got {v!r}") from None
+            if not math.isfinite(f) or f != int(f):
+                raise ValueError(f"{c.kwarg} must be an integer, got {v!r}")
+            v = int(f)
+            if c.kind == "layer" and v == 0:
+                continue  # auto
+        elif c.kind == "float":
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{c.kwarg} must be a number, got {v!r}") from None
+        elif c.kind == "bool":
+            v = bool(v)
+        elif c.kind == "model":
+            if not v or v == "(default)":
+                continue
+            if v not in model_names:
+                raise ValueError(f"draft model {v!r} is not in this app's model list: {', '.join(model_names)}")
+        out[c.kwarg] = v
+    if spec.to_options is not None:
+        out = spec.to_options(out)
+    return out
+
+
+# =============================================================================================
+# sessions, plain generate(), detokenizers
+
+
+class Session:
+    """Per-browser-session state (held by gr.State, by reference): the Step generation, the last
+    trace and the stop switch of the running generation."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.gen = None  # Generation driven by Step
+        self.key: tuple | None = None  # settings of `gen`
+        self.trace: Trace | None = None
+        self.plain: PlainRun | None = None
+        self.mode = "run"  # "run" | "step"
+        self.decode: Callable[[list[int]], str] | None = None
+        self.prompt_text = ""
+        self.running = False
+        self.loaded = None
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its initial value
+        return Session()
+
+
+class Detok:
+    """A tokenizer's decode with a memo (the token view decodes short windows over and over)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.memo: dict[tuple[int, ...], str] = {}
+
+    def __call__(self, ids: list[int]) -> str:
+        key = tuple(ids)
+        text = self.memo.get(key)
+        if text is None:
+            if len(self.memo) > 200_000:
+                self.memo.clear()
+            text = self.memo[key] = self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return text
+
+
+_detoks: dict[int, Detok] = {}
+_plain_cache: "OrderedDict[tuple, PlainRun]" = OrderedDict()
+_plain_lock = threading.Lock()
+
+
+def detok_for(loaded) -> Detok:
+    key = id(loaded.tokenizer)
+    if key not in _detoks:
+        _detoks[key] = Detok(loaded.tokenizer)
+    return _detoks[key]
+
+
+class _TimingStreamer:
+    """transformers streamer that records when each new token arrives (the first put is the prompt)."""
+
+    def __init__(self, t0: float, device: torch.device):
+        self.t0, self.device = t0, device
+        self.seen_prompt = False
+        self.tokens: list[int] = []
+        self.times: list[float] = []
+
+    def put(self, value):
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        ids = value.reshape(-1).tolist()
+        now = time.perf_counter() - self.t0
+        self.tokens.extend(int(i) for i in ids)
+        self.times.extend([now] * len(ids))
+
+    def end(self):
+        pass
+
+
+def plain_key(model: str, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, top_p: float,
+              top_k: int, seed: int) -> tuple:
+    greedy = float(temperature) == 0.0
+    sampling = ("greedy",) if greedy else (float(temperature), float(top_p), int(top_k), int(seed))
+    return (model, tuple(int(i) for i in prompt_ids), int(max_new_tokens)) + sampling
+
+
+def cached_plain(key: tuple) -> PlainRun | None:
+    with _plain_lock:
+        return _plain_cache.get(key)
+
+
+@torch.inference_mode()
+def plain_generate(loaded, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+                   top_p: float = 1.0, top_k: int = 0, seed: int = 0, key: tuple | None = None) -> PlainRun:
+    """Time `model.generate()` once per (model, prompt, max_new_tokens, sampling) and cache it."""
+    key = key or plain_key(loaded.name, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed)
+    hit = cached_plain(key)
+    if hit is not None:
+        return hit
+    model = loaded.model
+    eos = sorted(eos_ids(model))
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        pad = eos[0] if eos else 0
+    greedy = float(temperature) == 0.0
+    kwargs: dict[str, Any] = dict(max_new_tokens=int(max_new_tokens), num_beams=1, eos_token_id=eos or None,
+                                  pad_token_id=pad, use_cache=True)
+    if greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        torch.manual_seed(int(seed))
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p),
+                      top_k=int(top_k) if int(top_k) > 0 else None)
+    ids = torch.tensor([list(prompt_ids)], device=loaded.device)
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize(loaded.device)
+    t0 = time.perf_counter()
+    streamer = _TimingStreamer(t0, loaded.device)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
+    wall = time.perf_counter() - t0
+    tokens = out[0, ids.shape[1]:].tolist()
+    # generate() pads finished sequences only in batches; keep up to and including the first EOS
+    for i, tok in enumerate(tokens):
+        if tok in eos:
+            tokens = tokens[: i + 1]
+            break
+    times = streamer.times[: len(tokens)] if len(streamer.times) >= len(tokens) else [wall] * len(tokens)
+    run = PlainRun(tokens=tokens, times=times, wall_time=wall, greedy=greedy,
+                   settings=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
+    with _plain_lock:
+        _plain_cache[key] = run
+        while len(_plain_cache) > 64:
+            _plain_cache.popitem(last=False)
+    return run
+
+
+def warm_up(model: str, device: str | None = None, dtype: str | None = None) -> None:
+    """Load the model, run a few decoding steps and draw every figure once, so the first real run
+    is not slowed by first-call costs (kernel setup, plotly's lazily loaded validators)."""
+    loaded, gen = api.start(model, "ar", "def f(x):\n    return x\n", 3, device=device, dtype=dtype)
+    for _ in gen:
+        pass
+    trace, decode = gen.trace, detok_for(loaded)
+    plain = PlainRun(list(trace.generated), [s.t_end for s in trace.steps], trace.wall_time)
+    figures.token_html(trace, decode)
+    figures.cards_html(trace, plain)
+    for fig in (figures.skip_heatmap(trace), figures.dp_grid_figure(trace), figures.speed_figure(trace, plain),
+                figures.speedup_figure(trace, plain), figures.acceptance_figure(trace), figures.accepted_histogram(trace),
+                figures.leviathan_figure(trace, plain), figures.methods_figure(8)):
+        fig.to_json()
+
+
+# =============================================================================================
+# prompts
+
+
+def load_example_prompts(directory: Path = PROMPTS_DIR) -> list[str]:
+    """Prompts from assets/prompts/*.jsonl (a `prompt` field per line) and *.txt (one per file)."""
+    prompts: list[str] = []
+    if not directory.is_dir():
+        return prompts
+    for path in sorted(directory.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+                prompts.append(obj["prompt"])
+    for path in sorted(directory.glob("*.txt")):
+        text = path.read_text(encoding="utf-8")
+        if text.strip():
+            prompts.append(text)
+    return prompts
+
+
+def _has_draft_model(model: str) -> bool:
+    """Whether the draft-model drafter has a default draft model for `model` (bundled ones only)."""
+    draft = DEFAULT_DRAFT.get(model)
+    return draft is not None and (draft not in REGISTRY or (REGISTRY[draft] / "config.json").exists())
+
+
+def _num_layers(model: str) -> int | None:
+    """Depth of a model from its config alone (no weights), or None if it cannot be read here."""
+    try:
+        if model in REGISTRY:
+            path = REGISTRY[model] / "config.json"
+        elif os.path.isdir(model):
+            path = Path(model) / "config.json"
+        else:
+            from transformers import AutoConfig
+
+            return int(AutoConfig.from_pretrained(model, trust_remote_code=False).num_hidden_layers)
+        return int(json.loads(path.read_text())["num_hidden_layers"])
+    except Exception:  # noqa: BLE001 - the sliders simply keep their range
+        return None
+
+
+# =============================================================================================
+# learn tab
+
+LEARN_MD = r"""
+## How speculative decoding works
+
+A language model writes one token per forward pass, and on small batches each pass is dominated by
+reading the weights and by per-layer overhead, not by arithmetic. **Speculative decoding** lets a cheap
+*drafter* guess the next few tokens, then runs the full *target* model **once** over all of them.
+The target keeps the longest prefix it agrees with, adds **one token of its own** (the correction at the
+first disagreement, or a bonus token when everything matched), and throws the rest away.
+
+* **Lossless.** With greedy decoding the output is *exactly* what the target alone would write (the
+  badge above checks it against `model.generate()`); with sampling, rejection sampling keeps the output
+  *distribution* exact.
+* **τ** is the mean number of tokens each verification adds, the target's own token included: plain
+  decoding has τ = 1.
+* **Colours.** <span style="background:rgba(0,114,178,.2);border-bottom:2px solid #0072B2">accepted draft</span> ·
+  <span style="background:rgba(230,159,0,.32)">target's own token</span> ·
+  <span style="color:#D55E00;text-decoration:line-through">rejected draft</span>.
+
+### The drafters
+
+* **Static layer skip** (Draft & Verify / Self-SD): the draft is the target itself with a fixed set of
+  layers bypassed — no extra weights. Layers below the first skipped one are exact, so the verifier reuses
+  their cache.
+* **Early exit** (LayerSkip): draft with the first *E* layers and the shared LM head. It needs a model
+  trained to make early layers predictive (the bundled model is trained with an early-exit loss).
+* **CLaSp**: after each verification a dynamic program over (layer *i*, layers skipped so far *j*) picks
+  which *M* layers to skip, keeping the draft's hidden state as close (cosine) as possible to the full
+  model's state of the last accepted token. *Skip layers* tab: the heatmap shows the chosen set per step
+  and the DP table with its path.
+* **HiSpec**: three levels of one early-exit model — draft at exit *d*, a cheap intermediate check at exit
+  *v*, and the full model validating the buffered tentative tokens every *n* tokens.
+* **CTC drafter**: a small head reads the last hidden state and emits several frames at once; CTC
+  decoding collapses repeats and blanks into a draft.
+* **Draft model**: classic speculative decoding with a separate small model.
+* **Prompt lookup**: copy what followed the last earlier occurrence of the context's final n-gram —
+  free to draft, strong on repetitive code.
+
+### Why the speedup is modest on a CPU
+
+For a layer-skip drafter a draft token costs roughly (layers run) ÷ L of a target step, so *c* is large
+and acceptance α must be high to win. Verifying 8 tokens costs only ~1.5× one decoding step, which is what
+makes speculation pay at all.
+"""
+
+
+# =============================================================================================
+# the app
+
+
+@dataclass
+class RunSettings:
+    model: str
+    prompt: str
+    drafter: str
+    options: dict[str, Any]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+
+    def key(self) -> tuple:
+        return (self.model, self.prompt, self.drafter, json.dumps(self.options, sort_keys=True, default=str),
+                self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed)
+
+
+def user_error(message: str) -> gr.Error:
+    """A gr.Error for bad input: shown to the user as a toast, not logged as a server traceback."""
+    return gr.Error(message, print_exception=False)
+
+
+def _as_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise user_error(f"{name} must be an integer, got {value!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise user_error(f"{name} must be an integer, got {value!r}")
+    v = int(f)
+    if v < lo or (hi is not None and v > hi):
+        rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise user_error(f"{name} must be {rng}, got {v}")
+    return v
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise user_error(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise user_error(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
+def build_app(model_names: Sequence[str] | None = None, *, default_model: str | None = None,
+              examples: Sequence[str] | None = None, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
+              default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None,
+              dtype: str | None = None, plot_every: int = PLOT_EVERY, preload: bool = False,
+              torch_threads: int | None = None,
+              title: str = "specviz — speculative decoding, made visible") -> gr.Blocks:
+    """Build the app. `model_names` is the allowlist the model dropdown offers (registry names,
+    local directories or allowlisted hub ids); `preload` loads the default model now so the first
+    run streams at once; `torch_threads` sets torch's intra-op threads for the process (1 is much
+    faster for small models on a small shared CPU: 2 threads that compete for 2 busy cores stall
+    every one of the many small ops a layer-by-layer drafter runs)."""
+    if torch_threads is not None:
+        torch.set_num_threads(int(torch_threads))
+    names = list(model_names) if model_names else list(DEFAULT_UI_MODELS)
+    default_model = default_model or names[0]
+    if default_model not in names:
+        raise ValueError(f"default_model {default_model!r} is not in model_names {names}")
+    limit = int(max_new_tokens_limit)
+    default_max_new = min(int(default_max_new_tokens), limit)
+    prompts = list(examples) if examples is not None else load_example_prompts()
+    export_dir = Path(tempfile.mkdtemp(prefix="specviz-export-"))
+    if preload:
+        try:
+            warm_up(default_model, device, dtype)
+        except Exception as err:  # noqa: BLE001 - the app still starts; Run will show the error
+            log.warning("could not preload %s: %s", default_model, err)
+    depth = _num_layers(default_model) or 16
+
+    drafters = drafter_names()
+    # every (drafter, control) pair, in a fixed order: the kwargs of the model events
+    control_keys: list[tuple[str, Control]] = [(d, c) for d in drafters for c in spec_for(d).controls]
+
+    # ---------------------------------------------------------------------------------------
+    # validation and rendering helpers (closures over the app's settings)
+
+    def settings_from(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options,
+                      opts: dict[str, Any]) -> RunSettings:
+        if not isinstance(model, str) or model not in names:
+            raise user_error(f"Unknown model {model!r}: choose one of {', '.join(names)}.")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise user_error("Prompt must not be empty: type some code or pick an example.")
+        if drafter not in drafters:
+            raise user_error(f"Unknown drafter {drafter!r}: choose one of {', '.join(drafters)}.")
+        if not available(drafter):
+            raise user_error(unavailable_message(drafter))
+        max_new = _as_int("max_new_tokens", max_new_tokens, 1, limit)
+        temperature = _as_float("temperature", temperature)
+        if not 0.0 <= temperature <= 10.0:
+            raise user_error(f"temperature must be between 0 (greedy) and 10, got {temperature}")
+        top_p = _as_float("top_p", top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise user_error(f"top_p must be in (0, 1], got {top_p}")
+        top_k = _as_int("top_k", top_k, 0)
+        seed = _as_int("seed", seed, 0, 2**31 - 1)
+        values = {c.kwarg: opts.get(param_name(drafter, c.kwarg), c.default) for c in spec_for(drafter).controls}
+        try:
+            options = options_from_values(drafter, values, names)
+        except ValueError as err:
+            raise user_error(f"Bad option for {drafter}: {err}") from None
+        extra = (extra_options or "").strip() if isinstance(extra_options, str) else extra_options
+        if extra:
+            try:
+                parsed = json.loads(extra) if isinstance(extra, str) else extra
+            except json.JSONDecodeError as err:
+                raise user_error(f'Extra options must be a JSON object such as {{"k": 4}}: {err}') from None
+            if not isinstance(parsed, dict):
+                raise user_error('Extra options must be a JSON object such as {"k": 4}.')
+            options.update(parsed)
+        return RunSettings(model, prompt, drafter, options, max_new, temperature, top_p, top_k, seed)
+
+    def start(s: RunSettings, stop: threading.Event | None):
+        try:
+            return api.start(s.model, s.drafter, s.prompt, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed,
+                             s.options, device=device, dtype=dtype, stop=stop)
+        except ValueError as err:
+            raise user_error(str(err)) from None
+        except gr.Error:
+            raise
+        except Exception as err:  # noqa: BLE001 - show, don't crash
+            log.exception("could not start a generation")
+            raise user_error(f"Could not start: {type(err).__name__}: {err}") from None
+
+    def render(session: Session, parts: set[str], streaming: bool = False, status: str = "") -> tuple:
+        """All outputs, with gr.skip() for the parts not asked for."""
+        trace, plain, decode = session.trace, session.plain, session.decode
+        clock = "busy" if session.mode == "step" else "wall"
+        n = len(trace.steps) if trace else 0
+        last = max(0, n - 1)
+        out: dict[str, Any] = {}
+        if "tokens" in parts:
+            out["tokens"] = figures.token_html(trace, decode, True, session.prompt_text, streaming=streaming)
+            out["cards"] = figures.cards_html(trace, plain, clock, status)
+            out["text"] = (decode or figures._default_decode)(trace.generated) if trace else ""
+        if "plots" in parts:
+            out["heatmap"] = figures.skip_heatmap(trace, last if session.mode == "step" else None)
+            out["dp"] = figures.dp_grid_figure(trace, last)
+            out["step_sel"] = gr.update(maximum=max(1, last), value=last)
+            out["details"] = figures.step_details_html(trace, last, decode)
+            out["speed"] = figures.speed_figure(trace, plain, clock)
+            out["speedup"] = figures.speedup_figure(trace, plain, clock)
+            out["accpos"] = figures.acceptance_figure(trace)
+            out["hist"] = figures.accepted_histogram(trace)
+            out["learn_md"] = figures.leviathan_markdown(trace, plain)
+            out["learn_fig"] = figures.leviathan_figure(trace, plain)
+        if "export" in parts:
+            out["export"] = write_export(trace) if trace else None
+        return tuple(out.get(k, gr.skip()) for k in OUTPUT_KEYS)
+
+    def write_export(trace: Trace) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = export_dir / f"specviz-trace-{slug(trace.drafter)}-{stamp}-{os.getpid()}-{id(trace) % 10_000}.json"
+        path.write_text(trace.to_json(indent=1), encoding="utf-8")
+        return str(path)
+
+    def finish_plain(session: Session, loaded, s: RunSettings, progress) -> None:
+        """Attach the plain generate() reference (timed once per prompt and settings)."""
+        trace = session.trace
+        key = plain_key(s.model, trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed)
+        session.plain = cached_plain(key)
+        if session.plain is None and trace.finish_reason != "stopped":
+            progress(None, desc="timing plain generate() for the speedup (once per prompt and settings)")
+            try:
+                session.plain = plain_generate(loaded, trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p,
+                                               s.top_k, s.seed, key=key)
+            except Exception as err:  # noqa: BLE001 - the run itself succeeded
+                log.exception("plain generate() failed")
+                gr.Warning(f"plain generate() failed, no speedup shown: {err}")
+
+    # ---------------------------------------------------------------------------------------
+    # event handlers
+
+    @_gpu
+    def run(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, session,
+            progress=gr.Progress(), **opts):
+        """Stream one generation: tokens as each verification lands, plots every few steps."""
+        s = settings_from(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, opts)
+        session = session if isinstance(session, Session) else Session()
+        session.gen, session.key, session.mode = None, None, "run"
+        session.stop = stop = threading.Event()
+        loaded, gen = start(s, stop)
+        session.trace, session.decode, session.prompt_text = gen.trace, detok_for(loaded), s.prompt
+        session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
+                                               s.top_p, s.top_k, s.seed))
+        events: queue.Queue = queue.Queue()
+
+        def drive():
+            try:
+                for _ in gen:
+                    events.put(("step", None))
+                events.put(("done", None))
+            except BaseException as err:  # noqa: BLE001 - handed to the UI thread
+                events.put(("error", err))
+
+        worker = threading.Thread(target=drive, name="specviz-generation", daemon=True)
+        session.running = True
+        worker.start()
+        last_html = last_plot = 0.0
+        plotted_steps = 0
+        error = None
+        try:
+            yield render(session, {"tokens"}, streaming=True, status="starting…")
+            done = False
+            while not done:
+                try:
+                    kind, payload = events.get(timeout=0.25)
+                except queue.Empty:
+                    if not worker.is_alive():
+                        break
+                    continue
+                while True:  # drain: render the latest state only
+                    if kind == "done":
+                        done = True
+                    elif kind == "error":
+                        done, error = True, payload
+                    try:
+                        kind, payload = events.get_nowait()
+                    except queue.Empty:
+                        break
+                if done:
+                    break
+                now = time.perf_counter()
+                if now - last_html < HTML_INTERVAL:
+                    continue
+                last_html = now
+                n = len(gen.trace.steps)
+                parts = {"tokens"}
+                if n - plotted_steps >= plot_every and now - last_plot >= PLOT_INTERVAL:
+                    parts.add("plots")
+                    plotted_steps, last_plot = n, now
+                progress((len(gen.trace.generated), s.max_new_tokens), desc="decoding", unit="tokens")
+                yield render(session, parts, streaming=True)
+            worker.join()
+            if error is not None:
+                if isinstance(error, ValueError):
+                    raise user_error(str(error))
+                log.error("generation failed", exc_info=error)
+                raise user_error(f"Generation failed: {type(error).__name__}: {error}")
+            finish_plain(session, loaded, s, progress)
+            session.running = False
+            yield render(session, {"tokens", "plots", "export"})
+        finally:
+            session.running = False
+            stop.set()  # a closed stream (client gone) stops the worker at its next step
+            worker.join(timeout=30)
+
+    @_gpu
+    def step(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, session,
+             progress=gr.Progress(), **opts):
+        """One speculation cycle (the first call prefills). Settings changes start over."""
+        s = settings_from(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, opts)
+        session = session if isinstance(session, Session) else Session()
+        gen = session.gen
+        fresh = gen is None or gen.done or session.key != s.key() or session.mode != "step"
+        if fresh:
+            loaded, gen = start(s, None)
+            session.gen, session.key, session.mode = gen, s.key(), "step"
+            session.loaded = loaded
+            session.trace, session.decode, session.prompt_text = gen.trace, detok_for(loaded), s.prompt
+            session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
+                                                   s.top_p, s.top_k, s.seed))
+        try:
+            event = gen.step()
+        except ValueError as err:
+            raise user_error(str(err)) from None
+        except Exception as err:  # noqa: BLE001
+            log.exception("step failed")
+            session.gen = None
+            raise user_error(f"Step failed: {type(err).__name__}: {err}") from None
+        n = len(gen.trace.steps)
+        if gen.done:
+            finish_plain(session, session.loaded, s, progress)
+            status = f"step {n - 1}: generation finished — the next Step starts over"
+            session.gen = None
+            return render(session, {"tokens", "plots", "export"}, status=status)
+        kind = "prefill" if event is not None and event.index == 0 else "verification"
+        status = f"step mode: {kind} {n - 1} done — press Step for the next cycle (times are engine time)"
+        return render(session, {"tokens", "plots"}, streaming=True, status=status)
+
+    def stop(session):
+        """Stop this session's running generation (and drop its Step generation)."""
+        if isinstance(session, Session):
+            was = session.running or session.gen is not None
+            session.stop.set()
+            session.gen, session.key = None, None
+            return "Stopping…" if was else "Nothing is running."
+        return "Nothing is running."
+
+    @_gpu
+    def compare(model, prompt, max_new_tokens, temperature, top_p, top_k, seed, chosen, session,
+                progress=gr.Progress(), **opts):
+        """Run every chosen drafter on the prompt with its current panel settings."""
+        chosen = [d for d in (chosen or []) if d in drafters]
+        if not chosen:
+            raise user_error("Choose at least one drafter to compare.")
+        base = settings_from(model, prompt, "ar", max_new_tokens, temperature, top_p, top_k, seed, "", opts)
+        session = session if isinstance(session, Session) else Session()
+        session.stop = stop_event = threading.Event()
+        rows: list[figures.CompareRow] = []
+        plain = None
+        session.running = True
+        try:
+            for i, name in enumerate(chosen):
+                if stop_event.is_set():
+                    rows.append(figures.CompareRow(name, error="stopped"))
+                    continue
+                progress((i, len(chosen)), desc=f"running {name}")
+                if not available(name):
+                    rows.append(figures.CompareRow(name, error=unavailable_message(name)))
+                    yield table_update(rows, plain)
+                    continue
+                try:
+                    s = settings_from(model, prompt, name, max_new_tokens, temperature, top_p, top_k, seed, "", opts)
+                    loaded, gen = start(s, stop_event)
+                    for _ in gen:
+                        pass
+                except gr.Error as err:
+                    rows.append(figures.CompareRow(name, error=str(err.message)))
+                    yield table_update(rows, plain)
+                    continue
+                except Exception as err:  # noqa: BLE001
+                    rows.append(figures.CompareRow(name, error=f"{type(err).__name__}: {err}"))
+                    yield table_update(rows, plain)
+                    continue
+                if plain is None:
+                    key = plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed)
+                    progress((i, len(chosen)), desc="timing plain generate()")
+                    plain = plain_generate(loaded, gen.trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p,
+                                           s.top_k, s.seed, key=key)
+                rows.append(figures.compare_row(gen.trace, plain))
+                yield table_update(rows, plain)
+        finally:
+            session.running = False
+        yield table_update(rows, plain)
+
+    def table_update(rows, plain):
+        table = [["generate()", f"{plain.tokens_per_s:.1f}", "1.00", "1.00", "", len(plain.tokens),
+                  f"{plain.wall_time:.2f}", "reference", ""]] if plain is not None else []
+        return table + figures.compare_table(rows), figures.compare_figure(rows, plain)
+
+    def rerender_step(step_index, session):
+        """Pick a step for the DP grid / details (no model involved)."""
+        session = session if isinstance(session, Session) else None
+        trace = session.trace if session else None
+        decode = session.decode if session else None
+        try:
+            idx = int(step_index)
+        except (TypeError, ValueError):
+            idx = None
+        return (figures.dp_grid_figure(trace, idx), figures.step_details_html(trace, idx, decode),
+                figures.skip_heatmap(trace, idx))
+
+    def rerender_tokens(show_rejected, session):
+        if not isinstance(session, Session) or session.trace is None:
+            return figures.token_html(None)
+        return figures.token_html(session.trace, session.decode, bool(show_rejected), session.prompt_text)
+
+    def on_drafter(name):
+        spec = spec_for(name)
+        note = f"**{spec.title}.** {spec.blurb}"
+        if not available(name):
+            note += f"\n\n⚠️ {unavailable_message(name)}"
+        elif not spec.controls:
+            note += "\n\n*No options to set.*" if name == "ar" else "\n\n*Set its options as JSON under 'Extra options'.*"
+        return [gr.update(value=note)] + [gr.update(visible=(d == name)) for d in drafters]
+
+    def on_model(model):
+        layers = _num_layers(model) if isinstance(model, str) else None
+        updates = []
+        for d, c in control_keys:
+            if c.kind == "layer" and layers:
+                updates.append(gr.update(maximum=max(1, layers - 1)))
+            else:
+                updates.append(gr.skip())
+        return [f"*{model}: {layers} layers*" if layers else ""] + updates
+
+    # ---------------------------------------------------------------------------------------
+    # layout
+
+    with gr.Blocks(title="specviz", analytics_enabled=False) as demo:
+        session_state = gr.State(Session())
+        gr.Markdown(f"## {title}\nA drafter guesses a few tokens, the full model checks them in one pass. "
+                    "Watch which guesses survive, which layers were skipped, and what it buys in speed.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=330):
+                model_dd = gr.Dropdown(names, value=default_model, label="model", allow_custom_value=True,
+                                       elem_id="sv-model")
+                model_info = gr.Markdown(f"*{default_model}: {depth} layers*" if _num_layers(default_model) else "")
+                prompt_tb = gr.Textbox(label="prompt", lines=7, max_lines=20, value=prompts[0] if prompts else "",
+                                       placeholder="def quicksort(items):", elem_id="sv-prompt")
+                if prompts:
+                    gr.Examples([[p] for p in prompts], inputs=[prompt_tb], label="examples", examples_per_page=8)
+                drafter_dd = gr.Dropdown(
+                    [(n if available(n) else f"{n} (not available)", n) for n in drafters],
+                    value="static-skip" if available("static-skip") else drafters[0], label="drafter",
+                    allow_custom_value=True, elem_id="sv-drafter")
+                drafter_note = gr.Markdown()
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="sv-run")
+                    step_btn = gr.Button("Step", variant="secondary", elem_id="sv-step")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="sv-stop")
+                stop_msg = gr.Markdown(elem_id="sv-stop-msg")
+                groups: list[gr.Group] = []
+                control_components: dict[str, gr.components.Component] = {}
+                for d in drafters:
+                    spec = spec_for(d)
+                    with gr.Group(visible=False) as group:
+                        if not available(d):
+                            gr.Markdown(f"⚠️ {unavailable_message(d)} Its panel will fill in once it lands.")
+                        for c in spec.controls:
+                            comp = _control_component(c, names, depth)
+                            control_components[param_name(d, c.kwarg)] = comp
+                    groups.append(group)
+                with gr.Accordion("sampling & length", open=True):
+                    with gr.Row():
+                        max_new = named_slider(1, limit, value=default_max_new, step=1, label="max new tokens",
+                                              name="max_new_tokens")
+                        temperature = named_slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)",
+                                                  name="temperature")
+                    with gr.Row():
+                        top_p = named_slider(0.05, 1.0, value=1.0, step=0.05, label="top-p", name="top_p")
+                        top_k = gr.Number(value=0, precision=0, label="top-k (0 = off)")
+                        seed = gr.Number(value=0, precision=0, label="seed")
+                with gr.Accordion("extra options (JSON, merged over the panel)", open=False):
+                    extra = gr.Textbox(value="", label="extra drafter options", placeholder='{"k": 4}', lines=1)
+            with gr.Column(scale=7, min_width=420):
+                cards = gr.HTML(figures.cards_html(None), elem_id="sv-cards")
+                gr.HTML(figures.legend_html())
+                tokens = gr.HTML(figures.token_html(None), elem_id="sv-tokens")
+                show_rejected = gr.Checkbox(value=True, label="show rejected drafts inline (struck through)")
+                with gr.Tabs():
+                    with gr.Tab("Skip layers", elem_id="sv-tab-skip"):
+                        heatmap = gr.Plot(label="skipped layers per step", elem_id="sv-heatmap")
+                        step_sel = gr.Slider(0, 1, value=0, step=1, label="step (DP grid and details)")
+                        dp_fig = gr.Plot(label="CLaSp DP table", elem_id="sv-dp")
+                        details = gr.HTML(figures.step_details_html(None, None))
+                    with gr.Tab("Speed", elem_id="sv-tab-speed"):
+                        speed_fig = gr.Plot(label="tokens vs time", elem_id="sv-speed")
+                        speedup_fig = gr.Plot(label="speedup over time", elem_id="sv-speedup")
+                    with gr.Tab("Acceptance", elem_id="sv-tab-acc"):
+                        accpos_fig = gr.Plot(label="acceptance per draft position")
+                        hist_fig = gr.Plot(label="accepted length")
+                    with gr.Tab("Compare", elem_id="sv-tab-compare"):
+                        gr.Markdown("Runs each chosen drafter on the prompt with its panel settings (same sampling and "
+                                    "length), against plain `generate()`.")
+                        compare_choice = gr.CheckboxGroup(
+                            [d for d in drafters if available(d)],
+                            value=[d for d in drafters if available(d) and (d != "draft-model" or _has_draft_model(default_model))],
+                            label="drafters")
+                        compare_btn = gr.Button("Run every drafter", variant="primary", elem_id="sv-compare-run")
+                        compare_df = gr.Dataframe(headers=figures.COMPARE_HEADERS, interactive=False, wrap=True,
+                                                  elem_id="sv-compare-df")
+                        compare_fig = gr.Plot(label="comparison", elem_id="sv-compare-fig")
+                    with gr.Tab("Learn", elem_id="sv-tab-learn"):
+                        learn_md = gr.Markdown(figures.leviathan_markdown(None),
+                                               latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
+                                                                 {"left": "$", "right": "$", "display": False}])
+                        learn_fig = gr.Plot(label="speedup formula")
+                        gr.Markdown(LEARN_MD)
+                        gr.Plot(figures.methods_figure(depth), label="what each drafter's draft runs")
+                    with gr.Tab("Export", elem_id="sv-tab-export"):
+                        gr.Markdown("The last run's full trace (every step: drafts, verdicts, p and q, timings, drafter "
+                                    "info) as JSON; `specviz.trace.Trace.from_json` reads it back.")
+                        export_file = gr.File(label="trace JSON", interactive=False)
+                        text_out = gr.Textbox(label="generated text (exact, whitespace kept)", lines=8, max_lines=30,
+                                              interactive=False, buttons=["copy"], elem_id="sv-text")
+
+        outputs_by_key = {"tokens": tokens, "cards": cards, "text": text_out, "heatmap": heatmap, "dp": dp_fig,
+                          "step_sel": step_sel, "details": details, "speed": speed_fig, "speedup": speedup_fig,
+                          "accpos": accpos_fig, "hist": hist_fig, "learn_md": learn_md, "learn_fig": learn_fig,
+                          "export": export_file}
+        outputs = [outputs_by_key[k] for k in OUTPUT_KEYS]
+        common = [model_dd, prompt_tb, drafter_dd, max_new, temperature, top_p, top_k, seed, extra, session_state]
+
+        # queue position, progress and errors show on the cards only (not on all 14 outputs)
+        run_btn.click(run, common, outputs, inputs_kwargs=control_components, api_name="run",
+                      concurrency_id="model", concurrency_limit=1, show_progress="minimal", show_progress_on=[cards])
+        step_btn.click(step, common, outputs, inputs_kwargs=control_components, api_name="step",
+                       concurrency_id="model", concurrency_limit=1, show_progress="minimal", show_progress_on=[cards])
+        stop_btn.click(stop, [session_state], [stop_msg], api_name="stop", concurrency_limit=None, queue=False)
+        compare_btn.click(compare, [model_dd, prompt_tb, max_new, temperature, top_p, top_k, seed, compare_choice,
+                                    session_state], [compare_df, compare_fig], inputs_kwargs=control_components,
+                          api_name="compare", concurrency_id="model", concurrency_limit=1, show_progress_on=[compare_df])
+        step_sel.input(rerender_step, [step_sel, session_state], [dp_fig, details, heatmap],
+                       api_visibility="private", concurrency_limit=4, show_progress="hidden")
+        show_rejected.change(rerender_tokens, [show_rejected, session_state], [tokens], api_visibility="private",
+                             concurrency_limit=4, show_progress="hidden")
+        drafter_dd.change(on_drafter, [drafter_dd], [drafter_note] + groups, api_visibility="private",
+                          concurrency_limit=4, show_progress="hidden")
+        model_dd.change(on_model, [model_dd], [model_info] + [control_components[param_name(d, c.kwarg)]
+                                                             for d, c in control_keys],
+                        api_visibility="private", concurrency_limit=4, show_progress="hidden")
+        demo.load(on_drafter, [drafter_dd], [drafter_note] + groups, api_visibility="private", show_progress="hidden")
+        demo.load(_initial_figures, None, [heatmap, dp_fig, speed_fig, speedup_fig, accpos_fig, hist_fig, learn_fig,
+                                           compare_fig], api_visibility="private", show_progress="hidden")
+
+    demo.queue(max_size=32, default_concurrency_limit=1)
+    demo.specviz_model_names = names  # type: ignore[attr-defined]
+    demo.specviz_output_keys = OUTPUT_KEYS  # type: ignore[attr-defined]
+    return demo
+
+
+OUTPUT_KEYS = ("tokens", "cards", "text", "heatmap", "dp", "step_sel", "details", "speed", "speedup", "accpos", "hist",
+               "learn_md", "learn_fig", "export")
+
+
+def _initial_figures():
+    return (figures.skip_heatmap(None), figures.dp_grid_figure(None), figures.speed_figure(None),
+            figures.speedup_figure(None), figures.acceptance_figure(None), figures.accepted_histogram(None),
+            figures.leviathan_figure(None), figures.compare_figure([]))
+
+
+def named_slider(*args, name: str, **kwargs) -> gr.Slider:
+    """A slider whose out-of-range error names the setting (Gradio's own says only "Value 0 is
+    less than minimum value 1."). Not a subclass: Gradio writes a .pyi stub next to any module
+    that defines a component class."""
+    slider = gr.Slider(*args, **kwargs)
+    plain = slider.preprocess
+
+    def preprocess(payload):
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
+            raise user_error(f"{name} must be a number, got {payload!r}")
+        if payload < slider.minimum or payload > slider.maximum:
+            raise user_error(f"{name} must be between {_num(slider.minimum)} and {_num(slider.maximum)}, got {_num(payload)}")
+        return plain(payload)
+
+    slider.preprocess = preprocess  # type: ignore[method-assign]
+    return slider
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _control_component(c: Control, model_names: Sequence[str], depth: int):
+    info = c.info or None
+    if c.kind in ("int", "float"):
+        return named_slider(c.minimum, c.maximum, value=c.default, step=c.step, label=c.label, info=info, name=c.kwarg)
+    if c.kind == "layer":
+        return named_slider(0, max(1, depth - 1), value=c.default, step=1, label=c.label, info=info, name=c.kwarg)
+    if c.kind == "choice":
+        return gr.Dropdown(list(c.choices), value=c.default, label=c.label, info=info)
+    if c.kind == "bool":
+        return gr.Checkbox(value=bool(c.default), label=c.label, info=info)
+    if c.kind == "model":
+        return gr.Dropdown(["(default)"] + list(model_names), value=c.default, label=c.label, info=info)
+    return gr.Textbox(value=c.default, label=c.label, info=info)
+
+
+CSS = """
+#sv-text textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
+#sv-prompt textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
+"""
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """What `app.py` passes to `launch()`: Spaces-compatible host/port from the environment, and CSS."""
+    kwargs: dict[str, Any] = {"server_name": os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), "css": CSS}
+    port = os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT")
+    if port:
+        kwargs["server_port"] = int(port)
+    return kwargs
+
+
+__all__ = ["build_app", "launch_kwargs", "DRAFTER_SPECS", "Control", "DrafterSpec", "Session", "plain_generate",
+           "load_example_prompts", "OUTPUT_KEYS", "param_name", "options_from_values"]

@@ -1,0 +1,33 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama + a small byte-level BPE tokenizer saved like a hub checkpoint."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.tiny import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n", "class Foo:\n    pass\n"] * 20
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                 pad_token="<pad>")
+    hf.save_pretrained(path)
+    model = tiny_model("llama", seed=0, num_layers=6, vocab=320, damp={2: 0.1, 3: 0.1, 4: 0.1})
+    model.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,156 @@
+"""Smoke test of `python -m specviz.bench` on a tiny model and two prompts, plus its pure helpers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from specviz import bench
+from specviz.trace import StepEvent, Trace
+
+PROMPTS = [
+    'def add(a, b):\n    """Add two numbers."""\n',
+    "for i in range(10):\n    print(i)\nfor j in range(",
+]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def greedy_run(tiny_model_dir, prompts_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    argv = ["--model", tiny_model_dir, "--draft-model", tiny_model_dir, "--prompts", prompts_file,
+            "--max-new-tokens", "10", "--warmup-tokens", "2", "--repeats", "1", "--quiet", "--threads", "1",
+            "--set", "draft-model.k=3", "--set", "prompt-lookup.max_ngram=2",
+            "--json", str(out / "bench.json"), "--html", str(out / "bench.html")]
+    code = bench.main(argv)
+    return code, json.loads((out / "bench.json").read_text()), (out / "bench.html").read_text()
+
+
+def test_bench_greedy_smoke(greedy_run):
+    code, report, _ = greedy_run
+    assert code == 0
+    records = {r["drafter"]: r for r in report["records"]}
+    # baselines, every registered drafter (measured or skipped with a reason) and the transformers twins
+    from specviz.drafters import DRAFTERS
+
+    for name in ["generate", "ar", *DRAFTERS, "hf:early-exit", "hf:prompt-lookup", "hf:draft-model",
+                 "static-skip+record"]:
+        assert name in records, f"no record for {name}"
+    for record in report["records"]:
+        assert set(bench.RECORD_FIELDS) <= set(record), f"{record['drafter']} lacks fields"
+        if record["status"] == "skipped":
+            assert record["reason"], f"{record['drafter']} skipped without a reason"
+            continue
+        assert record["status"] == "ok", f"{record['drafter']}: {record['reason']}"
+        assert record["samples"] == len(PROMPTS)
+        assert record["tokens_per_s"] > 0
+        assert record["speedup_vs_generate"] > 0
+        # greedy decoding is lossless: every method reproduces generate() token for token
+        assert record["matched_generate"] is True, (record["drafter"], record["mismatched_samples"])
+        if record["kind"] in ("drafter", "trace-overhead") or record["drafter"] == "ar":
+            assert record["tau"] >= 1.0
+            assert record["time_split_ms_per_token"]["verify"] > 0
+    assert records["generate"]["speedup_vs_generate"] == pytest.approx(1.0)
+    assert records["ar"]["tau"] == pytest.approx(1.0)
+    assert records["ar"]["acceptance_rate"] is None
+    # the draft model is the target itself: every draft token is accepted
+    dm = records["draft-model"]
+    assert dm["acceptance_rate"] == pytest.approx(1.0) and dm["alpha"] == pytest.approx(1.0)
+    assert dm["settings"]["k"] == 3 and dm["mean_draft_length"] <= 3
+    assert all(a == pytest.approx(1.0) for a in dm["acceptance_per_position"])
+    assert dm["predicted_speedup"] > 0 and dm["draft_cost_c"] > 0
+    assert records["hf:prompt-lookup"]["settings"]["max_matching_ngram_size"] == 2
+    assert dm["vs_transformers"]["method"] == "hf:draft-model" and dm["vs_transformers"]["ratio"] > 0
+    assert report["ar_vs_generate"]["ratio"] > 0
+    assert report["trace_overhead"]["drafter"] == "static-skip" and report["trace_overhead"]["ratio"] > 0
+    assert report["meta"]["greedy"] is True and report["meta"]["prompts"] == len(PROMPTS)
+
+
+def test_bench_merge_of_shards_equals_the_whole(greedy_run):
+    _, report, _ = greedy_run
+    shards = []
+    for prompt in range(len(PROMPTS)):
+        shard = json.loads(json.dumps(report))
+        shard["samples"] = [s for s in shard["samples"] if s["prompt"] == prompt]
+        shards.append(shard)
+    merged = bench.merge_reports(shards)
+    for a, b in zip(report["records"], merged["records"]):
+        assert a["drafter"] == b["drafter"]
+        for key in ("tokens_per_s", "tau", "acceptance_rate", "speedup_vs_generate", "matched_generate"):
+            assert a[key] == pytest.approx(b[key]) if isinstance(a[key], float) else a[key] == b[key], key
+    with pytest.raises(ValueError, match="overlap"):
+        bench.merge_reports([report, report])
+
+
+def test_bench_html_is_self_contained(greedy_run):
+    _, _, html = greedy_run
+    assert html.startswith("<!doctype html>")
+    assert "plotly.js" in html.lower() or "Plotly" in html  # the library is inlined
+    assert len(html) > 1_000_000  # plotly.js (~4.5 MB) is inlined, not fetched
+    assert not re.findall(r"<script[^>]*\bsrc=", html)  # no external script
+    assert html.count("Plotly.newPlot") >= 4  # speedups, tau, per-position acceptance, time split
+
+
+def test_bench_sampling_and_bad_options(tiny_model_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    code = bench.main(["--model", tiny_model_dir, "--prompts", prompts_file, "--limit-prompts", "1",
+                       "--drafters", "prompt-lookup,static-skip,no-such-drafter", "--temperature", "0.8",
+                       "--top-k", "20", "--max-new-tokens", "6", "--warmup-tokens", "2", "--quiet", "--threads", "1",
+                       "--trace-overhead", "none", "--set", "static-skip.k=0", "--json", str(out)])
+    assert code == 0
+    records = {r["drafter"]: r for r in json.loads(out.read_text())["records"]}
+    assert records["static-skip"]["status"] == "skipped" and "k" in records["static-skip"]["reason"]
+    assert records["no-such-drafter"]["status"] == "skipped"
+    for name in ("generate", "ar", "prompt-lookup", "hf:prompt-lookup"):
+        assert records[name]["status"] == "ok", records[name]["reason"]
+        assert records[name]["matched_generate"] is None  # sampling: nothing to match
+    printed = capsys.readouterr().out
+    assert "| prompt-lookup |" in printed and "T=0.8" in printed
+
+
+def test_leviathan_formula_matches_the_worked_table():
+    # ALGORITHMS.md §1.1 worked values
+    assert bench.leviathan_speedup(0.8, 4, 0.55) == pytest.approx(1.05, abs=0.01)
+    assert bench.leviathan_speedup(0.9, 6, 0.5) == pytest.approx(1.30, abs=0.01)
+    assert bench.leviathan_speedup(0.95, 8, 0.5) == pytest.approx(1.48, abs=0.01)
+    assert bench.leviathan_speedup(1.0, 4, 0.25) == pytest.approx(5 / 2)
+
+
+def test_trace_metrics_pooling():
+    def trace(steps):
+        t = Trace("x", {}, "m", 4, [1, 2], t_prefill=0.01)
+        t.steps.append(StepEvent(0, [], 0, 5, [5], t_end=0.01))
+        for i, (draft, accepted) in enumerate(steps, 1):
+            committed = draft[:accepted] + [9]
+            t.steps.append(StepEvent(i, draft, accepted, 9, committed, t_draft=0.001 * len(draft), t_verify=0.01,
+                                     t_end=0.01 + 0.02 * i))
+        return t
+
+    m = bench.pool_stats([bench.trace_stats(trace([([1, 2, 3], 3), ([1, 2, 3], 1)])),
+                          bench.trace_stats(trace([([4, 5], 0), ([], 0)]))])
+    assert m["acceptance_rate"] == pytest.approx(4 / 8)
+    assert m["alpha"] == pytest.approx(4 / (4 + 2))  # two rejections
+    assert m["acceptance_per_position"] == pytest.approx([2 / 3, 1 / 3, 1 / 2])
+    assert m["drafted_per_position"] == [3, 3, 2]
+    assert m["mean_draft_length"] == pytest.approx(8 / 4)
+    assert m["tau"] == pytest.approx((1 + 4 + 2 + 1 + 1 + 1) / 6)
+    assert m["draft_cost_c"] == pytest.approx((0.008 / 8) / (0.04 / 4))
+
+
+def test_parse_overrides_and_prompts(tmp_path):
+    assert bench.parse_overrides(["clasp.skip_ratio=0.4", "static-skip.skip=[1,3]", "draft-model.model_name=x"]) == {
+        "clasp": {"skip_ratio": 0.4}, "static-skip": {"skip": [1, 3]}, "draft-model": {"model_name": "x"}}
+    with pytest.raises(ValueError):
+        bench.parse_overrides(["skip_ratio=0.4"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt field"}\n')
+    with pytest.raises(ValueError, match="prompt"):
+        bench.load_prompts(bad)

@@ -1,0 +1,58 @@
+"""The CLI prints text + metrics, or one JSON object with the names scripts rely on."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from specviz.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "specviz", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_generate_json(tiny_model_dir):
+    out = run_cli("generate", "--model", tiny_model_dir, "--drafter", "static-skip", "--prompt", "def add(a, b):",
+                  "--max-new-tokens", "12", "--k", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) >= {"text", "token_ids", "metrics", "steps"}
+    assert len(data["token_ids"]) == 12
+    assert {"tokens_per_s", "tau", "acceptance_rate"} <= set(data["metrics"])
+    assert sum(len(s["committed"]) for s in data["steps"]) == 12
+
+
+def test_generate_text(tiny_model_dir, capsys):
+    code = main(["generate", "--model", tiny_model_dir, "--drafter", "prompt-lookup", "--prompt",
+                 "for i in range(10):", "--max-new-tokens", "8", "--max-ngram", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("for i in range(10):") and "tok/s" in out and "tau" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt", ""], "prompt must not be empty"),
+    (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
+    (["--prompt", "x", "--drafter", "warp"], "unknown drafter 'warp'"),
+    (["--prompt", "x", "--drafter", "early-exit", "--exit-layer", "9"], r"exit_layer \(E\) must be an integer in \[1, 5\]"),
+    (["--prompt", "x", "--drafter", "static-skip", "--k", "0"], r"k \(max draft length\)"),
+])
+def test_bad_input_is_a_message_not_a_traceback(tiny_model_dir, capsys, args, message):
+    import re
+    code = main(["generate", "--model", tiny_model_dir, *args])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err
+
+
+def test_unknown_model_message(capsys):
+    assert main(["generate", "--model", "nope/nope", "--prompt", "x"]) == 2
+    assert "unknown model 'nope/nope'" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    out = run_cli("generate", "--help").stdout
+    for flag in ("--model", "--drafter", "--prompt", "--max-new-tokens", "--temperature", "--top-p", "--seed",
+                 "--k", "--threshold", "--exit-layer", "--skip", "--max-ngram", "--json"):
+        assert flag in out

@@ -1,0 +1,232 @@
+"""The engine is lossless: greedy output equals generate(), sampling keeps the target distribution,
+the cache after any accept/reject pattern equals plain decoding's."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from specviz.drafters import make_drafter
+from specviz.engine import Engine, GenerationConfig
+from specviz.sampling import SamplingConfig, Verdict, sample
+from tests.conftest import DEVICES
+from tests.tiny import ARCHS, EOS, assert_lossless, random_prompt, reference_greedy, tiny_model
+
+# Damped middle/upper layers give layer-skip drafts real acceptance, so both accept and reject
+# paths run; layer 0 stays strong.
+DAMP = {2: 0.05, 3: 0.3, 4: 0.05, 5: 0.3}
+
+# (drafter, options) across presets, k and thresholds
+CASES = [
+    ("ar", {}),
+    ("static-skip", {"skip": "alternate", "k": 4}),
+    ("static-skip", {"skip": "ratio", "skip_ratio": 0.5, "k": 3, "threshold": 0.2}),
+    ("static-skip", {"skip": [2, 4], "k": 6}),
+    ("early-exit", {"exit_layer": 2, "k": 4}),
+    ("early-exit", {"exit_layer": 4, "k": 8, "threshold": 0.3}),
+    ("early-exit", {"exit_layer": 1, "k": 1}),
+    ("prompt-lookup", {"k": 5, "max_ngram": 3}),
+    ("prompt-lookup", {"k": 2, "max_ngram": 1}),
+    ("draft-model", {"k": 4}),
+    ("draft-model", {"k": 2, "threshold": 0.4}),
+]
+
+
+_models: dict = {}
+
+
+def model_for(arch: str, seed: int, device: str = "cpu", **extra):
+    key = (arch, seed, device, tuple(sorted(extra.items())))
+    if key not in _models:
+        target = tiny_model(arch, seed=seed, damp=DAMP, **extra).to(device)
+        torch.manual_seed(seed + 100)
+        draft = tiny_model(arch, seed=seed + 1, num_layers=2, **extra).to(device)
+        # a draft model that mostly agrees with the target: copy embeddings and head
+        draft.model.embed_tokens.weight.data.copy_(target.model.embed_tokens.weight.data)
+        draft.lm_head.weight.data.copy_(target.lm_head.weight.data)
+        _models[key] = (target, draft, Engine(target))
+    return _models[key]
+
+
+def build(name, options, target, draft):
+    if name == "draft-model":
+        options = dict(options, draft_model=draft)
+    return make_drafter(name, target, **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_greedy_matches_generate(arch, name, options, device):
+    """Every drafter, 3 architectures, 2 seeds x 2 prompts each (one repetitive, for prompt lookup)."""
+    for seed, repeat in itertools.product((0, 1), (False, True)):
+        target, draft, engine = model_for(arch, seed, device)
+        prompt = random_prompt(seed * 7 + repeat, length=10, repeat=repeat)
+        ref = reference_greedy(target.cpu() if device == "cpu" else target, prompt, 40)
+        trace = engine.generate(prompt, build(name, options, target, draft), GenerationConfig(max_new_tokens=40))
+        assert_lossless(target, prompt, trace.generated, ref)
+
+
+@pytest.mark.parametrize("arch,extra", [
+    ("mistral", {"sliding_window": 8}),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 3}),
+])
+@pytest.mark.parametrize("name,options", [("static-skip", {"k": 4}), ("early-exit", {"exit_layer": 2, "k": 5})])
+def test_greedy_matches_generate_past_sliding_window(arch, extra, name, options):
+    target, draft, engine = model_for(arch, 3, **extra)
+    prompt = random_prompt(5, length=14)
+    ref = reference_greedy(target, prompt, 30)
+    trace = engine.generate(prompt, build(name, options, target, draft), GenerationConfig(max_new_tokens=30))
+    assert_lossless(target, prompt, trace.generated, ref)
+
+
+def test_eos_stops_like_generate():
+    """A model that emits EOS: output, including the EOS and nothing after it, equals generate()."""
+    for seed in range(40):
+        target = tiny_model("llama", seed=seed, damp=DAMP, vocab=12)
+        prompt = random_prompt(seed, length=6, vocab=12)
+        ref = reference_greedy(target, prompt, 30)
+        if EOS in ref:
+            break
+    else:
+        pytest.fail("no seed produced an EOS; the test needs one")
+    engine = Engine(target)
+    for name, options in [("ar", {}), ("static-skip", {"k": 4}), ("prompt-lookup", {"k": 4, "max_ngram": 2})]:
+        trace = engine.generate(prompt, make_drafter(name, target, **options), GenerationConfig(max_new_tokens=30))
+        assert trace.generated == ref, name
+        assert trace.finish_reason == "eos" and trace.generated[-1] == EOS
+
+
+@pytest.mark.parametrize("name,options", [("static-skip", {"skip": [1, 3], "k": 4}), ("early-exit", {"exit_layer": 3, "k": 5}),
+                                          ("prompt-lookup", {"k": 4})])
+def test_cache_equals_plain_decoding(name, options):
+    """After every step, whatever was accepted or rejected, every layer's cache equals the one a
+    plain forward over the committed tokens (all but the pending one) builds."""
+    target, draft, engine = model_for("llama", 0)
+    prompt = random_prompt(3, length=10, repeat=True)
+    generation = engine.start(prompt, build(name, options, target, draft), GenerationConfig(max_new_tokens=30))
+    patterns = set()
+    for event in generation:
+        patterns.add((len(event.draft_tokens), event.accepted))
+        committed = generation.tokens[:-1]
+        with torch.no_grad():
+            ref = target(torch.tensor([committed]), use_cache=True).past_key_values
+        for ours, theirs in zip(generation.cache.layers, ref.layers):
+            assert ours.keys.shape == theirs.keys.shape
+            assert torch.allclose(ours.keys, theirs.keys, atol=1e-5)
+            assert torch.allclose(ours.values, theirs.values, atol=1e-5)
+    accepts = {a for k, a in patterns if k}
+    rejects = {(k, a) for k, a in patterns if a < k}
+    assert accepts - {0} and rejects, f"want both accepted drafts and rejections, saw {patterns}"
+
+
+# -- sampling exactness ---------------------------------------------------------------------
+
+V = 6  # vocabulary of the sampling model: small enough to enumerate 3-token continuations
+
+
+def exact_joint(model, prompt, sampling, length):
+    """The target's exact distribution over the next `length` tokens (enumeration)."""
+    probs = {(): 1.0}
+    for _ in range(length):
+        nxt = {}
+        for seq, p in probs.items():
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + list(seq)])).logits[0, -1]
+            q = sampling.probs(logits)
+            for tok in range(V):
+                nxt[seq + (tok,)] = p * float(q[tok])
+        probs = nxt
+    return probs
+
+
+def always_accept(draft, draft_probs, target_probs, generator):
+    """A wrong rule: keeps every draft token (outputs follow the draft's distribution)."""
+    return Verdict(len(draft), sample(target_probs[len(draft)], generator))
+
+
+def resample_from_target(draft, draft_probs, target_probs, generator):
+    """A subtly wrong rule: right acceptance test, but resamples from p instead of norm(max(0, p - q))."""
+    from specviz.sampling import uniform
+    for i, tok in enumerate(draft):
+        p, q = target_probs[i], draft_probs[i]
+        if uniform(generator) >= min(1.0, float(p[tok]) / max(float(q[tok]), 1e-12)):
+            return Verdict(i, sample(p, generator))
+    return Verdict(len(draft), sample(target_probs[len(draft)], generator))
+
+
+def sampled_counts(engine, drafter_factory, prompt, sampling_kwargs, runs, accept_rule=None):
+    counts = {}
+    for seed in range(runs):
+        # 4 new tokens: the step after the prefill drafts 2, so tokens 2 and 3 pass through the
+        # acceptance rule; the first 3 tokens are compared with the exact joint.
+        config = GenerationConfig(max_new_tokens=4, sampling=SamplingConfig(seed=seed, **sampling_kwargs))
+        trace = engine.generate(prompt, drafter_factory(), config, accept_rule=accept_rule)
+        key = tuple(trace.generated[:3])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def chi_square_p(counts, exact, runs):
+    cells = sorted(exact)
+    observed = [counts.get(c, 0) for c in cells]
+    expected = [exact[c] * runs for c in cells]
+    # pool cells with small expected counts so the chi-square approximation holds
+    big = [i for i, e in enumerate(expected) if e >= 5]
+    small = [i for i, e in enumerate(expected) if e < 5]
+    obs = [observed[i] for i in big]
+    exp = [expected[i] for i in big]
+    if small:
+        obs.append(sum(observed[i] for i in small))
+        exp.append(sum(expected[i] for i in small))
+    assert sum(obs) == runs, "a sampled sequence fell outside the enumerated support"
+    return chisquare(obs, exp).pvalue
+
+
+@pytest.fixture(scope="module")
+def sampling_setup():
+    # Early exit at layer 1 of 3: the draft distribution q really differs from p.
+    target = tiny_model("llama", seed=4, num_layers=3, vocab=V, hidden=32, damp={1: 0.5, 2: 0.5})
+    with torch.no_grad():
+        target.lm_head.weight.mul_(0.15)  # soften: spread mass over all V tokens
+    # no EOS inside this vocabulary: every run yields 3 tokens, as the enumeration assumes
+    target.generation_config.eos_token_id = None
+    target.config.eos_token_id = None
+    prompt = [3, 1, 4, 1, 5]
+    sampling = {"temperature": 1.0}
+    exact = exact_joint(target, prompt, SamplingConfig(**sampling), 3)
+    return target, prompt, sampling, exact
+
+
+RUNS = 3000
+
+
+def test_sampling_keeps_target_distribution(sampling_setup):
+    target, prompt, sampling, exact = sampling_setup
+    engine = Engine(target)
+    factory = lambda: make_drafter("early-exit", target, exit_layer=1, k=2)  # noqa: E731
+    counts = sampled_counts(engine, factory, prompt, sampling, RUNS)
+    p = chi_square_p(counts, exact, RUNS)
+    assert p > 0.01, f"speculative sampling deviates from the target distribution (chi-square p={p:.2g})"
+
+
+@pytest.mark.parametrize("wrong_rule", [always_accept, resample_from_target])
+def test_sampling_test_catches_a_wrong_rule(sampling_setup, wrong_rule):
+    """The same test with a wrong acceptance rule must fail: it has teeth."""
+    target, prompt, sampling, exact = sampling_setup
+    engine = Engine(target)
+    factory = lambda: make_drafter("early-exit", target, exit_layer=1, k=2)  # noqa: E731
+    counts = sampled_counts(engine, factory, prompt, sampling, RUNS, accept_rule=wrong_rule)
+    p = chi_square_p(counts, exact, RUNS)
+    assert p < 1e-3, f"{wrong_rule.__name__} went unnoticed (chi-square p={p:.2g})"
+
+
+def test_sampling_with_top_p_and_top_k_runs_and_is_reproducible():
+    target, draft, engine = model_for("llama", 0)
+    prompt = random_prompt(1)
+    config = GenerationConfig(max_new_tokens=20, sampling=SamplingConfig(temperature=0.8, top_p=0.9, top_k=20, seed=7))
+    runs = [engine.generate(prompt, make_drafter("static-skip", target, k=3), config).generated for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 20

@@ -1,0 +1,306 @@
+"""specviz.figures on hand-built traces: no model, no UI."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import plotly.graph_objects as go
+import pytest
+
+from specviz import figures
+from specviz.figures import PlainRun
+from specviz.trace import StepEvent, Trace, compute_metrics
+
+VOCAB = {10: "def", 11: " f", 12: "(x", 13: "):", 14: "\n", 15: "    return", 16: " x", 17: " <b>&", 18: "\n",
+         19: "!", 20: " y", 2: "</s>"}
+
+
+def decode(ids):
+    return "".join(VOCAB.get(i, f"⟨{i}⟩") for i in ids)
+
+
+def make_trace(drafter="static-skip", num_layers=4, info=None, temperature=0.0) -> Trace:
+    """prefill -> 10; step 1 drafts 11 12 13, accepts 2, target 19; step 2 drafts 14 15, accepts
+    both, bonus 16; step 3 drafts 17 18, accepts 0, target 20."""
+    info = info or (lambda i: {"skipped_layers": [1, 2]})
+    steps = [
+        StepEvent(0, [], 0, 10, [10], t_end=0.010),
+        StepEvent(1, [11, 12, 13], 2, 19, [11, 12, 19], [0.9, 0.8, 0.7], [0.95, 0.6, 0.1], 0.004, 0.006, 0.0, 0.020, info(1)),
+        StepEvent(2, [14, 15], 2, 16, [14, 15, 16], [0.99, 0.97], [0.98, 0.9], 0.003, 0.006, 0.001, 0.030, info(2)),
+        StepEvent(3, [17, 18], 0, 20, [20], [0.5, 0.4], [0.01, 0.2], 0.003, 0.006, 0.0, 0.040, info(3)),
+    ]
+    return Trace(drafter=drafter, settings={"temperature": temperature, "k": 3}, model="hand", num_layers=num_layers,
+                 prompt_ids=[1, 10], t_prefill=0.010, steps=steps, finish_reason="length")
+
+
+def ar_trace() -> Trace:
+    steps = [StepEvent(i, [], 0, 10 + i, [10 + i], t_end=0.01 * (i + 1)) for i in range(4)]
+    return Trace("ar", {"temperature": 0.0}, "hand", 4, [1], 0.01, steps, "length")
+
+
+def plain_for(trace: Trace, wall=0.08) -> PlainRun:
+    n = len(trace.generated)
+    return PlainRun(list(trace.generated), [wall * (i + 1) / n for i in range(n)], wall)
+
+
+def annotations_text(fig: go.Figure) -> str:
+    return " ".join(a.text for a in fig.layout.annotations)
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+
+def test_token_html_classes_titles_and_escaping():
+    trace = make_trace()
+    out = figures.token_html(trace, decode, prompt_text="<prompt>")
+    assert out.count('class="sv-acc"') == 4  # 2 + 2 accepted drafts
+    assert out.count('class="sv-tgt"') == 4  # prefill + one per verification
+    assert out.count('class="sv-rej"') == 3  # 13, then 17 and 18
+    assert "&lt;prompt&gt;" in out and "<prompt>" not in out
+    assert "&lt;b&gt;&amp;" in out and "<b>&" not in out  # rejected draft text escaped
+    assert "p (target) = 0.950 · q (draft) = 0.900" in out
+    assert "bonus token: all 2 drafts accepted" in out
+    assert "rejected by the target" in out and "discarded: comes after a rejected token" in out
+    assert "white-space: pre-wrap" in out
+    # newline token: a visible marker plus a real line break inside an accepted span
+    assert '<span class="sv-nl">↵</span>\n' in out
+
+
+def test_token_html_without_rejected_and_plain_text_order():
+    trace = make_trace()
+    out = figures.token_html(trace, decode, show_rejected=False, prompt_text="")
+    assert 'class="sv-rej"' not in out
+    text = re.sub(r"<style>.*?</style>", "", out, flags=re.S)
+    text = re.sub(r'<span class="sv-nl">↵</span>', "", text)
+    text = re.sub(r"<[^>]+>", "", text)
+    import html
+
+    assert html.unescape(text) == decode(trace.generated)
+
+
+def test_token_html_empty_and_streaming():
+    assert "Press Run" in figures.token_html(None)
+    assert "sv-caret" in figures.token_html(make_trace(), decode, streaming=True)
+
+
+def test_token_pieces_diff_decoding():
+    spaced = {1: "a", 2: "b"}
+
+    def sp_decode(ids):  # a sentencepiece-like decoder: strips the leading space of the text
+        return " ".join(spaced[i] for i in ids)
+
+    assert figures.token_pieces(sp_decode, [1], [2, 1]) == [" b", " a"]
+    assert figures.token_pieces(None, [], [5]) == ["⟨5⟩"]
+
+
+# -- cards -------------------------------------------------------------------------------------------
+
+def test_cards_and_lossless_badge():
+    trace = make_trace()
+    plain = plain_for(trace)
+    out = figures.cards_html(trace, plain)
+    m = compute_metrics(trace)
+    assert f"{m.tokens_per_s:.1f}" in out
+    assert f"{m.tokens_per_s / plain.tokens_per_s:.2f}×" in out
+    assert f"{m.tau:.2f}" in out
+    assert "57%" in out  # 4 of 7 drafts accepted
+    assert "✓ lossless" in out and "equals plain greedy generate()" in out
+
+    wrong = PlainRun([10, 11, 12, 99, 15, 16, 20], [0.01] * 7, 0.07)
+    assert figures.lossless_check(trace, wrong)[0] == "differs"
+    assert "✗ differs" in figures.cards_html(trace, wrong)
+    assert figures.lossless_check(trace, None)[0] == "pending"
+    assert figures.lossless_check(make_trace(temperature=0.7), plain)[0] == "na"
+    stopped = make_trace()
+    stopped.steps = stopped.steps[:2]
+    stopped.finish_reason = "stopped"
+    assert figures.lossless_check(stopped, plain)[0] == "prefix"
+
+
+def test_cards_step_mode_uses_engine_time():
+    trace = make_trace()
+    trace.finish_reason = ""
+    out = figures.cards_html(trace, plain_for(trace), clock="busy")
+    busy = figures.busy_times(trace)[-1]
+    assert math.isclose(busy, 0.010 + 0.010 + 0.010 + 0.009)
+    assert f"{len(trace.generated) / busy:.1f}" in out
+    assert "step mode" in out
+
+
+# -- skip layers ----------------------------------------------------------------------------------------
+
+def test_skip_heatmap_static():
+    fig = figures.skip_heatmap(make_trace())
+    heat = fig.data[0]
+    assert list(heat.x) == [1, 2, 3]
+    z = [list(row) for row in heat.z]
+    assert z == [[0, 0, 0], [1, 1, 1], [1, 1, 1], [0, 0, 0]]
+
+
+def test_skip_heatmap_hispec_levels_and_early_exit():
+    fig = figures.skip_heatmap(make_trace("hispec", 8, info=lambda i: {"exit_layer": 1, "verify_exit": 3,
+                                                                         "skipped_layers": list(range(1, 8))}))
+    column = [row[0] for row in fig.data[0].z]
+    assert column == [0, 2, 2, 1, 1, 1, 1, 1]
+    assert list(fig.data[0].colorbar.ticktext) == figures.LAYER_STATES
+    plan = figures.layer_plan({"exit_layer": 2}, 4)
+    assert plan == [0, 0, 1, 1]
+
+
+def test_skip_heatmap_ar_says_so():
+    fig = figures.skip_heatmap(ar_trace())
+    assert not fig.data and "does not skip layers" in annotations_text(fig)
+
+
+def clasp_info(step):
+    grid = [[1.0, None], [0.99, 0.97], [0.98, 0.96], [None, 0.95]]
+    ran = step in (1, 3)
+    return {"skipped_layers": [1], "dp_ran": ran, "dp_grid": grid if ran else None,
+            "dp_path": [[0, 0], [1, 0], [2, 1], [3, 1]] if ran else None, "dp_time": 0.002 if ran else 0.0}
+
+
+def test_dp_grid_figure_path_and_persistence():
+    trace = make_trace("clasp", 3, info=clasp_info)
+    fig = figures.dp_grid_figure(trace, 3)
+    heat, path = fig.data
+    assert heat.z[0][1] is None and heat.z[3][1] == 0.95
+    assert list(path.x) == [0, 0, 1, 1] and list(path.y) == [0, 1, 2, 3]
+    assert "searched after step 2, used from step 3" in fig.layout.title.text
+    # step 2 had no DP run: the grid from step 1 is in force
+    assert figures.dp_step(trace, 2) == 1
+    assert "searched after the prefill, used from step 1; still in force at step 2" in figures.dp_grid_figure(trace, 2).layout.title.text
+    assert "No DP search had run yet at step 0" in annotations_text(figures.dp_grid_figure(trace, 0))
+    assert "DP ran" in [t.name for t in figures.skip_heatmap(trace).data]
+    assert "runs no layer search" in annotations_text(figures.dp_grid_figure(make_trace(), 2))
+
+
+def test_step_details_ctc_frames_and_hispec_rounds():
+    frames = [{"token": 14, "blank": False, "p": 0.9, "alt": 14, "kept": 0},
+              {"token": 14, "blank": False, "p": 0.8, "alt": 14, "kept": None},
+              {"token": None, "blank": True, "p": 0.7, "alt": 15, "kept": None},
+              {"token": 15, "blank": False, "p": 0.6, "alt": 15, "kept": 1}]
+    trace = make_trace("ctc", info=lambda i: {"head": "ctc", "frames": frames, "collapsed": [14, 15], "cut": "k"})
+    out = figures.step_details_html(trace, 2, decode)
+    assert "∅" in out and "kept as draft token 1" in out and "merged/dropped" in out
+    assert "\\n |     return" in out  # collapsed draft shown as text
+    rounds = [{"drafts": [14, 15], "accepted": 1, "correction": 16, "bonus": False}]
+    trace = make_trace("hispec", 8, info=lambda i: {"exit_layer": 1, "verify_exit": 2, "rounds": rounds,
+                                                     "tentative_source": ["draft", "verify", "draft"]})
+    out = figures.step_details_html(trace, 1, decode)
+    assert "round 1" in out and "1/2 passed exit v" in out
+    assert "HiSpec: exit-v intermediate token" in figures.token_html(trace, decode)
+
+
+# -- speed ------------------------------------------------------------------------------------------------
+
+def test_speed_and_speedup_figures():
+    trace = make_trace()
+    plain = plain_for(trace, wall=0.08)
+    fig = figures.speed_figure(trace, plain)
+    spec, ref = fig.data
+    assert list(spec.x) == [0.0, 0.010, 0.020, 0.030, 0.040]
+    assert list(spec.y) == [0, 1, 4, 7, 8]
+    assert list(ref.y) == list(range(9))
+    up = figures.speedup_figure(trace, plain)
+    # at step 1 we had 4 tokens at 20 ms; plain needed 40 ms for 4 tokens
+    assert up.data[0].y[1] == pytest.approx(0.04 / 0.02)
+    assert "measured once" in annotations_text(figures.speedup_figure(trace, None))
+    assert "timed once the run ends" in annotations_text(figures.speed_figure(trace, None))
+
+
+# -- acceptance -------------------------------------------------------------------------------------
+
+def test_acceptance_figures():
+    trace = make_trace()
+    fig = figures.acceptance_figure(trace)
+    m = compute_metrics(trace)
+    assert list(fig.data[0].y) == m.acceptance_per_position == [2 / 3, 2 / 3, 0.0]
+    hist = figures.accepted_histogram(trace)
+    assert list(hist.data[0].x) == [0, 1, 2, 3] and list(hist.data[0].y) == [1, 0, 2, 0]
+    some_empty = make_trace()
+    some_empty.steps.append(StepEvent(4, [], 0, 21, [21], t_end=0.05))
+    hist = figures.accepted_histogram(some_empty)
+    assert list(hist.data[0].y) == [1, 0, 2, 0] and list(hist.data[1].x) == [-1] and list(hist.data[1].y) == [1]
+    assert "drafted nothing" in annotations_text(figures.acceptance_figure(ar_trace()))
+    assert "drafted nothing" in annotations_text(figures.accepted_histogram(ar_trace()))
+
+
+# -- Leviathan --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha, gamma, c, expected", [(0.8, 4, 0.55, 1.05), (0.9, 6, 0.5, 1.30), (0.95, 8, 0.5, 1.48)])
+def test_leviathan_worked_values(alpha, gamma, c, expected):
+    assert figures.leviathan_speedup(alpha, gamma, c) == pytest.approx(expected, abs=0.006)
+
+
+def test_leviathan_inputs_from_trace():
+    trace = make_trace()
+    plain = plain_for(trace, wall=0.08)
+    x = figures.leviathan_inputs(trace, plain)
+    # 4 accepted, 2 rejections (steps 1 and 3) -> alpha = 4/6; gamma = 7/3 drafts per verification
+    assert x.alpha == pytest.approx(4 / 6)
+    assert x.gamma == pytest.approx(7 / 3)
+    assert x.mean_draft_time == pytest.approx(0.010 / 7)
+    assert x.mean_verify_time == pytest.approx(0.006)
+    assert x.c == pytest.approx((0.010 / 7) / 0.006)
+    assert x.predicted_speedup == pytest.approx(figures.leviathan_speedup(4 / 6, 7 / 3, x.c))
+    assert x.measured_speedup == pytest.approx((8 / 0.04) / (8 / 0.08))
+    md = figures.leviathan_markdown(trace, plain)
+    assert "0.667" in md and f"{x.predicted_speedup:.2f}×" in md and "2.00×" in md
+    assert "drafted nothing" in figures.leviathan_markdown(ar_trace())
+    fig = figures.leviathan_figure(trace, plain)
+    assert "measured" in [t.name for t in fig.data]
+
+
+# -- compare --------------------------------------------------------------------------------------
+
+def test_compare_rows_and_figure():
+    trace = make_trace()
+    plain = plain_for(trace)
+    rows = [figures.compare_row(ar_trace(), plain), figures.compare_row(trace, plain),
+            figures.CompareRow("ctc", error="missing head")]
+    table = figures.compare_table(rows)
+    assert [r[0] for r in table] == ["ar", "static-skip", "ctc"]
+    assert table[1][7] == "yes" and table[0][7] == "NO"  # ar_trace produced other tokens
+    assert table[2][8] == "missing head"
+    fig = figures.compare_figure(rows, plain)
+    assert list(fig.data[0].x) == ["ar", "static-skip"]
+    assert "Press" in annotations_text(figures.compare_figure([]))
+
+
+def test_methods_figure():
+    fig = figures.methods_figure(16)
+    assert len(fig.data[0].z) == 16 and len(fig.data[0].x) == 4
+
+
+# -- robustness -----------------------------------------------------------------------------------
+
+def test_failsafe_turns_errors_into_messages():
+    broken = make_trace("clasp", 3, info=lambda i: {"dp_grid": "not a grid", "dp_path": [[1]], "skipped_layers": 5})
+    for fn in (figures.skip_heatmap, figures.dp_grid_figure):
+        fig = fn(broken)
+        assert isinstance(fig, go.Figure) and "could not be drawn" in annotations_text(fig)
+    html_out = figures.token_html(broken, lambda ids: 1 / 0)
+    assert "could not be drawn" in html_out and "ZeroDivisionError" in html_out
+
+    @figures.failsafe("markdown")
+    def bad():
+        raise RuntimeError("boom")
+
+    assert "boom" in bad()
+
+
+def test_figures_from_json_round_trip():
+    trace = make_trace("clasp", 3, info=clasp_info)
+    again = Trace.from_json(trace.to_json())
+    assert figures.token_html(again, decode) == figures.token_html(trace, decode)
+    assert figures.dp_grid_figure(again, 3).to_json() == figures.dp_grid_figure(trace, 3).to_json()
+    assert figures.skip_heatmap(again).to_json() == figures.skip_heatmap(trace).to_json()
+
+
+def test_empty_trace_everywhere():
+    for fn in (figures.skip_heatmap, figures.dp_grid_figure, figures.speed_figure, figures.speedup_figure,
+               figures.acceptance_figure, figures.accepted_histogram, figures.leviathan_figure):
+        fig = fn(None)
+        assert isinstance(fig, go.Figure)
+    assert "No run yet" in figures.cards_html(None)
+    assert "appear here" in figures.step_details_html(None, None)
