@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .drafters import make_drafter
-from .drafters.hispec import default_levels
+from .drafters.hispec import HiSpec
 from .engine import Engine, GenerationConfig
 from .models import ASSETS
 
@@ -169,12 +169,13 @@ def main(argv=None) -> None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--d", default=None, help="draft exits to sweep, e.g. 1,2,3 (default: L/16, L/8)")
-    p.add_argument("--v", default=None, help="intermediate exits to sweep (default: L/4, 3L/8)")
-    p.add_argument("--n", default="4,8,12", help="tentative-buffer sizes to sweep")
-    p.add_argument("--k", default="4", help="drafts per intermediate round to sweep")
-    p.add_argument("--threshold", default="0", help="exit-d confidence thresholds to sweep, e.g. 0,0.5")
-    p.add_argument("--ee-k", default="4,8", help="draft lengths of the early-exit baselines")
+    p.add_argument("--d", default=None, help="draft exits to sweep, e.g. 1,2,3 (default: HiSpec's default d)")
+    p.add_argument("--v", default=None, help="intermediate exits to sweep (default: L/4 and HiSpec's default v)")
+    p.add_argument("--n", default=None, help="tentative-buffer sizes to sweep (default: HiSpec's default n)")
+    p.add_argument("--k", default=None, help="drafts per intermediate round to sweep (default: HiSpec's default k)")
+    p.add_argument("--threshold", default=None,
+                   help="exit-d confidence thresholds to sweep, e.g. 0,0.5 (default: 0 and HiSpec's default)")
+    p.add_argument("--ee-k", default="4", help="draft lengths of the early-exit baselines (at every d and v)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
@@ -186,19 +187,19 @@ def main(argv=None) -> None:
 
     model, prompts, desc = load_setup(args.prompts, args.seed, args.model)
     L = model.config.num_hidden_layers
-    d0, v0 = default_levels(L)
-    ds = _ints(args.d) if args.d else sorted({max(1, L // 16), d0})
-    vs = _ints(args.v) if args.v else sorted({v0, max(v0 + 1, (3 * L) // 8)})
+    default = HiSpec(L)
+    ds = _ints(args.d) if args.d else [default.d]
+    vs = _ints(args.v) if args.v else sorted({max(default.d + 1, L // 4), default.v})
+    ns = _ints(args.n) if args.n else [default.n]
+    ks = _ints(args.k) if args.k else [default.k]
+    thresholds = ([float(x) for x in args.threshold.split(",") if x.strip()] if args.threshold
+                  else sorted({0.0, default.threshold}))
     methods = [Method("generate()", None, "baseline"), Method("engine AR", lambda: make_drafter("ar", model), "baseline")]
-    for d in ds:
+    for e in sorted(set(ds) | set(vs)):
         for k in _ints(args.ee_k):
-            methods.append(Method(f"early-exit E={d} k={k}",
-                                  (lambda d=d, k=k: make_drafter("early-exit", model, exit_layer=d, k=k)), "early-exit"))
-    for v in vs:
-        methods.append(Method(f"early-exit E={v} k=4", (lambda v=v: make_drafter("early-exit", model, exit_layer=v, k=4)),
-                              "early-exit"))
-    thresholds = [float(x) for x in args.threshold.split(",") if x.strip()]
-    for d, v, n, k, th in itertools.product(ds, vs, _ints(args.n), _ints(args.k), thresholds):
+            methods.append(Method(f"early-exit E={e} k={k}",
+                                  (lambda e=e, k=k: make_drafter("early-exit", model, exit_layer=e, k=k)), "early-exit"))
+    for d, v, n, k, th in itertools.product(ds, vs, ns, ks, thresholds):
         if d < v < L:
             methods.append(Method(f"hispec d={d} v={v} n={n} k={k}" + (f" th={th}" if th else ""),
                                   (lambda d=d, v=v, n=n, k=k, th=th: make_drafter(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from .layers import check_drivable
 
@@ -107,6 +108,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
                attn_implementation: str = "sdpa") -> LoadedModel:
     """Load model + tokenizer the same way for bundled, local and hub sources."""
     source = resolve_source(name)
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI and app output
     offline = name in REGISTRY or os.path.isdir(source)
     config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=offline)
     check_architecture(config)

@@ -123,4 +123,5 @@ def test_error_toast(page):
     page.evaluate("window.scrollTo(0, 0)")
     toast = page.locator(".toast-body", has_text="Prompt must not be empty")
     toast.first.wait_for(state="visible")
+    page.wait_for_timeout(800)  # the toast flies in
     page.screenshot(path=str(ARTIFACTS / "07-error-toast.png"))

@@ -146,7 +146,7 @@ def test_training_pipeline_cpu_smoke(tmp_path):
     out = tmp_path / "run"
     tiny = ["--data", str(data), "--out", str(out), "--device", "cpu", "--n-layers", "3", "--hidden", "32",
             "--intermediate", "64", "--heads", "2", "--kv-heads", "2", "--batch-size", "2", "--seq-len", "32",
-            "--eval-every", "2", "--ckpt-every", "2", "--log-every", "1", "--warmup", "1"]
+            "--eval-every", "2", "--ckpt-every", "2", "--log-every", "1", "--warmup", "1", "--val-tokens", "64"]
     train_lm.main(["--preset", "base", "--steps", "2"] + tiny)
     train_lm.main(["--preset", "base", "--steps", "4", "--resume"] + tiny)
     meta = json.loads((out / "export" / "training_meta.json").read_text())

@@ -4,6 +4,7 @@ position outside a rollback, and bad levels are refused."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_greedy_paths_all_exercised():
     engine = engine_for("llama")
     stats = Counter()
     for seed in (1, 2, 3):
-        trace = greedy_run(engine, dict(d=1, v=3, n=6, k=3), random_prompt(seed), 40)
+        trace = greedy_run(engine, dict(d=1, v=3, n=6, k=3, threshold=0.0), random_prompt(seed), 40)
         for step in trace.steps[1:]:
             info = step.info
             stats["inter_reject"] += sum(a < len(r) for a, r in zip(info["round_accepted"], info["round_drafts"]))
@@ -80,20 +81,26 @@ def test_greedy_paths_all_exercised():
             stats["full_reject"] += step.accepted < len(step.draft_tokens)
             stats["full_accept_many"] += step.accepted >= 2
     assert all(stats[key] > 0 for key in ("inter_reject", "inter_accept", "full_reject", "full_accept_many")), stats
+    # the trace (drafter info included) is plain JSON data
+    assert json.loads(trace.to_json())["steps"][1]["info"]["verify_exit"] == 3
+    info = trace.steps[1].info
+    assert {"exit_layer", "verify_exit", "skipped_layers", "rounds", "tentative", "tentative_source",
+            "t_draft_level", "t_intermediate"} <= set(info)
+    assert info["tentative"] == trace.steps[1].draft_tokens
 
 
 def test_sliding_window_and_eos():
     """Mistral past a small sliding window; and a small vocabulary where EOS shows up."""
     engine = engine_for("mistral", sliding_window=8)
     prompt = random_prompt(3)
-    trace = greedy_run(engine, dict(d=1, v=3, n=5, k=3), prompt, 40)
+    trace = greedy_run(engine, dict(d=1, v=3, n=5, k=3, threshold=0.0), prompt, 40)
     assert_lossless(engine.model, prompt, trace.generated, reference_greedy(engine.model, prompt, 40))
 
     # (model seed, prompt seed) pairs whose greedy output ends in EOS after 13, 11 and 27 tokens
     for (seed, prompt_seed), levels in zip([(1, 1), (0, 1), (3, 0)], [(1, 2, 4, 2), (1, 3, 8, 3), (2, 4, 5, 5)]):
         engine = engine_for("llama", seed=seed, vocab=12)
         prompt = random_prompt(prompt_seed, vocab=12)
-        trace = greedy_run(engine, dict(zip("dvnk", levels)), prompt, 30)
+        trace = greedy_run(engine, dict(zip("dvnk", levels), threshold=0.0), prompt, 30)
         ref = reference_greedy(engine.model, prompt, 30)
         assert ref[-1] == EOS, "the EOS path went untested"
         assert trace.generated == ref and trace.finish_reason == "eos"
@@ -117,7 +124,7 @@ def test_tentative_buffer_is_the_exit_v_greedy_chain():
     engine = engine_for("qwen2")
     prompt = random_prompt(4)
     d, v = 1, 3
-    generation = engine.start(prompt, make_drafter("hispec", engine.model, d=d, v=v, n=5, k=2),
+    generation = engine.start(prompt, make_drafter("hispec", engine.model, d=d, v=v, n=5, k=2, threshold=0.0),
                               GenerationConfig(max_new_tokens=30))
     checked = 0
     for event in generation:
@@ -174,7 +181,7 @@ def test_no_layer_runs_twice_on_the_same_position():
     model = tiny_model("llama", seed=0, damp=DAMP)
     engine = Engine(model)
     d, v = 2, 4
-    drafter = make_drafter("hispec", model, d=d, v=v, n=5, k=3)
+    drafter = make_drafter("hispec", model, d=d, v=v, n=5, k=3, threshold=0.0)
     log = LayerLog(model)
     original_propose = drafter.propose
 
@@ -220,7 +227,7 @@ RUNS = 500
 WRONG_RUNS = 200
 PROMPT = [3, 1, 4, 1, 5]
 SAMPLING = SamplingConfig(temperature=1.0)
-STAT_LEVELS = dict(d=1, v=2, n=2, k=1)
+STAT_LEVELS = dict(d=1, v=2, n=2, k=1, threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +378,10 @@ def test_defaults_and_settings():
     drafter = make_drafter("hispec", model)
     assert 1 <= drafter.d < drafter.v < model.config.num_hidden_layers
     assert set(drafter.settings()) == {"d", "v", "n", "k", "threshold"}
+    engine = engine_for("llama")
+    prompt = random_prompt(9)
+    trace = engine.generate(prompt, drafter, GenerationConfig(max_new_tokens=24))
+    assert_lossless(model, prompt, trace.generated, reference_greedy(model, prompt, 24))
     assert make_drafter("hispec", model, v=2).d == 1  # a default d stays below a given v
     assert make_drafter("hispec", model, d=4).v == 5  # a default v stays above a given d
     with pytest.raises(ValueError, match="at least 3 layers"):
@@ -394,7 +405,7 @@ def test_bundled_model_greedy_matches_generate():
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
     ref = out[0, len(prompt):].tolist()
-    trace = engine.generate(prompt, make_drafter("hispec", model, d=2, v=5, n=4, k=3, threshold=0.3),
-                            GenerationConfig(max_new_tokens=32))
-    assert_lossless(model, prompt, trace.generated, ref)
-    assert sum(s.accepted for s in trace.steps) > 0  # a trained early-exit model accepts tentative tokens
+    for options in ({}, dict(d=1, v=4, n=6, k=3, threshold=0.0)):  # the defaults, and another setting
+        trace = engine.generate(prompt, make_drafter("hispec", model, **options), GenerationConfig(max_new_tokens=32))
+        assert_lossless(model, prompt, trace.generated, ref)
+        assert sum(s.accepted for s in trace.steps) > 0  # a trained early-exit model accepts tentative tokens

@@ -40,6 +40,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -530,7 +531,7 @@ def train(args):
         "python": sys.version.split()[0],
         "bf16_autocast": amp,
         "compile": bool(args.compile),
-        "command": " ".join(sys.argv),
+        "command": "python -m specviz.train.train_lm " + " ".join(shlex.quote(a) for a in args.argv),
     }
     (export_dir / "training_meta.json").write_text(json.dumps(train_meta, indent=1))
     res = eval_exported(export_dir, data, device, seq_len=T)
@@ -692,8 +693,10 @@ python -m specviz.train.train_lm --card {dest} --data .train_data"""
 
 
 def repro_text(path: Path, meta: dict, corpus: dict) -> str:
-    cmd = meta["command"].split(" ", 1)
-    command = "python -m specviz.train.train_lm " + (cmd[1] if len(cmd) > 1 else "")
+    command = meta["command"]
+    if not command.startswith("python -m "):  # older metadata stored sys.argv (script path first)
+        cmd = command.split(" ", 1)
+        command = "python -m specviz.train.train_lm " + (cmd[1] if len(cmd) > 1 else "")
     py = corpus["python_version"].split()[0]
     try:
         dest = path.resolve().relative_to(Path.cwd().resolve()).as_posix()
@@ -736,6 +739,7 @@ def main(argv=None):
     ap.add_argument("--card", default=None, help="write MODEL_CARD.md for an exported model folder")
     ap.add_argument("--card-notes", default=None, help="extra paragraph for the model card's Notes section")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
 
     if args.eval_only:
         res = eval_exported(Path(args.eval_only), Path(args.data), pick_device(args.device))
