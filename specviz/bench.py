@@ -658,6 +658,9 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for m in report["methods"]:
             if m["drafter"] in names:
                 known = next(x for x in methods if x["drafter"] == m["drafter"])
+                if known["settings"] != m["settings"]:
+                    raise ValueError(f"cannot merge runs whose {m['drafter']} settings differ: "
+                                     f"{known['settings']} vs {m['settings']}")
                 known["failed"] = known.get("failed") or m.get("failed")
             else:
                 names.add(m["drafter"])

@@ -245,7 +245,7 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                                  f"p (target) = {_fmt_p(_get(s.target_probs, pos))} · q (draft) = {_fmt_p(_get(s.draft_probs, pos))}")
                         parts.append(_span("sv-rej", rp, title, inline_newlines=False))
                 if s.index == 0:
-                    title = f"step 0 (prefill) · the target's own first token"
+                    title = "step 0 (prefill) · the target's own first token"
                 elif not s.draft_tokens:
                     title = f"step {s.index} · the target's own token (no draft)"
                 elif acc < len(s.draft_tokens):

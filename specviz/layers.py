@@ -188,7 +188,17 @@ class LayerRunner:
         for i in chosen:
             slot = cache.layers[i]
             extra = slot.get_seq_length() - length
-            if extra > 0:
+            if extra <= 0:
+                continue
+            if getattr(slot, "record_past", False):
+                # A sliding-window layer: transformers' crop would also shrink the stored past to
+                # window-1, after which a second rollback in the same step (HiSpec's intermediate
+                # level, then the engine's commit) could not reach back far enough. Drop only the
+                # tail; `update` still hands attention just the window, so outputs are unchanged
+                # and the layer keeps O(sequence) states like a full-attention layer.
+                slot.keys, slot.values = slot.keys[:, :, :-extra], slot.values[:, :, :-extra]
+                slot.cumulative_length -= extra
+            else:
                 slot.crop(-extra)
 
     @staticmethod

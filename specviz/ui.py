@@ -136,7 +136,7 @@ DRAFTER_SPECS: dict[str, DrafterSpec] = {
     "early-exit": DrafterSpec(
         "Early exit (LayerSkip)",
         "Draft with only the first E layers and the shared LM head; verification reuses their cache.",
-        (Control("exit_layer", "layer", "exit layer E (0 = auto: L/4)", 0, 0, 63, 1), _k(6), _threshold())),
+        (Control("exit_layer", "layer", "exit layer E (0 = auto: 3L/8)", 0, 0, 63, 1), _k(4), _threshold())),
     "clasp": DrafterSpec(
         "CLaSp (in-context layer skip)",
         "After verification, a dynamic program picks which M layers to skip so the draft's hidden states stay "
@@ -792,7 +792,8 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         chosen = [d for d in (chosen or []) if d in drafters]
         if not chosen:
             raise user_error("Choose at least one drafter to compare.")
-        base = settings_from(model, prompt, "ar", max_new_tokens, temperature, top_p, top_k, seed, "", opts)
+        settings_from(  # validates the shared settings before any drafter runs
+            model, prompt, "ar", max_new_tokens, temperature, top_p, top_k, seed, "", opts)
         session = session if isinstance(session, Session) else Session()
         session.stop = stop_event = threading.Event()
         rows: list[figures.CompareRow] = []

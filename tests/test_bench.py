@@ -88,6 +88,10 @@ def test_bench_merge_of_shards_equals_the_whole(greedy_run):
             assert a[key] == pytest.approx(b[key]) if isinstance(a[key], float) else a[key] == b[key], key
     with pytest.raises(ValueError, match="overlap"):
         bench.merge_reports([report, report])
+    changed = json.loads(json.dumps(shards[1]))
+    next(m for m in changed["methods"] if m["drafter"] == "draft-model")["settings"]["k"] = 5
+    with pytest.raises(ValueError, match="settings differ"):
+        bench.merge_reports([shards[0], changed])
 
 
 def test_bench_html_is_self_contained(greedy_run):

@@ -231,3 +231,14 @@ def test_sampling_with_top_p_and_top_k_runs_and_is_reproducible():
     config = GenerationConfig(max_new_tokens=20, sampling=SamplingConfig(temperature=0.8, top_p=0.9, top_k=20, seed=7))
     runs = [engine.generate(prompt, make_drafter("static-skip", target, k=3), config).generated for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 20
+
+
+def test_prompt_lookup_prefers_a_match_with_a_full_continuation():
+    from specviz.drafters.prompt_lookup import find_continuation
+    # the latest match of [9] is followed only by [9]: a full-length continuation from an earlier
+    # match beats it
+    assert find_continuation([5, 9, 7, 8, 6, 1, 9, 9], max_ngram=1, min_ngram=1, k=3) == ([7, 8, 6], 1, 1)
+    # the latest match wins when it has k tokens after it
+    assert find_continuation([1, 2, 3, 4, 1, 2, 5, 6, 1, 2], max_ngram=2, min_ngram=1, k=2) == ([5, 6], 2, 4)
+    # longest n-gram first; no match at all -> empty draft
+    assert find_continuation([1, 2, 3], max_ngram=3, min_ngram=1, k=2) == ([], 0, -1)

@@ -17,6 +17,7 @@ from specviz.drafters import make_drafter
 from specviz.engine import Engine, GenerationConfig
 from specviz.layers import LayerRunner
 from specviz.sampling import SamplingConfig, Verdict, sample
+from tests.conftest import DEVICES
 from tests.tiny import ARCHS, EOS, assert_lossless, random_prompt, reference_greedy, tiny_model
 
 # Damped upper layers: exits d, v and L agree often but not always, so every path runs
@@ -65,6 +66,24 @@ def test_greedy_matches_generate(arch, levels):
         rounds = [r for s in trace.steps[1:] for r in s.info["rounds"]]
         assert any(r["unsure_stop"] and not r["drafts"] for r in rounds)
         assert any(r["drafts"] for r in rounds)
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if not isinstance(d, str)])  # CUDA only; CPU above
+def test_greedy_matches_generate_on_device(device):
+    import copy
+
+    cpu_model = tiny_model("llama", seed=0, damp=DAMP)
+    prompt = random_prompt(7)
+    ref = reference_greedy(cpu_model, prompt, 32)
+    model = copy.deepcopy(cpu_model).to(device)
+    engine = Engine(model)
+    for options in (dict(d=1, v=3, n=6, k=3, threshold=0.0), {}):
+        trace = greedy_run(engine, options, prompt, 32)
+        assert_lossless(cpu_model, prompt, trace.generated, ref)
+    config = GenerationConfig(max_new_tokens=16, sampling=SamplingConfig(temperature=0.8, top_p=0.9, seed=3))
+    runs = [engine.generate(prompt, make_drafter("hispec", model, d=1, v=3, n=4, k=2, threshold=0.0), config)
+            .generated for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 16
 
 
 def test_greedy_paths_all_exercised():
@@ -223,8 +242,8 @@ def test_no_layer_runs_twice_on_the_same_position():
 # one (enumerated from its own conditionals, token 1 marginalised out).
 
 V = 6  # small enough to enumerate the 3-token continuations exactly
-RUNS = 500
-WRONG_RUNS = 200
+RUNS = 1000
+WRONG_RUNS = 300
 PROMPT = [3, 1, 4, 1, 5]
 SAMPLING = SamplingConfig(temperature=1.0)
 STAT_LEVELS = dict(d=1, v=2, n=2, k=1, threshold=0.0)

@@ -1,8 +1,6 @@
 """Loading: tiny random Llama / Qwen2 / Mistral saved like hub checkpoints load back through the
 same `from_pretrained` path a hub id takes; unsupported architectures fail clearly."""
 
-import shutil
-
 import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel

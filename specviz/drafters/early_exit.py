@@ -17,9 +17,11 @@ class EarlyExit:
     name = "early-exit"
     wants_states = False
 
-    def __init__(self, num_layers: int, exit_layer: int | None = None, k: int = 6, threshold: float = 0.0):
+    def __init__(self, num_layers: int, exit_layer: int | None = None, k: int = 4, threshold: float = 0.0):
         if exit_layer is None:
-            exit_layer = max(1, num_layers // 4)
+            # 3/8 of the depth: on the bundled 16-layer model E=6, k=4 was fastest (1.3x the AR
+            # loop; E=4 drafts too poorly, E=8 costs too much per draft token)
+            exit_layer = max(1, (3 * num_layers) // 8)
         if not isinstance(exit_layer, int) or not 1 <= exit_layer <= num_layers - 1:
             raise ValueError(f"exit_layer (E) must be an integer in [1, {num_layers - 1}], got {exit_layer!r}")
         self.exit_layer = exit_layer

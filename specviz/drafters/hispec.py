@@ -117,30 +117,6 @@ def check_levels(num_layers: int, d: Any, v: Any, n: Any, k: Any) -> tuple[int, 
     return d, v, n, k
 
 
-def rollback(cache, length: int, layers) -> None:
-    """Shorten `layers` of `cache` to `length` tokens, keeping every stored state of sliding-window
-    layers.
-
-    `LayerRunner.crop` calls transformers' `DynamicSlidingWindowLayer.crop`, which also shrinks the
-    stored states back to `sliding_window - 1` once past the window; a second crop further back in
-    the same step (the engine's, after the full check rejects an earlier tentative token) would then
-    leave the layer with fewer states than its mask expects. HiSpec crops once per intermediate
-    round, so it drops only the rejected tail here and leaves the shrinking to the engine's crop.
-    """
-    for i in layers:
-        slot = cache.layers[i]
-        extra = slot.get_seq_length() - length
-        if extra <= 0:
-            continue
-        window = getattr(slot, "sliding_window", None)
-        if window is not None and getattr(slot, "record_past", False) and slot.get_seq_length() >= window:
-            slot.keys = slot.keys[:, :, :-extra]
-            slot.values = slot.values[:, :, :-extra]
-            slot.cumulative_length -= extra
-        else:
-            slot.crop(-extra)
-
-
 def _verdict(drafts: list[int], q_rows: list[torch.Tensor], p_rows: torch.Tensor, sampling: SamplingConfig,
              generator: torch.Generator) -> tuple[int, int | None]:
     """Check `drafts` against the exit-v rows `p_rows` (row i predicts drafts[i]; an extra row,
@@ -254,7 +230,7 @@ class HiSpec:
             keep = min(accepted + 1, h_v.shape[1])  # inputs whose layers [0, v) stay valid
             hidden_v.append(h_v[:, :keep])
             done += keep
-            rollback(cache, base + done, range(v))  # drop the rejected drafts' KV
+            runner.crop(cache, base + done, range(v))  # drop the rejected drafts' KV
             t2 = _clock(runner.device)
             t_draft += t1 - t0
             t_inter += t2 - t1

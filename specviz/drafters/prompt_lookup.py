@@ -12,16 +12,26 @@ from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_th
 
 
 def find_continuation(tokens: list[int], max_ngram: int, min_ngram: int, k: int) -> tuple[list[int], int, int]:
-    """Return (continuation, n, match start) of the latest earlier match of the longest suffix n-gram."""
+    """Return (continuation, n, match start) for the longest suffix n-gram that occurred before.
+
+    Among its earlier occurrences, the latest one followed by k tokens wins (recent text predicts
+    best); the latest match of a short repeat would cap the draft at the repeat's period
+    ([9, 9, 9] -> one token), so a match with a shorter continuation is used only if no match
+    has k tokens after it (the longest such continuation, latest on ties).
+    """
     size = len(tokens)
     for n in range(min(max_ngram, size - 1), min_ngram - 1, -1):
         suffix = tokens[size - n:]
-        # latest match first: recent text predicts the next tokens best
+        best: tuple[list[int], int] = ([], -1)
         for start in range(size - n - 1, -1, -1):
             if tokens[start:start + n] == suffix:
                 continuation = tokens[start + n:start + n + k]
-                if continuation:
+                if len(continuation) == k:
                     return continuation, n, start
+                if len(continuation) > len(best[0]):
+                    best = (continuation, start)
+        if best[0]:
+            return best[0], n, best[1]
     return [], 0, -1
 
 

@@ -498,7 +498,6 @@ def train_head(kind: str, args, data: dict, base_parts, device: torch.device, eo
 
 
 def write_card(model_dir: Path, bench_json: Path | None = None, note: str = "") -> Path:
-    rows = []
     results = {}
     for kind in ("ctc", "medusa"):
         f = model_dir / HEAD_FILES[kind]

@@ -161,7 +161,6 @@ def forward_hidden(model, input_ids, *, layer_p=None, dropout=0.0, training=Fals
     pos = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
     pe = m.rotary_emb(h, pos)
     out = {}
-    L = len(m.layers)
     for i, layer in enumerate(m.layers):
         y = layer(h, attention_mask=None, position_embeddings=pe, position_ids=pos)
         if training and dropout > 0:
@@ -648,7 +647,7 @@ def write_card(path: Path, data: Path, repro: str | None = None, notes: str | No
         lines.append(f"| {e['exit_layer']} | {e['loss']:.3f} | {e['top1_acc']:.3f} | {e['agree_with_final_argmax']:.3f} |")
     lines += [
         "",
-        f"Raw numbers: `eval_heldout.json`; training details: `training_meta.json`.",
+        "Raw numbers: `eval_heldout.json`; training details: `training_meta.json`.",
         "",
         "## Greedy completions of held-out function headers",
         "",
