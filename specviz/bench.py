@@ -146,6 +146,51 @@ def load_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+
+FALLBACK_CODE_PROMPTS = [
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "import os\n\ndef list_python_files(root):\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
+    "def is_prime(n):\n    if n < 2:\n        return False\n",
+]
+
+
+def load_setup(n_prompts: int, seed: int, name: str | None, device: str,
+               layer_scale: Callable[[int, torch.Generator], float], stand_in: str):
+    """(model, prompt id lists, description) for the per-drafter sweep scripts (bench_clasp,
+    bench_hispec). `name`: registry name or model directory; default specviz-tiny when its weights
+    exist, else a random 16-layer Llama whose layer i's output projections are scaled by
+    `layer_scale(i, generator)` so that layer-skip drafts get real acceptance."""
+    bundled = ASSETS / "models" / "specviz-tiny"
+    if name is None and list(bundled.glob("*.safetensors")):
+        name = "specviz-tiny"
+    if name is not None:
+        from .models import load_model
+
+        loaded = load_model(name, device=device)
+        texts = (load_prompts(DEFAULT_PROMPTS) if DEFAULT_PROMPTS.exists() else FALLBACK_CODE_PROMPTS)[:n_prompts]
+        ids = [list(loaded.tokenizer(t)["input_ids"]) for t in texts]
+        return loaded.model.eval(), ids, f"{name} ({loaded.model.config.num_hidden_layers} layers)"
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=16,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+        for i in range(1, 16):
+            scale = layer_scale(i, g)
+            model.model.layers[i].self_attn.o_proj.weight.mul_(scale)
+            model.model.layers[i].mlp.down_proj.weight.mul_(scale)
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    ids = [torch.randint(3, 2048, (24,), generator=g).tolist() for _ in range(n_prompts)]
+    return model.to(device).eval(), ids, f"random 16-layer Llama (hidden 256, {stand_in}; specviz-tiny not found)"
+
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """['clasp.skip_ratio=0.4', 'static-skip.skip=[1,3]'] -> {'clasp': {'skip_ratio': 0.4}, ...}.
     Values are JSON when they parse as JSON, else strings."""

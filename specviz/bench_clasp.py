@@ -39,55 +39,19 @@ import torch
 from .drafters import make_drafter
 from .drafters.static_skip import StaticSkip, alternate_layers, middle_layers
 from .engine import Engine, GenerationConfig
-from .models import ASSETS
 from .trace import compute_metrics
 
-PROMPTS = ASSETS / "prompts" / "examples.jsonl"
-FALLBACK_CODE_PROMPTS = [
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "import os\n\ndef list_python_files(root):\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
-    "def is_prime(n):\n    if n < 2:\n        return False\n",
-]
 
 
 def load_setup(n_prompts: int, seed: int, name: str | None = None, device: str = "cpu"):
     """(model, list of prompt id lists, description). `name`: a registry name or model directory
     (default: specviz-tiny when its weights exist, else the random stand-in)."""
-    bundled = ASSETS / "models" / "specviz-tiny"
-    if name is None and list(bundled.glob("*.safetensors")):
-        name = "specviz-tiny"
-    if name is not None:
-        from .models import load_model
+    from .bench import load_setup
 
-        loaded = load_model(name, device=device)
-        texts = []
-        if PROMPTS.exists():
-            for line in PROMPTS.read_text().splitlines():
-                if line.strip():
-                    texts.append(json.loads(line)["prompt"])
-        texts = (texts or FALLBACK_CODE_PROMPTS)[:n_prompts]
-        ids = [list(loaded.tokenizer(t)["input_ids"]) for t in texts]
-        return loaded.model.eval(), ids, f"{name} ({loaded.model.config.num_hidden_layers} layers)"
-    from transformers import AutoConfig, AutoModelForCausalLM
+    def middle_damping(i: int, g: torch.Generator) -> float:
+        return 1.0 if i == 15 else float(0.02 + 0.5 * torch.rand((), generator=g) ** 2)
 
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(
-        "llama", vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=16,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-        for i in range(1, 15):
-            scale = float(0.02 + 0.5 * torch.rand((), generator=g) ** 2)
-            model.model.layers[i].self_attn.o_proj.weight.mul_(scale)
-            model.model.layers[i].mlp.down_proj.weight.mul_(scale)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    ids = [torch.randint(3, 2048, (24,), generator=g).tolist() for _ in range(n_prompts)]
-    return model.to(device).eval(), ids, "random 16-layer Llama (hidden 256, damped middle layers; specviz-tiny not found)"
+    return load_setup(n_prompts, seed, name, device, middle_damping, "damped middle layers")
 
 
 def _sync_clock(device: torch.device) -> float:

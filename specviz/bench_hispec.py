@@ -37,50 +37,15 @@ import torch
 from .drafters import make_drafter
 from .drafters.hispec import HiSpec
 from .engine import Engine, GenerationConfig
-from .models import ASSETS
 
-PROMPTS = ASSETS / "prompts" / "examples.jsonl"
-FALLBACK_CODE_PROMPTS = [
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "import os\n\ndef list_python_files(root):\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
-    "def is_prime(n):\n    if n < 2:\n        return False\n",
-]
 
 
 def load_setup(n_prompts: int, seed: int, name: str | None = None):
     """(model, prompt id lists, description)."""
-    bundled = ASSETS / "models" / "specviz-tiny"
-    if name is None and list(bundled.glob("*.safetensors")):
-        name = "specviz-tiny"
-    if name is not None:
-        from .models import load_model
+    from .bench import load_setup
 
-        loaded = load_model(name, device="cpu")
-        texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()
-                 if line.strip()] if PROMPTS.exists() else []
-        texts = (texts or FALLBACK_CODE_PROMPTS)[:n_prompts]
-        ids = [list(loaded.tokenizer(t)["input_ids"]) for t in texts]
-        return loaded.model.eval(), ids, f"{name} ({loaded.model.config.num_hidden_layers} layers)"
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(
-        "llama", vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=16,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-        for i in range(1, 16):
-            scale = 0.35 / i  # later layers move the residual stream less: early exits mostly agree
-            model.model.layers[i].self_attn.o_proj.weight.mul_(scale)
-            model.model.layers[i].mlp.down_proj.weight.mul_(scale)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(3, 2048, (24,), generator=g).tolist() for _ in range(n_prompts)]
-    return model.eval(), ids, "random 16-layer Llama (hidden 256, damped layers; specviz-tiny not found)"
+    # later layers move the residual stream less: early exits mostly agree
+    return load_setup(n_prompts, seed, name, "cpu", lambda i, g: 0.35 / i, "damped layers")
 
 
 class Method:
