@@ -132,6 +132,11 @@ class Generation:
     def generated(self) -> list[int]:
         return self.trace.generated
 
+    @property
+    def _new_tokens(self) -> int:
+        # tokens = prompt + everything committed; cheaper than flattening the trace every step
+        return len(self.tokens) - len(self.trace.prompt_ids)
+
     @torch.inference_mode()
     def step(self) -> StepEvent | None:
         """Run one verification (the first call prefills) and return its event; None when done."""
@@ -142,13 +147,13 @@ class Generation:
             return None
         event = self._prefill() if not self.trace.steps else self._speculate()
         self.trace.steps.append(event)
-        if not self.done and len(self.generated) >= self.config.max_new_tokens:
+        if not self.done and self._new_tokens >= self.config.max_new_tokens:
             self._finish("length")
         return event
 
     # -- internals ---------------------------------------------------------------------------
     def _state(self) -> DecodeState:
-        remaining = self.config.max_new_tokens - len(self.generated)
+        remaining = self.config.max_new_tokens - self._new_tokens
         return DecodeState(
             tokens=self.tokens, runner=self.runner, cache=self.cache,
             max_draft=remaining - 1,  # the target always adds one token of its own
