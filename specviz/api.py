@@ -8,23 +8,33 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from .drafters import Drafter, make_drafter
+from .drafters import NEEDS, PART_TEXT, Drafter, make_drafter
 from .engine import Engine, Generation, GenerationConfig
-from .models import DEFAULT_DRAFT, LoadedModel, load_model
+from .models import REGISTRY, LoadedModel, Progress, load_model
 from .sampling import SamplingConfig
 
 _load_lock = threading.Lock()
 
 
-@lru_cache(maxsize=4)
-def _cached(name: str, device: str | None, dtype: str | None) -> LoadedModel:
-    return load_model(name, device=device, dtype=dtype)
+_loaded: dict[tuple, LoadedModel] = {}
+MAX_LOADED = 4
 
 
-def get_model(name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load (once per process) and return a model with its tokenizer."""
+def get_model(name: str, device: str | None = None, dtype: str | None = None,
+              progress: Progress | None = None) -> LoadedModel:
+    """Load (once per process) and return a model with its tokenizer. `progress` hears the slow
+    stages of a first load (e.g. converting the default model's GGUF)."""
+    key = (name, device, dtype)
     with _load_lock:
-        return _cached(name, device, dtype)
+        if key not in _loaded:
+            if len(_loaded) >= MAX_LOADED:
+                _loaded.pop(next(iter(_loaded)))
+            _loaded[key] = load_model(name, device=device, dtype=dtype, progress=progress)
+        return _loaded[key]
+
+
+def is_loaded(name: str, device: str | None = None, dtype: str | None = None) -> bool:
+    return (name, device, dtype) in _loaded
 
 
 @lru_cache(maxsize=4)
@@ -37,25 +47,68 @@ def get_engine(name: str, device: str | None = None, dtype: str | None = None) -
     return _engine(name, device, dtype)
 
 
-def encode(loaded: LoadedModel, prompt: str) -> list[int]:
+def encode(loaded: LoadedModel, prompt: str, chat: bool = True) -> list[int]:
+    """Token ids for `prompt`. With `chat` and a model that has a chat template, the prompt is
+    sent as one user message through the template (with the assistant turn opened); otherwise
+    the raw text is tokenized as is."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must not be empty")
-    ids = loaded.tokenizer(prompt)["input_ids"]
+    if chat and loaded.has_chat_template:
+        ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   tokenize=True, return_dict=True)["input_ids"]
+    else:
+        ids = loaded.tokenizer(prompt)["input_ids"]
     if not ids:
         raise ValueError("prompt must not be empty (it encodes to no tokens)")
-    return list(ids)
+    return [int(i) for i in ids]
 
 
 def decode(loaded: LoadedModel, ids: list[int]) -> str:
     return loaded.tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def drafter_defaults(model: str, drafter: str) -> dict[str, Any]:
+    """The options a registry model sets for `drafter` (from its recorded sweep); {} otherwise."""
+    info = REGISTRY.get(model)
+    return dict(info.drafter_defaults().get(drafter, {})) if info else {}
+
+
+def missing_part(drafter: str, model: str, options: dict[str, Any] | None = None) -> str | None:
+    """Why `drafter` would only run uselessly on registry model `model`, or None if it fits.
+    Models outside the registry are not judged (the user chose them)."""
+    info = REGISTRY.get(model)
+    options = options or {}
+    need = NEEDS.get(drafter)
+    if info is None or need is None:
+        return None
+    if drafter == "ctc":
+        if options.get("path") or options.get("random_head"):
+            return None
+        need = f"{options.get('head', 'ctc')}-head"
+    if drafter == "draft-model" and (options.get("draft_model") is not None or options.get("draft_model_name")):
+        return None
+    if drafter == "draft-model" and info.draft_model:
+        return None
+    if need in info.parts:
+        return None
+    return (f"drafter {drafter!r} needs {PART_TEXT[need]}, which {model} does not have yet, so it would only slow "
+            f"decoding down; try it on specviz-tiny (trained for it), or pick clasp, static-skip or prompt-lookup")
+
+
+def check_fits(drafter: str, loaded: LoadedModel, options: dict[str, Any]) -> None:
+    reason = missing_part(drafter, loaded.name, options)
+    if reason:
+        raise ValueError(reason)
+
+
 def build_drafter(drafter: str, loaded: LoadedModel, options: dict[str, Any] | None = None,
                   device: str | None = None, dtype: str | None = None) -> Drafter:
     """`make_drafter` plus what needs loading: the draft model of the draft-model drafter."""
-    options = dict(options or {})
+    options = {**drafter_defaults(loaded.name, drafter), **(options or {})}
+    check_fits(drafter, loaded, options)
     if drafter == "draft-model" and "draft_model" not in options:
-        draft_name = options.pop("draft_model_name", None) or DEFAULT_DRAFT.get(loaded.name)
+        info = REGISTRY.get(loaded.name)
+        draft_name = options.pop("draft_model_name", None) or (info.draft_model if info else None)
         if draft_name is None:
             raise ValueError(f"drafter 'draft-model' needs --draft-model: {loaded.name!r} has no default draft model")
         draft = get_model(draft_name, device, dtype)
@@ -67,11 +120,11 @@ def build_drafter(drafter: str, loaded: LoadedModel, options: dict[str, Any] | N
 def start(model: str, drafter: str, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
           top_p: float = 1.0, top_k: int = 0, seed: int = 0, options: dict[str, Any] | None = None,
           device: str | None = None, dtype: str | None = None, stop: threading.Event | None = None,
-          record: bool = True) -> tuple[LoadedModel, Generation]:
+          record: bool = True, chat: bool = True, progress: Progress | None = None) -> tuple[LoadedModel, Generation]:
     """Validate everything, then return the model and a ready-to-iterate `Generation`."""
-    loaded = get_model(model, device, dtype)
+    loaded = get_model(model, device, dtype, progress=progress)
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
-    ids = encode(loaded, prompt)
+    ids = encode(loaded, prompt, chat=chat)
     built = build_drafter(drafter, loaded, options, device, dtype)
     engine = get_engine(model, device, dtype)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, record=record)

@@ -47,11 +47,18 @@ import torch
 from . import api
 from .drafters import DRAFTERS
 from .engine import Engine, GenerationConfig
-from .models import ASSETS, DEFAULT_DRAFT, DEFAULT_MODEL
+from .models import ASSETS, DEFAULT_MODEL, REGISTRY
 from .sampling import SamplingConfig
 from .trace import Trace, compute_metrics
 
-DEFAULT_PROMPTS = ASSETS / "prompts" / "examples.jsonl"
+PROMPTS_DIR = ASSETS / "prompts"
+DEFAULT_PROMPTS = PROMPTS_DIR / "code.jsonl"  # the Python headers specviz-tiny was trained for
+
+
+def prompts_for(model: str) -> Path:
+    """The example prompts that suit `model`: chat prompts for chat models, code for specviz-tiny."""
+    info = REGISTRY.get(model)
+    return PROMPTS_DIR / f"{info.prompts if info else 'chat'}.jsonl"
 
 # Our drafter -> transformers' assisted generation of the same method.
 HF_COUNTERPART = {"early-exit": "hf:early-exit", "prompt-lookup": "hf:prompt-lookup", "draft-model": "hf:draft-model"}
@@ -279,7 +286,8 @@ class Bench:
     # -- building the method list --------------------------------------------------------
     def _draft_model(self, name: str | None = None):
         """The draft model of draft-model / hf:draft-model: `name`, else --draft-model, else the registry's."""
-        name = name or self.args.draft_model or DEFAULT_DRAFT.get(self.args.model)
+        info = REGISTRY.get(self.args.model)
+        name = name or self.args.draft_model or (info.draft_model if info else None)
         if name is None:
             raise ValueError(f"no draft model: {self.args.model!r} has no default draft model, pass --draft-model")
         self.draft_loaded = api.get_model(name, self.args.device, self.args.dtype)
@@ -899,7 +907,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, local directory or allowlisted hub id")
     p.add_argument("--draft-model", default=None,
                    help="draft model for draft-model / hf:draft-model (default: the model's registry draft)")
-    p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="JSONL file, one {\"prompt\": ...} per line")
+    p.add_argument("--prompts", default=None,
+                   help="JSONL file, one {\"prompt\": ...} per line (default: the model's example prompts, "
+                        "assets/prompts/chat.jsonl or code.jsonl)")
     p.add_argument("--prompt-start", type=int, default=0, help="skip the first N prompts (to shard a long run)")
     p.add_argument("--limit-prompts", type=int, default=None, help="use at most N prompts (from --prompt-start)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -968,6 +978,7 @@ def _main(args: argparse.Namespace) -> int:
             return 2
         return _write(args, report)
     try:
+        args.prompts = args.prompts or str(prompts_for(args.model))
         prompts = load_prompts(args.prompts)
     except (OSError, ValueError) as err:
         print(f"error: prompts: {err}", file=sys.stderr)

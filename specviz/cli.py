@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, REGISTRY
 
 DRAFTER_NAMES = ("ar", "static-skip", "early-exit", "draft-model", "prompt-lookup", "clasp", "hispec", "ctc")
 
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate text with a drafter and print it with its metrics",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    gen.add_argument("--model", default=DEFAULT_MODEL, help="registry name, local directory or allowlisted hub id")
+    gen.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"registry name ({', '.join(n for n, i in REGISTRY.items() if not i.hidden)}), "
+                          "local directory or allowlisted hub id")
     gen.add_argument("--drafter", default="ar", help=f"one of: {', '.join(DRAFTER_NAMES)}")
     gen.add_argument("--prompt", required=True, help="the prompt text")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (stops earlier at EOS)")
@@ -44,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.add_argument("--device", default="auto", help="auto, cpu or cuda")
     gen.add_argument("--dtype", default="auto", help="auto (cuda: bf16, cpu: fp32), float32, bfloat16, float16")
+    gen.add_argument("--raw", action="store_true",
+                     help="send the prompt as raw text; by default a model with a chat template gets it as a user message")
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, metrics, steps")
-    drafter = gen.add_argument_group("drafter options (each drafter uses the ones it understands; defaults are the drafter's)")
+    drafter = gen.add_argument_group("drafter options (each drafter uses the ones it understands; defaults are the "
+                                     "model's swept defaults where it has them, else the drafter's)")
     for flag, (_, kind, text) in DRAFTER_FLAGS.items():
         drafter.add_argument(flag, type=kind, default=None, help=text)
     return parser
@@ -66,6 +71,11 @@ def _drafter_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _status(message: str) -> None:
+    """Slow loading stages (the first run converts the default model; tqdm draws its bar)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def generate(args: argparse.Namespace) -> int:
     from . import api
     from .trace import compute_metrics
@@ -76,7 +86,10 @@ def generate(args: argparse.Namespace) -> int:
     loaded, generation = api.start(
         args.model, args.drafter, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, seed=args.seed, options=options, device=device, dtype=dtype,
+        chat=not args.raw, progress=_status,
     )
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
     trace = generation.trace
     for _ in generation:
         pass
@@ -86,7 +99,7 @@ def generate(args: argparse.Namespace) -> int:
         print(json.dumps({"text": text, "token_ids": trace.generated, "metrics": metrics,
                           "steps": trace.to_dict()["steps"], "trace": {k: v for k, v in trace.to_dict().items() if k != "steps"}}))
         return 0
-    print(args.prompt + text)
+    print(text if loaded.has_chat_template and not args.raw else args.prompt + text)
     print()
     acc = metrics["acceptance_rate"]
     split = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in metrics["time_split"].items())

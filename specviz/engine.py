@@ -99,6 +99,9 @@ class Generation:
         max_new = config.max_new_tokens
         if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new!r}")
+        if limit is not None and len(prompt) >= limit:
+            raise ValueError(f"prompt too long: {len(prompt)} tokens, limit {limit - 1} (the model's context is "
+                             f"{limit} tokens and at least one must be left to generate)")
         if limit is not None and len(prompt) + max_new > limit:
             raise ValueError(
                 f"max_new_tokens must be in [1, {limit - len(prompt)}] for this {len(prompt)}-token "

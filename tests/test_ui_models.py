@@ -1,0 +1,78 @@
+"""The app's model-dependent pieces, without a browser: the model list, per-model examples and
+drafter defaults, the notes for drafters a model cannot use, and what the extra-options field
+accepts."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from specviz import api, ui
+from specviz.models import DEFAULT_MODEL, SMOLLM2
+
+
+def test_default_model_is_the_real_one_and_tiny_stays():
+    names = ui.default_model_names()
+    assert names[0] == DEFAULT_MODEL == SMOLLM2
+    assert "specviz-tiny" in names and "specviz-tiny-draft" not in names
+    assert "early exit" in ui.model_label("specviz-tiny")
+
+
+def test_examples_follow_the_model():
+    chat = ui.examples_for(SMOLLM2)
+    code = ui.examples_for("specviz-tiny")
+    labels = " ".join(e.label for e in chat)
+    for category in ("Everyday question", "Short story", "Arithmetic", "Code", "Summarise", "Rewrite",
+                     "Answer from these notes", "Translation"):
+        assert category in labels
+    assert code and all(e.prompt.lstrip().startswith(("def ", "import ", "from ", "class ")) for e in code)
+
+
+def test_panel_values_use_the_models_swept_defaults():
+    swept = api.drafter_defaults(SMOLLM2, "clasp")
+    assert swept, "smollm2 must carry swept clasp defaults"
+    values = ui.control_values(SMOLLM2, "clasp")
+    for key, value in swept.items():
+        assert values[key] == value
+    tiny = ui.control_values("specviz-tiny", "clasp")
+    assert tiny["skip_ratio"] == next(c.default for c in ui.spec_for("clasp").controls if c.kwarg == "skip_ratio")
+
+
+@pytest.mark.parametrize("drafter", ["early-exit", "hispec", "ctc", "draft-model"])
+def test_drafter_note_says_what_the_model_lacks(drafter):
+    assert "does not have yet" in ui.drafter_note_text(drafter, SMOLLM2)
+    assert "does not have yet" not in ui.drafter_note_text(drafter, "specviz-tiny")
+
+
+def test_initial_drafter_fits_the_model():
+    assert not api.missing_part(ui.initial_drafter(SMOLLM2, ui.drafter_names()), SMOLLM2)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('{"draft_model_name": "/etc"}', "unknown option"),  # not a declared option of clasp
+    ('{"path": "/etc/shadow"}', "unknown option"),
+    ('{"k": [1, 2]}', "single value"),
+    ("[" * 5000, "at most"),
+    ('{"k": 4', "must be a JSON object"),
+])
+def test_extra_options_accept_only_declared_values(extra, message):
+    with pytest.raises(gr.Error, match=message):
+        ui.parse_extra("clasp", extra)
+
+
+def test_extra_options_declared_ones_pass():
+    assert ui.parse_extra("clasp", '{"k": 5, "skip_ratio": 0.2}') == {"k": 5, "skip_ratio": 0.2}
+    with pytest.raises(ValueError, match=r"k must be between 1 and 16"):
+        ui.check_ranges("clasp", {"k": 99})
+
+
+def test_error_toasts_escape_what_they_echo():
+    err = ui.user_error("Unknown model '<img src=x onerror=alert(1)>'")
+    assert "<img" not in err.message and "&lt;img" in err.message
+
+
+def test_exports_are_bounded(tmp_path):
+    for i in range(40):
+        (tmp_path / f"specviz-trace-x-{i:03d}.json").write_text("{}")
+    ui.prune_exports(tmp_path, keep=5)
+    assert len(list(tmp_path.glob("specviz-trace-*.json"))) == 5
