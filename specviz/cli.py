@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -57,11 +58,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _drafter_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {}
+    """The drafter flags given, minus those the chosen drafter does not take (named on stderr:
+    `--help` promises each drafter uses the options it understands)."""
+    from .drafters import DRAFTERS, drafter_options
+
+    takes = drafter_options(args.drafter) if args.drafter in DRAFTERS else None
+    options, ignored = {}, []
     for flag, (name, _, _) in DRAFTER_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            options[name] = value
+        if value is None:
+            continue
+        if takes is not None and name not in takes:
+            ignored.append(flag)
+            continue
+        options[name] = value
+    if ignored:
+        print(f"note: drafter {args.drafter!r} does not use {', '.join(ignored)}; ignored", file=sys.stderr)
     skip = options.get("skip")
     if isinstance(skip, str) and skip not in ("alternate", "ratio"):
         try:
@@ -111,9 +123,25 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--skip -1,3` -> `--skip=-1,3`: argparse takes a value starting with '-' for a flag unless
+    it is a plain negative number, so a list like -1,3 would be refused as an unknown option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if (argv[i].startswith("--") and "=" not in argv[i] and i + 1 < len(argv)
+                and re.fullmatch(r"-[\d.][\d.,\s-]*", argv[i + 1])):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         return generate(args)
     except ValueError as err:  # bad input: a clear message, no traceback

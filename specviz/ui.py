@@ -20,7 +20,6 @@ and one keyword per drafter option, named ``<drafter>_<option>`` with '-' as '_'
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -353,7 +352,7 @@ class Detok:
         key = tuple(ids)
         text = self.memo.get(key)
         if text is None:
-            if len(self.memo) > 200_000:
+            if len(self.memo) > 50_000:  # bounded: a long-running app must not grow
                 self.memo.clear()
             text = self.memo[key] = self.tokenizer.decode(list(ids), skip_special_tokens=False)
         return text
@@ -665,8 +664,9 @@ class RunSettings:
 
 def user_error(message: str) -> gr.Error:
     """A gr.Error for bad input: shown to the user as a toast, not logged as a server traceback.
-    The toast renders HTML, and messages echo user input: <, > and & are escaped."""
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
+    The toast renders HTML and messages echo user input, so & and < are escaped (no tag can form;
+    the rest, e.g. ">=", reads as written)."""
+    return gr.Error(message.replace("&", "&amp;").replace("<", "&lt;"), print_exception=False)
 
 
 def _as_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -1121,8 +1121,8 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                                                   name="temperature")
                     with gr.Row():
                         top_p = named_slider(0.05, 1.0, value=1.0, step=0.05, label="top-p", name="top_p")
-                        top_k = gr.Number(value=0, precision=0, label="top-k (0 = off)")
-                        seed = gr.Number(value=0, precision=0, label="seed")
+                        top_k = named_number(value=0, precision=0, label="top-k (0 = off)", name="top_k")
+                        seed = named_number(value=0, precision=0, label="seed", name="seed")
                 with gr.Accordion("extra options (JSON, merged over the panel)", open=False):
                     extra = gr.Textbox(value="", label="extra drafter options", placeholder='{"k": 4}', lines=1)
             with gr.Column(scale=7, min_width=420):
@@ -1238,6 +1238,27 @@ def named_slider(*args, name: str, **kwargs) -> gr.Slider:
 
     slider.preprocess = preprocess  # type: ignore[method-assign]
     return slider
+
+
+def named_number(*, name: str, **kwargs) -> gr.Number:
+    """An integer box whose bad values (text, NaN, infinity) get an error naming the setting
+    instead of Gradio's generic one."""
+    box = gr.Number(**kwargs)
+    plain = box.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return plain(payload)
+        try:
+            value = float(payload)
+        except (TypeError, ValueError):
+            raise user_error(f"{name} must be an integer, got {payload!r}") from None
+        if isinstance(payload, bool) or not math.isfinite(value) or value != int(value):
+            raise user_error(f"{name} must be an integer, got {payload!r}")
+        return plain(int(value))
+
+    box.preprocess = preprocess  # type: ignore[method-assign]
+    return box
 
 
 def _num(x) -> str:

@@ -56,3 +56,29 @@ def test_help_documents_every_option():
     for flag in ("--model", "--drafter", "--prompt", "--max-new-tokens", "--temperature", "--top-p", "--seed",
                  "--k", "--threshold", "--exit-layer", "--skip", "--max-ngram", "--json"):
         assert flag in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt", "x", "--temperature", "1e-38"], r"sampling temperature must be at least 0\.001"),
+    (["--prompt", "x" * 3000], r"prompt too long: \d+ tokens, limit 511"),
+    (["--prompt", "x", "--drafter", "static-skip", "--skip", "-1,3"], r"skip_layers must be .*got \[-1, 3\]"),
+])
+def test_adversarial_input_is_a_message(tiny_model_dir, capsys, args, message):
+    import re
+    code = main(["generate", "--model", tiny_model_dir, *args])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err, err
+
+
+def test_options_a_drafter_does_not_take_are_ignored_with_a_note(tiny_model_dir, capsys):
+    assert main(["generate", "--model", tiny_model_dir, "--drafter", "ar", "--k", "5", "--prompt", "x",
+                 "--max-new-tokens", "3"]) == 0
+    assert "drafter 'ar' does not use --k; ignored" in capsys.readouterr().err
+
+
+def test_folder_without_weights_is_a_message(tmp_path, tiny_model_dir, capsys):
+    import shutil
+    shutil.copy(f"{tiny_model_dir}/config.json", tmp_path / "config.json")
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load model" in err and "Traceback" not in err

@@ -209,3 +209,24 @@ def test_zero_gpu_decorates_model_events(monkeypatch, tiny_model_dir):
         monkeypatch.delitem(sys.modules, "spaces")
         importlib.reload(ui)
     assert not ui.ZERO_GPU
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"top_k": "NaN"}, "top_k must be an integer"),
+    ({"seed": "inf"}, "seed must be an integer"),
+    ({"temperature": 1e-38}, "at least 0.001"),
+    ({"extra_options": "[" * 3000 + "]" * 3000}, "at most 2000 characters"),
+    ({"extra_options": '{"k": {"a": {"b": 1}}}'}, "must be a single value"),
+    ({"drafter": "ctc", "extra_options": '{"path": "/etc/shadow"}'}, "unknown option"),
+    ({"drafter": "draft-model", "extra_options": '{"draft_model_name": "/etc"}'}, "not in this app's model list"),
+    ({"drafter": "draft-model", "draft_model_draft_model_name": "mistralai/Mistral-7B-v0.1"}, "not in the list of choices"),
+    ({"model": "<img src=x onerror=alert(1)>"}, "Unknown model '&lt;img src=x"),
+    ({"prompt": "for i in range(10):\n" * 400}, "prompt too long"),
+])
+def test_adversarial_inputs_are_readable_errors(app, override, message):
+    client, model_dir = app
+    kwargs = dict(model=model_dir, prompt=PROMPT, drafter="static-skip", max_new_tokens=8)
+    kwargs.update(override)
+    for endpoint in ("/run", "/step"):
+        with pytest.raises(AppError, match=message):
+            client.predict(api_name=endpoint, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
 
 from transformers import PreTrainedModel
@@ -52,6 +53,26 @@ def register(name: str, factory: Factory) -> None:
     DRAFTERS[name] = factory
 
 
+# Where each built-in drafter's options are declared (its constructor); other registered
+# drafters are read from their factory's signature.
+_OPTION_SIGNATURES: dict[str, Callable] = {
+    "ar": Autoregressive, "static-skip": StaticSkip, "early-exit": EarlyExit, "draft-model": DraftModel,
+    "prompt-lookup": PromptLookup,
+}
+_NOT_OPTIONS = {"self", "target", "num_layers", "draft_model", "target_vocab_size"}
+
+
+def drafter_options(name: str) -> frozenset[str]:
+    """The option names drafter `name` takes (the draft-model drafter also takes
+    `draft_model_name`, which the API resolves to a model)."""
+    source = _OPTION_SIGNATURES.get(name) or DRAFTERS[name]
+    params = inspect.signature(source).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _NOT_OPTIONS
+    if name == "draft-model":
+        names.add("draft_model_name")
+    return frozenset(names)
+
+
 # Drafters that live in their own modules and export `NAME` and `build(target, **options)`.
 for _module in ("clasp", "hispec", "ctc"):
     try:
@@ -61,6 +82,7 @@ for _module in ("clasp", "hispec", "ctc"):
             raise
         continue
     register(_mod.NAME, _mod.build)
+    _OPTION_SIGNATURES[_mod.NAME] = getattr(_mod, "OPTIONS_FROM", _mod.build)
 
 
 # What a drafter needs from a model beyond its weights, named as in `models.ModelInfo.parts`
@@ -85,4 +107,4 @@ def make_drafter(name: str, target: PreTrainedModel, **options: Any) -> Drafter:
         raise ValueError(f"bad option for drafter {name!r}: {err}") from None
 
 
-__all__ = ["DRAFTERS", "NEEDS", "PART_TEXT", "DecodeState", "Draft", "Drafter", "Reuse", "VerifyResult", "make_drafter", "register"]
+__all__ = ["DRAFTERS", "NEEDS", "PART_TEXT", "drafter_options", "DecodeState", "Draft", "Drafter", "Reuse", "VerifyResult", "make_drafter", "register"]

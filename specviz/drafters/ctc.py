@@ -473,6 +473,9 @@ class CTCDrafter:
         }
 
 
+OPTIONS_FROM = CTCDrafter  # the constructor declares this drafter's options
+
+
 def build(target, **options) -> CTCDrafter:
     return CTCDrafter(target, **options)
 

@@ -272,6 +272,9 @@ class HiSpec:
         }
 
 
+OPTIONS_FROM = HiSpec  # the constructor declares this drafter's options
+
+
 def build(target, **options) -> HiSpec:
     """make_drafter("hispec", model, d=..., v=..., n=..., k=..., threshold=...)."""
     return HiSpec(target.config.num_hidden_layers, **options)
