@@ -129,3 +129,14 @@ def start(model: str, drafter: str, prompt: str, max_new_tokens: int = 64, tempe
     engine = get_engine(model, device, dtype)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, record=record)
     return loaded, engine.start(ids, built, config, stop=stop)
+
+
+def reference_margin(loaded: LoadedModel, ids: list[int]) -> tuple[float, float]:
+    """(top-1 minus top-2 logit, top-1 logit) of the model's next token after `ids`, from one
+    plain forward pass: how close to a tie the reference's choice there was."""
+    import torch
+
+    with torch.inference_mode():
+        logits = loaded.model(torch.tensor([ids], device=loaded.device)).logits[0, -1].float()
+    top = torch.topk(logits, 2).values
+    return float(top[0] - top[1]), float(top[0])

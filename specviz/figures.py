@@ -92,6 +92,10 @@ class PlainRun:
     wall_time: float
     greedy: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"  # the dtype both runs used (the comparison is always in one dtype)
+    # new-token index -> (top-1 minus top-2 logit, top-1 logit) of the reference there: filled in
+    # where a half-precision run parts from generate(), to tell rounding at a near-tie from a bug
+    margins: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
@@ -283,18 +287,43 @@ CARD_CSS = """
 SPLIT_COLOURS = {"prefill": GREY, "draft": BLUE, "verify": ORANGE, "search": PURPLE, "other": "#DDDDDD"}
 
 
+# Unit roundoff of the half-precision dtypes: a batched verify pass and a one-token step can round
+# a logit differently by a few of these (relative to its size), so two tokens whose logits are
+# closer than NEAR_TIE_ULPS of them (relative) may swap order.
+UNIT_ROUNDOFF = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
+NEAR_TIE_ULPS = 4  # unit roundoffs, i.e. 2 ulps: the audit saw flips at 1-2 ulps
+
+
+def near_tie_tolerance(dtype: str, top_logit: float) -> float | None:
+    """The logit margin below which `dtype` rounding can flip the argmax (None: exact dtype)."""
+    unit = UNIT_ROUNDOFF.get(dtype)
+    return None if unit is None else NEAR_TIE_ULPS * unit * max(1.0, abs(top_logit))
+
+
+def first_difference(ours: Sequence[int], ref: Sequence[int]) -> int | None:
+    return next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
+
+
 def lossless_check(trace: Trace, plain: PlainRun | None) -> tuple[str, str]:
-    """(state, message): state is 'equal', 'differs', 'prefix' (stopped early but equal so far),
-    'na' (sampling) or 'pending'."""
+    """(state, message): state is 'equal', 'differs', 'near-tie' (differs where half-precision
+    rounding can flip the argmax), 'prefix' (stopped early but equal so far), 'na' (sampling) or
+    'pending'."""
     greedy = float(trace.settings.get("temperature", 0.0) or 0.0) == 0.0
     if not greedy:
         return "na", "sampling: lossless in distribution (rejection sampling), not token for token"
     if plain is None:
         return "pending", "comparing with plain greedy generate() when the run ends"
     ours, ref = trace.generated, plain.tokens
-    for i, (a, b) in enumerate(zip(ours, ref)):
-        if a != b:
-            return "differs", f"differs from greedy generate() at new token {i} (ours {a}, generate {b})"
+    i = first_difference(ours, ref)
+    if i is not None:
+        margin, top = plain.margins.get(i, (None, 0.0))
+        tolerance = near_tie_tolerance(plain.dtype, top)
+        if margin is not None and tolerance is not None and margin <= tolerance:
+            name = {"bfloat16": "bf16", "float16": "fp16"}[plain.dtype]
+            return "near-tie", (f"identical up to {name} rounding at a near-tie: position {i}, margin {margin:.3g} "
+                                f"(≤ {tolerance:.2g}, what {name} rounding can flip); exact in float32")
+        at = f" (margin {margin:.3g})" if margin is not None else ""
+        return "differs", f"differs from greedy generate() at new token {i} (ours {ours[i]}, generate {ref[i]}){at}"
     if len(ours) == len(ref):
         return "equal", f"output equals plain greedy generate() ({len(ours)} tokens)"
     if trace.finish_reason == "stopped" or len(ours) < len(ref):
@@ -345,6 +374,7 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
 
     state, message = lossless_check(trace, plain)
     styles = {"equal": (GREEN, "✓ lossless"), "prefix": (GREEN, "✓ lossless so far"), "differs": (VERMILLION, "✗ differs"),
+              "near-tie": (GREEN, "≈ lossless (near-tie)"),
               "na": (GREY, "≈ sampled"), "pending": (GREY, "… lossless?")}
     colour, label = styles[state]
     badge = (f'<span class="sv-badge" style="background:{colour};color:white" title="{html.escape(message, quote=True)}">'
@@ -679,7 +709,8 @@ def compare_row(trace: Trace, plain: PlainRun | None) -> CompareRow:
     m = compute_metrics(trace)
     state, _ = lossless_check(trace, plain)
     speed = (m.tokens_per_s / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 else None
-    labels = {"equal": "yes", "prefix": "yes (prefix)", "differs": "NO", "na": "n/a (sampled)", "pending": "?"}
+    labels = {"equal": "yes", "prefix": "yes (prefix)", "differs": "NO", "near-tie": "yes (near-tie rounding)",
+              "na": "n/a (sampled)", "pending": "?"}
     return CompareRow(trace.drafter, m.tokens_per_s, speed, m.tau, m.acceptance_rate, m.new_tokens, m.wall_time, labels[state])
 
 
@@ -879,7 +910,7 @@ def methods_figure(num_layers: int = 16) -> go.Figure:
 
 __all__ = ["method_plans", "methods_figure", 
     "PlainRun", "CompareRow", "LeviathanInputs", "failsafe", "message_figure", "message_html", "token_pieces",
-    "token_html", "legend_html", "cards_html", "lossless_check", "layer_plan", "skip_heatmap", "dp_grid_figure",
+    "token_html", "legend_html", "cards_html", "lossless_check", "near_tie_tolerance", "first_difference", "layer_plan", "skip_heatmap", "dp_grid_figure",
     "dp_step", "step_details_html", "speed_figure", "speedup_figure", "acceptance_figure", "accepted_histogram",
     "compare_row", "compare_table", "compare_figure", "COMPARE_HEADERS", "leviathan_inputs", "leviathan_markdown",
     "leviathan_figure", "leviathan_speedup", "leviathan_expected_tokens", "busy_times", "spec_curve",

@@ -310,6 +310,24 @@ def _resolve_registry_download(info: ModelInfo, progress: Progress):
     )
 
 
+def unobtainable_reason(name: str) -> str | None:
+    """Why registry model `name` cannot load here, checked quickly and without loading anything
+    (None: it can). For the app's choice of a default model on a machine without the wheel."""
+    info = REGISTRY.get(name)
+    if info is None:
+        return None
+    if info.folder is not None:
+        return None if (info.folder / "config.json").exists() else f"{info.folder} is missing"
+    if info.gguf is not None and ((converted_folder(info) / model_cache.MANIFEST).is_file() or info.gguf.locate()):
+        return None
+    if info.hub_id and (in_hub_cache(info.hub_id) or hub_reachable()):
+        return None
+    how = f"install it with `{info.gguf.install}`" if info.gguf else "it has no offline source"
+    on_space = (" On a Hugging Face Space (which installs requirements.txt only) it downloads "
+                f"{info.hub_id} from the hub, so the Space needs network access." if info.hub_id else "")
+    return f"{info.label or name} is not installed here and the hub is unreachable: {how}.{on_space}"
+
+
 def check_architecture(config) -> None:
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_TYPES:

@@ -41,7 +41,7 @@ from . import api, figures
 from .drafters import DRAFTERS
 from .engine import eos_ids
 from .figures import PlainRun
-from .models import DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY, hub_reachable, in_hub_cache
+from .models import DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY, hub_reachable, in_hub_cache, unobtainable_reason
 from .sampling import MIN_TEMPERATURE
 from .trace import Trace
 
@@ -85,6 +85,19 @@ def default_model_names() -> list[str]:
         if online:
             names.append(hub_id)
     return names
+
+
+def first_obtainable(names: Sequence[str]) -> tuple[str, str]:
+    """The first model in `names` that can load here, and a note when earlier ones cannot (e.g. a
+    Space without the default model's wheel and without network falls back to specviz-tiny)."""
+    skipped = []
+    for name in names:
+        reason = unobtainable_reason(name)
+        if reason is None:
+            note = " ".join(skipped) + (f" Running on {model_label(name)} instead." if skipped else "")
+            return name, note.strip()
+        skipped.append(f"⚠️ {reason}")
+    return names[0], " ".join(skipped)
 
 
 def model_label(name: str) -> str:
@@ -441,7 +454,8 @@ def plain_generate(loaded, prompt_ids: Sequence[int], max_new_tokens: int, tempe
             break
     times = streamer.times[: len(tokens)] if len(streamer.times) >= len(tokens) else [wall] * len(tokens)
     run = PlainRun(tokens=tokens, times=times, wall_time=wall, greedy=greedy,
-                   settings=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
+                   settings=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed),
+                   dtype=str(model.dtype).removeprefix("torch."))
     with _plain_lock:
         _plain_cache[key] = run
         while len(_plain_cache) > 64:
@@ -454,6 +468,7 @@ class LoadStatus:
 
     def __init__(self):
         self.message = ""
+        self.fallback = ""  # why the default model is not the first in the list, kept in every status
         self.done = threading.Event()
 
     def set(self, message: str) -> None:
@@ -470,7 +485,8 @@ def preload_in_background(model: str, status: LoadStatus, device: str | None = N
             warm_up(model, device, dtype, progress=status.set)
             loaded = api.get_model(model, device, dtype)
             notes = "".join(f" ⚠️ {n}." for n in loaded.notes)
-            status.set(f"✓ {model} ready ({loaded.source}).{notes}")
+            earlier = f"{status.fallback} " if status.fallback else ""
+            status.set(f"{earlier}✓ {model} ready ({loaded.source}).{notes}")
         except Exception as err:  # noqa: BLE001 - the app still serves; Run will show the error
             log.warning("could not preload %s: %s", model, err)
             status.set(f"⚠️ {model} could not be loaded: {err}")
@@ -707,7 +723,10 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
     if torch_threads is not None:
         torch.set_num_threads(int(torch_threads))
     names = list(model_names) if model_names else default_model_names()
-    default_model = default_model or names[0]
+    load_status = LoadStatus()
+    if default_model is None:
+        default_model, load_status.fallback = first_obtainable(names)
+        load_status.set(load_status.fallback)
     if default_model not in names:
         raise ValueError(f"default_model {default_model!r} is not in model_names {names}")
     limit = int(max_new_tokens_limit)
@@ -720,7 +739,6 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
 
     first_examples = examples_of(default_model)
     export_dir = Path(tempfile.mkdtemp(prefix="specviz-export-"))
-    load_status = LoadStatus()
     if preload:
         preload_in_background(default_model, load_status, device, dtype)
     else:
@@ -817,6 +835,15 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         prune_exports(export_dir)
         return str(path)
 
+    def explain_difference(trace: Trace, plain: PlainRun | None, loaded) -> None:
+        """Where a half-precision run parts from generate(), measure how near a tie the reference
+        was there, so the badge can tell dtype rounding from a real bug."""
+        if plain is None or not plain.greedy or plain.dtype == "float32":
+            return
+        i = figures.first_difference(trace.generated, plain.tokens)
+        if i is not None and i not in plain.margins:
+            plain.margins[i] = api.reference_margin(loaded, list(trace.prompt_ids) + plain.tokens[:i])
+
     def finish_plain(session: Session, loaded, s: RunSettings, progress) -> None:
         """Attach the plain generate() reference (timed once per prompt and settings)."""
         trace = session.trace
@@ -830,6 +857,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
             except Exception as err:  # noqa: BLE001 - the run itself succeeded
                 log.exception("plain generate() failed")
                 gr.Warning(f"plain generate() failed, no speedup shown: {err}")
+        explain_difference(session.trace, session.plain, loaded)
 
     # ---------------------------------------------------------------------------------------
     # event handlers
@@ -997,6 +1025,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                     progress((i, len(chosen)), desc="timing plain generate()")
                     plain = plain_generate(loaded, gen.trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p,
                                            s.top_k, s.seed, key=key)
+                explain_difference(gen.trace, plain, loaded)
                 rows.append(figures.compare_row(gen.trace, plain))
                 yield table_update(rows, plain)
         finally:
@@ -1208,6 +1237,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
 
     demo.queue(max_size=32, default_concurrency_limit=1)
     demo.specviz_model_names = names  # type: ignore[attr-defined]
+    demo.specviz_default_model = default_model  # type: ignore[attr-defined]
     demo.specviz_output_keys = OUTPUT_KEYS  # type: ignore[attr-defined]
     return demo
 

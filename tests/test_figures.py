@@ -117,6 +117,28 @@ def test_cards_and_lossless_badge():
     assert figures.lossless_check(stopped, plain)[0] == "prefix"
 
 
+@pytest.mark.parametrize("dtype, margin, state", [
+    ("bfloat16", 0.06, "near-tie"),    # within bf16 rounding of a logit of 18: a near-tie, not a bug
+    ("bfloat16", 3.0, "differs"),      # a wide margin: a real difference, still a failure
+    ("float16", 0.06, "differs"),      # fp16 rounds 8x finer: 0.06 is beyond it at this logit size
+    ("float32", 0.0, "differs"),       # fp32 is exact: any difference is a failure
+    ("bfloat16", None, "differs"),     # margin not measured: no excuse
+])
+def test_half_precision_difference_at_a_near_tie(dtype, margin, state):
+    trace = make_trace()
+    ref = list(trace.generated)
+    ref[3] = 99
+    margins = {} if margin is None else {3: (margin, 18.0)}
+    plain = PlainRun(ref, [0.01] * len(ref), 0.07, dtype=dtype, margins=margins)
+    got, message = figures.lossless_check(trace, plain)
+    assert got == state, message
+    if state == "near-tie":
+        assert "identical up to bf16 rounding at a near-tie: position 3, margin 0.06" in message
+        assert "≈ lossless (near-tie)" in figures.cards_html(trace, plain)
+    else:
+        assert "✗ differs" in figures.cards_html(trace, plain)
+
+
 def test_cards_step_mode_uses_engine_time():
     trace = make_trace()
     trace.finish_reason = ""

