@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,16 @@ def default_model_names() -> list[str]:
         if online:
             names.append(hub_id)
     return names
+
+
+def replay_steps(gen, recorded: Trace | None, n: int) -> None:
+    """Re-run the first `n` steps of a Step-mode generation in this process (ZeroGPU workers keep
+    no live generation between calls) and check they commit what was recorded."""
+    for _ in range(n):
+        gen.step()
+    if n and recorded is not None and gen.trace.generated != recorded.generated[: len(gen.trace.generated)]:
+        raise user_error("Could not resume step mode: replaying the recorded steps gave other tokens. "
+                         "Press Step again to start over.")
 
 
 def first_obtainable(names: Sequence[str]) -> tuple[str, str]:
@@ -334,23 +345,93 @@ def options_from_values(name: str, values: dict[str, Any], model_names: Sequence
 # sessions, plain generate(), detokenizers
 
 
+STOP_DIR = Path(tempfile.gettempdir()) / "specviz-session-flags"  # shared by all of the app's processes
+
+
+class SessionFlags:
+    """A session's "running" and "stop requested" switches as files, so that Stop works when the
+    generation runs in another process (ZeroGPU runs each @spaces.GPU call in a forked worker,
+    where an Event set by the Stop handler in the main process would never be seen)."""
+
+    def __init__(self, token: str, root: Path = STOP_DIR):
+        self.running_file = root / f"{token}.running"
+        self.stop_file = root / f"{token}.stop"
+
+    def started(self) -> None:
+        self.running_file.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file.unlink(missing_ok=True)
+        self.running_file.touch()
+
+    def finished(self) -> None:
+        self.running_file.unlink(missing_ok=True)
+        self.stop_file.unlink(missing_ok=True)
+
+    @property
+    def running(self) -> bool:
+        return self.running_file.exists()
+
+    def request_stop(self) -> None:
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file.touch()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_file.exists()
+
+
+class StopSignal:
+    """What the engine polls (`is_set()`) once per step: this process's own switch (set when the
+    client goes away) or the session's Stop button, seen through its flag file."""
+
+    def __init__(self, flags: SessionFlags):
+        self.flags = flags
+        self.local = threading.Event()
+
+    def set(self) -> None:
+        self.local.set()
+
+    def is_set(self) -> bool:
+        return self.local.is_set() or self.flags.stop_requested
+
+
 class Session:
-    """Per-browser-session state (held by gr.State, by reference): the Step generation, the last
-    trace and the stop switch of the running generation."""
+    """Per-browser-session state (held by gr.State): the last trace, the Step generation's
+    settings and, in this process only, the live generation behind Step.
+
+    Only plain data survives pickling (ZeroGPU hands the state to a worker process and back):
+    the live `gen`, `loaded` and `decode` are dropped, and Step rebuilds its generation by
+    replaying the recorded steps, which greedy decoding and seeded sampling repeat exactly."""
+
+    LIVE = ("gen", "loaded", "decode")
 
     def __init__(self):
-        self.stop = threading.Event()
-        self.gen = None  # Generation driven by Step
-        self.key: tuple | None = None  # settings of `gen`
+        self.token = uuid.uuid4().hex  # names this session's flag files
+        self.gen = None  # Generation driven by Step (this process only)
+        self.loaded = None
+        self.decode: Callable[[list[int]], str] | None = None
+        self.key: tuple | None = None  # settings of the Step generation
         self.trace: Trace | None = None
         self.plain: PlainRun | None = None
         self.mode = "run"  # "run" | "step"
-        self.decode: Callable[[list[int]], str] | None = None
         self.prompt_text = ""
-        self.running = False
-        self.loaded = None
+        self.model_ref: tuple | None = None  # (name, device, dtype) of the last run, to rebuild `decode`
 
-    def __deepcopy__(self, memo):  # gr.State deep-copies its initial value
+    @property
+    def flags(self) -> SessionFlags:
+        return SessionFlags(self.token)
+
+    def decoder(self) -> Callable[[list[int]], str] | None:
+        if self.decode is None and self.model_ref is not None:
+            try:
+                self.decode = detok_for(api.get_model(*self.model_ref))
+            except Exception:  # noqa: BLE001 - the token view then shows ids
+                return None
+        return self.decode
+
+    def __getstate__(self):
+        return {k: (None if k in self.LIVE else v) for k, v in self.__dict__.items()}
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its initial value: a fresh session each
         return Session()
 
 
@@ -799,7 +880,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
 
     def render(session: Session, parts: set[str], streaming: bool = False, status: str = "") -> tuple:
         """All outputs, with gr.skip() for the parts not asked for."""
-        trace, plain, decode = session.trace, session.plain, session.decode
+        trace, plain, decode = session.trace, session.plain, session.decoder()
         clock = "busy" if session.mode == "step" else "wall"
         n = len(trace.steps) if trace else 0
         last = max(0, n - 1)
@@ -822,6 +903,14 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         if "export" in parts:
             out["export"] = write_export(trace) if trace else None
         return tuple(out.get(k, gr.skip()) for k in OUTPUT_KEYS)
+
+    def attach(session: Session, s: RunSettings, loaded, gen) -> None:
+        """Point the session at a new generation (its trace, tokenizer and cached reference)."""
+        session.loaded, session.model_ref = loaded, (s.model, device, dtype)
+        session.trace, session.decode = gen.trace, detok_for(loaded)
+        session.prompt_text = session.decode(gen.trace.prompt_ids)
+        session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
+                                               s.top_p, s.top_k, s.seed))
 
     def status_only(status: str) -> tuple:
         """Every output unchanged but the cards, which say `status` (e.g. while a model loads)."""
@@ -869,13 +958,18 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         s = settings_from(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, opts)
         session = session if isinstance(session, Session) else Session()
         session.gen, session.key, session.mode = None, None, "run"
-        session.stop = stop = threading.Event()
+        flags = session.flags
+        flags.started()
+        stop = StopSignal(flags)
         if not api.is_loaded(s.model, device, dtype):
-            yield status_only(f"loading {s.model} (first use; the default model's first start converts it, "
-                              "about 20-40 s)…")
-        loaded, gen = start(s, stop)
-        session.trace, session.decode = gen.trace, detok_for(loaded)
-        session.prompt_text = session.decode(gen.trace.prompt_ids)
+            yield (*status_only(f"loading {s.model} (first use; the default model's first start converts it, "
+                                "about 20-40 s)…"), session)
+        try:
+            loaded, gen = start(s, stop)
+        except BaseException:
+            flags.finished()
+            raise
+        attach(session, s, loaded, gen)
         session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
                                                s.top_p, s.top_k, s.seed))
         events: queue.Queue = queue.Queue()
@@ -889,13 +983,12 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                 events.put(("error", err))
 
         worker = threading.Thread(target=drive, name="specviz-generation", daemon=True)
-        session.running = True
         worker.start()
         last_html = last_plot = 0.0
         plotted_steps = 0
         error = None
         try:
-            yield render(session, {"tokens"}, streaming=True, status="starting…")
+            yield (*render(session, {"tokens"}, streaming=True, status="starting…"), session)
             done = False
             while not done:
                 try:
@@ -925,7 +1018,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                     parts.add("plots")
                     plotted_steps, last_plot = n, now
                 progress((len(gen.trace.generated), s.max_new_tokens), desc="decoding", unit="tokens")
-                yield render(session, parts, streaming=True)
+                yield (*render(session, parts, streaming=True), session)
             worker.join()
             if error is not None:
                 if isinstance(error, ValueError):
@@ -933,12 +1026,12 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                 log.error("generation failed", exc_info=error)
                 raise user_error(f"Generation failed: {type(error).__name__}: {error}")
             finish_plain(session, loaded, s, progress)
-            session.running = False
-            yield render(session, {"tokens", "plots", "export"})
+            flags.finished()
+            yield (*render(session, {"tokens", "plots", "export"}), session)
         finally:
-            session.running = False
             stop.set()  # a closed stream (client gone) stops the worker at its next step
             worker.join(timeout=30)
+            flags.finished()
 
     @_gpu
     def step(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, session,
@@ -946,16 +1039,14 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         """One speculation cycle (the first call prefills). Settings changes start over."""
         s = settings_from(model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options, opts)
         session = session if isinstance(session, Session) else Session()
-        gen = session.gen
-        fresh = gen is None or gen.done or session.key != s.key() or session.mode != "step"
-        if fresh:
+        same = session.mode == "step" and session.key == s.key()
+        gen = session.gen if same and session.gen is not None and not session.gen.done else None
+        if gen is None:
+            done_before = [] if not same or session.trace is None or session.trace.finish_reason else session.trace.steps
             loaded, gen = start(s, None)
+            replay_steps(gen, session.trace, len(done_before))
+            attach(session, s, loaded, gen)
             session.gen, session.key, session.mode = gen, s.key(), "step"
-            session.loaded = loaded
-            session.trace, session.decode = gen.trace, detok_for(loaded)
-            session.prompt_text = session.decode(gen.trace.prompt_ids)
-            session.plain = cached_plain(plain_key(s.model, gen.trace.prompt_ids, s.max_new_tokens, s.temperature,
-                                                   s.top_p, s.top_k, s.seed))
         try:
             event = gen.step()
         except ValueError as err:
@@ -969,19 +1060,22 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
             finish_plain(session, session.loaded, s, progress)
             status = f"step {n - 1}: generation finished — the next Step starts over"
             session.gen = None
-            return render(session, {"tokens", "plots", "export"}, status=status)
+            return (*render(session, {"tokens", "plots", "export"}, status=status), session)
         kind = "prefill" if event is not None and event.index == 0 else "verification"
         status = f"step mode: {kind} {n - 1} done — press Step for the next cycle (times are engine time)"
-        return render(session, {"tokens", "plots"}, streaming=True, status=status)
+        return (*render(session, {"tokens", "plots"}, streaming=True, status=status), session)
 
     def stop(session):
-        """Stop this session's running generation (and drop its Step generation)."""
-        if isinstance(session, Session):
-            was = session.running or session.gen is not None
-            session.stop.set()
-            session.gen, session.key = None, None
-            return "Stopping…" if was else "Nothing is running."
-        return "Nothing is running."
+        """Stop this session's running generation (and drop its Step generation). Runs in the
+        main process: it reaches a generation in a ZeroGPU worker through the session's flag file."""
+        if not isinstance(session, Session):
+            return "Nothing is running.", session
+        flags = session.flags
+        was = flags.running or session.gen is not None or session.mode == "step" and session.key is not None
+        if flags.running:
+            flags.request_stop()
+        session.gen, session.key = None, None
+        return ("Stopping…" if was else "Nothing is running."), session
 
     @_gpu
     def compare(model, prompt, max_new_tokens, temperature, top_p, top_k, seed, chosen, session,
@@ -993,10 +1087,11 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         settings_from(  # validates the shared settings before any drafter runs
             model, prompt, "ar", max_new_tokens, temperature, top_p, top_k, seed, "", opts)
         session = session if isinstance(session, Session) else Session()
-        session.stop = stop_event = threading.Event()
+        flags = session.flags
+        flags.started()
+        stop_event = StopSignal(flags)
         rows: list[figures.CompareRow] = []
         plain = None
-        session.running = True
         try:
             for i, name in enumerate(chosen):
                 if stop_event.is_set():
@@ -1029,7 +1124,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                 rows.append(figures.compare_row(gen.trace, plain))
                 yield table_update(rows, plain)
         finally:
-            session.running = False
+            flags.finished()
         yield table_update(rows, plain)
 
     def table_update(rows, plain):
@@ -1041,7 +1136,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         """Pick a step for the DP grid / details (no model involved)."""
         session = session if isinstance(session, Session) else None
         trace = session.trace if session else None
-        decode = session.decode if session else None
+        decode = session.decoder() if session else None
         try:
             idx = int(step_index)
         except (TypeError, ValueError):
@@ -1052,7 +1147,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
     def rerender_tokens(show_rejected, session):
         if not isinstance(session, Session) or session.trace is None:
             return figures.token_html(None)
-        return figures.token_html(session.trace, session.decode, bool(show_rejected), session.prompt_text)
+        return figures.token_html(session.trace, session.decoder(), bool(show_rejected), session.prompt_text)
 
     def on_drafter(name, model):
         model = model if model in names else default_model
@@ -1205,11 +1300,11 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         run_kwargs = {**control_components, "chat": chat_cb}
 
         # queue position, progress and errors show on the cards only (not on all 14 outputs)
-        run_btn.click(run, common, outputs, inputs_kwargs=run_kwargs, api_name="run",
+        run_btn.click(run, common, outputs + [session_state], inputs_kwargs=run_kwargs, api_name="run",
                       concurrency_id="model", concurrency_limit=1, show_progress="minimal", show_progress_on=[cards])
-        step_btn.click(step, common, outputs, inputs_kwargs=run_kwargs, api_name="step",
+        step_btn.click(step, common, outputs + [session_state], inputs_kwargs=run_kwargs, api_name="step",
                        concurrency_id="model", concurrency_limit=1, show_progress="minimal", show_progress_on=[cards])
-        stop_btn.click(stop, [session_state], [stop_msg], api_name="stop", concurrency_limit=None, queue=False)
+        stop_btn.click(stop, [session_state], [stop_msg, session_state], api_name="stop", concurrency_limit=None, queue=False)
         compare_btn.click(compare, [model_dd, prompt_tb, max_new, temperature, top_p, top_k, seed, compare_choice,
                                     session_state], [compare_df, compare_fig], inputs_kwargs=run_kwargs,
                           api_name="compare", concurrency_id="model", concurrency_limit=1, show_progress_on=[compare_df])
