@@ -90,6 +90,14 @@ def _remove_stale_builds(parent: Path, stem: str) -> None:
             pass
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp (and some writers) create owner-only files; a cache entry is ordinary data."""
+    os.chmod(folder, 0o755)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o644)
+
+
 def build_entry(folder: Path, source_key: str, write: Callable[[Path], None]) -> None:
     """Run `write(tmp_folder)`, add the manifest, and move the result to `folder` atomically.
     Raises OSError when the cache cannot be written (the caller falls back to no caching)."""
@@ -100,6 +108,7 @@ def build_entry(folder: Path, source_key: str, write: Callable[[Path], None]) ->
     try:
         write(tmp)
         write_manifest(tmp, source_key)
+        _make_readable(tmp)
         if folder.exists():  # an invalid entry (checked by the caller): replace it
             shutil.rmtree(folder)
         os.replace(tmp, folder)
