@@ -1,5 +1,6 @@
 """`python -m specviz.bench`: every drafter against `model.generate()`, the engine's own AR loop
-and transformers' own assisted generation, on one prompt set, in one run.
+and transformers' own assisted generation, on one prompt set, in one run;
+`python -m specviz.bench sweep {clasp,hispec,ctc,defaults}`: the per-drafter sweeps.
 
 How it measures (Spec-Bench conventions, see shared ALGORITHMS.md §1.3):
 
@@ -26,7 +27,8 @@ How it measures (Spec-Bench conventions, see shared ALGORITHMS.md §1.3):
 Modules: `cli` (both entry points), `harness` (clocks, memory probe, interleaving, the `Bench`
 runner), `methods` (what one run times), `baselines` (`generate()` and transformers' assisted
 generation), `stats` (samples -> per-method records), `reports` (build, merge shards, markdown,
-JSON), `report_html` (the plotly page), `inputs` (prompt files, the sweeps' model set-up).
+JSON), `report_html` (the plotly page), `inputs` (prompt files, the sweeps' model set-up),
+`sweeps/` (one module per sweep).
 """
 
 from .baselines import HF_COUNTERPART

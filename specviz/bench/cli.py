@@ -1,4 +1,6 @@
-"""`python -m specviz.bench [FLAGS]`: the benchmark's command line."""
+"""`python -m specviz.bench [FLAGS]` runs the benchmark; `python -m specviz.bench sweep NAME
+[FLAGS]` runs one of the per-drafter sweeps (see `sweeps`). Only a first argument `sweep` selects
+a sweep, so the benchmark's own flags stay exactly as they were."""
 
 from __future__ import annotations
 
@@ -14,10 +16,15 @@ from .harness import Bench, quiet_run
 from .inputs import load_prompts, prompts_for
 from .reports import merge_reports, write_report
 
+SWEEP_COMMAND = "sweep"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m specviz.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Benchmark every drafter against model.generate(), the engine's AR "
-                                            "loop and transformers' assisted generation.")
+                                            "loop and transformers' assisted generation.",
+                                epilog="Per-drafter sweeps: python -m specviz.bench sweep {clasp,hispec,ctc,defaults} "
+                                       "--help")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, local directory or allowlisted hub id")
     p.add_argument("--draft-model", default=None,
                    help="draft model for draft-model / hf:draft-model (default: the model's registry draft)")
@@ -59,8 +66,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status."""
+    """The benchmark, or with a first argument `sweep`, a sweep; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [SWEEP_COMMAND]:
+        from .sweeps import main as sweep_main
+
+        return sweep_main(argv[1:])
     args = parser().parse_args(argv)
     args.argv = argv
     if args.repeats < 1 or args.max_new_tokens < 1 or args.warmup_tokens < 1 or args.prompt_start < 0:
