@@ -66,7 +66,8 @@ Design choices the paper leaves open (UNVERIFIED in ALGORITHMS.md §5), and why:
    verifier to reuse. (Not measured separately here; `protect_ends=False` is tested lossless.)
 8. Sparse persistence: the DP runs after the prefill and then after every `dp_interval`-th
    verification (verifications 1..: it runs when count % dp_interval == 0); the skip set is kept
-   in between. The paper's interval is unverified; the default (4) comes from bench_clasp.py.
+   in between. The paper's interval is unverified; the default (4) comes from
+   `python -m specviz.bench sweep clasp`.
 9. Draft exit: the shared adaptive rule (`DraftBuilder`): stop at k tokens or before a token whose
    top-1 probability is below `threshold` (0 disables). The paper's exact rule is unverified.
 10. Sampling: drafts are drawn from q (same temperature/top-k/top-p as the target) and returned
@@ -91,8 +92,8 @@ from .layer_skip import draft_with_skip
 
 NAME = "clasp"
 
-# Defaults picked from `python -m specviz.bench_clasp` on specviz-tiny (16 layers, CPU; τ is exact,
-# speedups were within ±20% noise on the shared 2-core box):
+# Defaults picked from `python -m specviz.bench sweep clasp` on specviz-tiny (16 layers, CPU; τ is
+# exact, speedups were within ±20% noise on the shared 2-core box):
 # * skip_ratio 0.4 (M=6): same τ as 0.25 (2.93 vs 2.86) with 50% more layers skipped; 0.5 lost τ
 #   (2.62); the centred-block preset at M=6 reached only τ 1.35.
 # * dp_interval 4: the DP costs about one extra forward pass; its share of wall time was 30-35% at

@@ -64,7 +64,8 @@ from .base import DecodeState, Draft, Reuse, VerifyResult, check_threshold, choo
 
 NAME = "hispec"
 
-# Defaults (chosen with `python -m specviz.bench_hispec` on the bundled 16-layer specviz-tiny):
+# Defaults (chosen with `python -m specviz.bench sweep hispec` on the bundled 16-layer
+# specviz-tiny):
 # d ~ L/8 as in the paper; v ~ L/2 rather than the paper's L/4 (exit 4 of specviz-tiny agrees
 # with the full model on only ~1/4 of the tentative tokens, exit 8 on ~3/4); a short buffer; and
 # a confidence stop, which skips exit-d drafts that exit v would mostly reject.

@@ -607,7 +607,8 @@ def parse(argv=None):
     ap.add_argument("--val-samples", type=int, default=2048)
     ap.add_argument("--heldout-samples", type=int, default=4096)
     ap.add_argument("--card", default=None, help="only write CTC_HEAD.md for the heads in this model folder")
-    ap.add_argument("--bench-json", default=None, help="with --card: include this bench_ctc result table")
+    ap.add_argument("--bench-json", default=None,
+                    help="with --card: include the table of this `python -m specviz.bench sweep ctc` JSON")
     ap.add_argument("--card-note", default=None, help="with --card: a markdown file whose text goes under Notes")
     return ap.parse_args(argv)
 

@@ -1,4 +1,4 @@
-"""`python -m specviz.bench_hispec`: HiSpec's levels against early-exit self-speculation and
+"""`python -m specviz.bench sweep hispec`: HiSpec's levels against early-exit self-speculation and
 `model.generate()`, and a small sweep of d, v, n (and k) to choose the defaults.
 
 Greedy, batch size 1, CPU, `--max-new-tokens` (64) per prompt. Every method runs once per
@@ -19,7 +19,7 @@ hits all alike; one warm-up generation per method first. Reported per method:
 Model: the bundled `specviz-tiny` when its weights exist, else a random 16-layer Llama whose
 layers >= 1 have their output projections scaled down (a weak stand-in for an early-exit-trained
 model: early exits agree with the full model only sometimes). Prompts: assets/prompts/
-examples.jsonl (needs the bundled tokenizer), else random token ids. Timing on a shared 2-core
+code.jsonl (needs the bundled tokenizer), else random token ids. Timing on a shared 2-core
 CPU is noisy: read ratios from one run, not absolute numbers.
 """
 
@@ -27,46 +27,61 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from .drafters import make_drafter
-from .drafters.hispec import HiSpec
-from .engine import Engine, GenerationConfig
+from ...drafters import make_drafter
+from ...drafters.hispec import HiSpec
+from ...engine import Engine, GenerationConfig
+from ..baselines import greedy_generate
+from ..harness import timed, wall_clock
+from ..inputs import load_setup
+from .common import results_path
+
+NAME = "hispec"
+HELP = "HiSpec's levels d, v, n, k against early exit and generate()"
+DEFAULTS: dict[str, Any] = {"model": None, "device": "cpu", "threads": 1, "max_new_tokens": 64}
+HEADER = ("| method | speedup vs generate() | τ (full) | τ_v | acc_v | acc_L | ms/token draft | "
+          "ms/token intermediate | ms/token full check | matched |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--d", default=None, help="draft exits to sweep, e.g. 1,2,3 (default: HiSpec's default d)")
+    p.add_argument("--v", default=None, help="intermediate exits to sweep (default: L/4 and HiSpec's default v)")
+    p.add_argument("--n", default=None, help="tentative-buffer sizes to sweep (default: HiSpec's default n)")
+    p.add_argument("--k", default=None, help="drafts per intermediate round to sweep (default: HiSpec's default k)")
+    p.add_argument("--threshold", default=None,
+                   help="exit-d confidence thresholds to sweep, e.g. 0,0.5 (default: 0 and HiSpec's default)")
+    p.add_argument("--ee-k", default="4", help="draft lengths of the early-exit baselines (at every d and v)")
+    p.add_argument("--seed", type=int, default=0)
 
-def load_setup(n_prompts: int, seed: int, name: str | None = None):
-    """(model, prompt id lists, description)."""
-    from .bench import load_setup
 
-    # later layers move the residual stream less: early exits mostly agree
-    return load_setup(n_prompts, seed, name, "cpu", lambda i, g: 0.35 / i, "damped layers")
+def default_output(args: argparse.Namespace) -> Path:
+    return results_path(NAME)
 
 
 class Method:
-    def __init__(self, label: str, make=None, group: str = ""):
+    """One row: how to make its drafter (None: model.generate()) and what its runs measured."""
+
+    def __init__(self, label: str, make: Callable[[], Any] | None = None, group: str = ""):
         self.label, self.make, self.group = label, make, group  # make None: model.generate()
         self.tps: list[float] = []
         self.traces = []
         self.matched = 0
 
 
-def _generate(model, ids, max_new):
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new, do_sample=False,
-                             eos_token_id=model.generation_config.eos_token_id,
-                             pad_token_id=model.generation_config.pad_token_id or 0)
-    return out[0, len(ids):].tolist(), time.perf_counter() - t0
+def _generate(model, ids: list[int], max_new: int) -> tuple[list[int], float]:
+    return timed(wall_clock, model.device, lambda: greedy_generate(model, ids, max_new))
 
 
-def run_all(model, prompts, methods: list[Method], max_new: int, repeats: int) -> None:
+def run_all(model, prompts: list[list[int]], methods: list[Method], max_new: int, repeats: int) -> None:
+    """Warm up each method, then every repeat x prompt x method once, the order rotated per prompt."""
     engine = Engine(model)
     config = GenerationConfig(max_new_tokens=max_new, record=True)
     reference = [_generate(model, ids, max_new)[0] for ids in prompts]
@@ -88,7 +103,8 @@ def run_all(model, prompts, methods: list[Method], max_new: int, repeats: int) -
             m.matched += toks == reference[p]
 
 
-def summarize(m: Method, base_tps: float) -> dict:
+def summarize(m: Method, base_tps: float) -> dict[str, Any]:
+    """One row's numbers: speedup, τ, acceptance at both levels, ms per token per level."""
     row = {"method": m.label, "group": m.group, "tps": statistics.mean(m.tps),
            "speedup": statistics.mean(m.tps) / base_tps, "matched": f"{m.matched}/{len(m.tps)}"}
     if not m.traces:
@@ -112,11 +128,7 @@ def summarize(m: Method, base_tps: float) -> dict:
     return row
 
 
-HEADER = ("| method | speedup vs generate() | τ (full) | τ_v | acc_v | acc_L | ms/token draft | "
-          "ms/token intermediate | ms/token full check | matched |\n|---|---|---|---|---|---|---|---|---|---|")
-
-
-def fmt(r: dict) -> str:
+def fmt(r: dict[str, Any]) -> str:
     def f(key, spec=".2f"):
         return format(r[key], spec) if key in r else "–"
     return (f"| {r['method']} | {r['speedup']:.2f} | {f('tau')} | {f('tau_v')} | {f('acc_v', '.0%')} | "
@@ -127,31 +139,8 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m specviz.bench_hispec", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="registry name or model directory (default: specviz-tiny if "
-                   "its weights exist, else a random 16-layer stand-in)")
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--d", default=None, help="draft exits to sweep, e.g. 1,2,3 (default: HiSpec's default d)")
-    p.add_argument("--v", default=None, help="intermediate exits to sweep (default: L/4 and HiSpec's default v)")
-    p.add_argument("--n", default=None, help="tentative-buffer sizes to sweep (default: HiSpec's default n)")
-    p.add_argument("--k", default=None, help="drafts per intermediate round to sweep (default: HiSpec's default k)")
-    p.add_argument("--threshold", default=None,
-                   help="exit-d confidence thresholds to sweep, e.g. 0,0.5 (default: 0 and HiSpec's default)")
-    p.add_argument("--ee-k", default="4", help="draft lengths of the early-exit baselines (at every d and v)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the rows here")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-    model, prompts, desc = load_setup(args.prompts, args.seed, args.model)
-    L = model.config.num_hidden_layers
+def _grid(args: argparse.Namespace, L: int) -> tuple[list[int], list[int], list[int], list[int], list[float]]:
+    """(d, v, n, k, threshold) values to sweep: the flags', else around HiSpec's defaults for L layers."""
     default = HiSpec(L)
     ds = _ints(args.d) if args.d else [default.d]
     vs = _ints(args.v) if args.v else sorted({max(default.d + 1, L // 4), default.v})
@@ -159,6 +148,13 @@ def main(argv=None) -> None:
     ks = _ints(args.k) if args.k else [default.k]
     thresholds = ([float(x) for x in args.threshold.split(",") if x.strip()] if args.threshold
                   else sorted({0.0, default.threshold}))
+    return ds, vs, ns, ks, thresholds
+
+
+def _methods(model, args: argparse.Namespace) -> list[Method]:
+    """generate(), the engine's AR loop, early exit at every d and v, HiSpec at every valid grid point."""
+    L = model.config.num_hidden_layers
+    ds, vs, ns, ks, thresholds = _grid(args, L)
     methods = [Method("generate()", None, "baseline"), Method("engine AR", lambda: make_drafter("ar", model), "baseline")]
     for e in sorted(set(ds) | set(vs)):
         for k in _ints(args.ee_k):
@@ -169,6 +165,22 @@ def main(argv=None) -> None:
             methods.append(Method(f"hispec d={d} v={v} n={n} k={k}" + (f" th={th}" if th else ""),
                                   (lambda d=d, v=v, n=n, k=k, th=th: make_drafter(
                                       "hispec", model, d=d, v=v, n=n, k=k, threshold=th)), "hispec"))
+    return methods
+
+
+def _print_best(rows: list[dict[str, Any]]) -> None:
+    best = max((r for r in rows if r["group"] == "hispec"), key=lambda r: r["speedup"], default=None)
+    best_ee = max((r for r in rows if r["group"] == "early-exit"), key=lambda r: r["speedup"], default=None)
+    if best and best_ee:
+        print(f"\nbest HiSpec: {best['method']} ({best['speedup']:.2f}x); best early exit: {best_ee['method']} "
+              f"({best_ee['speedup']:.2f}x); ratio {best['speedup'] / best_ee['speedup']:.2f}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    # later layers move the residual stream less: early exits mostly agree
+    model, prompts, desc = load_setup(args.prompts, args.seed, args.model, args.device, lambda i, g: 0.35 / i,
+                                      "damped layers")
+    methods = _methods(model, args)
     print(f"model: {desc}; {len(prompts)} prompts x {args.repeats}, {args.max_new_tokens} new tokens, greedy, "
           f"CPU {torch.get_num_threads()} thread(s); {len(methods)} methods, interleaved", flush=True)
     t0 = time.perf_counter()
@@ -178,14 +190,5 @@ def main(argv=None) -> None:
     print(f"generate(): {base:.1f} tokens/s; bench wall {time.perf_counter() - t0:.0f} s\n\n{HEADER}")
     for r in rows:
         print(fmt(r))
-    best = max((r for r in rows if r["group"] == "hispec"), key=lambda r: r["speedup"], default=None)
-    best_ee = max((r for r in rows if r["group"] == "early-exit"), key=lambda r: r["speedup"], default=None)
-    if best and best_ee:
-        print(f"\nbest HiSpec: {best['method']} ({best['speedup']:.2f}x); best early exit: {best_ee['method']} "
-              f"({best_ee['speedup']:.2f}x); ratio {best['speedup'] / best_ee['speedup']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": desc, "generate_tps": base, "rows": rows}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    _print_best(rows)
+    return {"model": desc, "generate_tps": base, "rows": rows}

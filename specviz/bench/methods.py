@@ -1,0 +1,169 @@
+"""Which methods one benchmark run times: `generate()`, the engine's AR loop, each requested
+drafter (with its `--set` overrides), the trace-overhead twin of one drafter, and transformers'
+counterpart of each drafter that has one.
+
+A drafter that cannot be built is skipped with its reason, never a crash: one missing head file
+must not cost a long run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .. import api
+from ..drafters import DRAFTERS
+from ..engine import Engine, GenerationConfig
+from ..models import REGISTRY, LoadedModel
+from ..sampling import SamplingConfig
+from ..trace import Trace
+from .baselines import HF_COUNTERPART, NoCounterpart, assisted_generation, generate_call
+
+
+@dataclass
+class RunResult:
+    """What one call produced: the new tokens, and the engine's trace for our own methods."""
+
+    tokens: list[int]
+    trace: Trace | None = None
+
+
+@dataclass
+class Method:
+    """One timed method: its report name, kind, the call that runs it and the settings it ran with."""
+
+    name: str
+    kind: str  # baseline | drafter | transformers | trace-overhead
+    call: Callable[[list[int], int, int], RunResult]  # (prompt ids, max_new_tokens, seed)
+    settings: dict[str, Any] = field(default_factory=dict)
+    drafter: str | None = None  # our drafter this method runs or mirrors
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """['clasp.skip_ratio=0.4', 'static-skip.skip=[1,3]'] -> {'clasp': {'skip_ratio': 0.4}, ...}.
+    Values are JSON when they parse as JSON, else strings."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        drafter, dot, option = key.rpartition(".")
+        if not sep or not dot or not drafter or not option:
+            raise ValueError(f"--set takes DRAFTER.OPTION=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(drafter, {})[option] = value
+    return out
+
+
+def requested_drafters(spec: str | None) -> list[str]:
+    """The drafter names of `--drafters` (comma-separated; empty: every registered one)."""
+    return list(DRAFTERS) if not spec else [n.strip() for n in spec.split(",") if n.strip()]
+
+
+class MethodList:
+    """Builds the methods of one run from the CLI arguments; `skipped` holds what could not be built."""
+
+    def __init__(self, args: argparse.Namespace, loaded: LoadedModel, engine: Engine, sampling: SamplingConfig,
+                 log: Callable[[str], None]):
+        self.args, self.loaded, self.engine, self.sampling, self.log = args, loaded, engine, sampling, log
+        self.skipped: list[dict[str, str]] = []
+        self.draft_loaded: LoadedModel | None = None
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append({"drafter": name, "reason": reason})
+        self.log(f"[bench] skipping {name}: {reason}")
+
+    def build(self) -> list[Method]:
+        """generate() first, then per drafter: it, its trace-overhead twin, its transformers counterpart."""
+        args = self.args
+        overrides = parse_overrides(args.set or [])
+        names = self._drafter_names()
+        unknown = set(overrides) - set(DRAFTERS)
+        if unknown:
+            raise ValueError(f"--set names unknown drafter(s): {', '.join(sorted(unknown))}")
+        methods = [Method("generate", "baseline", self._generate_call(), {"do_sample": not self.sampling.greedy})]
+        for name in names:
+            methods += self._methods_of(name, dict(overrides.get(name, {})))
+        overhead_for = args.trace_overhead
+        if overhead_for and overhead_for != "none" and overhead_for not in names:
+            self.skip(f"{overhead_for}+record", "trace-overhead drafter is not among the benchmarked drafters")
+        return methods
+
+    def _drafter_names(self) -> list[str]:
+        """The registered drafters asked for (unknown ones skipped), the AR loop always first."""
+        names = requested_drafters(self.args.drafters)
+        for name in names:
+            if name not in DRAFTERS:
+                self.skip(name, f"not a registered drafter (registered: {', '.join(DRAFTERS)})")
+        names = [n for n in names if n in DRAFTERS]
+        if "ar" not in names:
+            names.insert(0, "ar")  # the AR loop is a baseline, always measured
+        return names
+
+    def _methods_of(self, name: str, options: dict[str, Any]) -> list[Method]:
+        """One drafter's methods: itself, its twin with the other recording setting (if it is the
+        --trace-overhead drafter) and transformers' counterpart (if any); none if it cannot be built."""
+        args = self.args
+        try:
+            if name == "draft-model":
+                draft = self._draft_model(options.pop("draft_model_name", None))
+                options.update(draft_model=draft.model, model_name=draft.name)
+            drafter = self._build(name, options)
+        except Exception as err:  # noqa: BLE001 — any failure to build is a reason to skip, not to crash
+            self.skip(name, f"{type(err).__name__}: {err}")
+            return []
+        settings = dict(drafter.settings())
+        kind = "baseline" if name == "ar" else "drafter"
+        methods = [Method(name, kind, self._engine_call(drafter, args.record), settings, name)]
+        if name == args.trace_overhead:
+            methods += self._trace_overhead_twin(name, options, settings)
+        if not args.no_transformers and name in HF_COUNTERPART:
+            methods += self._transformers_counterpart(name, settings, options)
+        return methods
+
+    def _build(self, name: str, options: dict[str, Any]):
+        return api.build_drafter(name, self.loaded, options, self.args.device, self.args.dtype)
+
+    def _trace_overhead_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
+        label = f"{name}{'-record' if self.args.record else '+record'}"
+        try:  # a second instance, so no drafter state leaks between the two
+            twin = self._build(name, options)
+        except Exception as err:  # noqa: BLE001
+            self.skip(label, f"{type(err).__name__}: {err}")
+            return []
+        return [Method(label, "trace-overhead", self._engine_call(twin, not self.args.record), settings, name)]
+
+    def _transformers_counterpart(self, name: str, settings: dict[str, Any], options: dict[str, Any]) -> list[Method]:
+        try:
+            assisted = assisted_generation(name, settings, options, self.loaded.model)
+        except NoCounterpart as why:
+            self.skip(HF_COUNTERPART[name], str(why))
+            return []
+        return [Method(assisted.label, "transformers", self._generate_call(assisted), assisted.settings, name)]
+
+    def _draft_model(self, name: str | None = None) -> LoadedModel:
+        """The draft model of draft-model / hf:draft-model: `name`, else --draft-model, else the registry's."""
+        info = REGISTRY.get(self.args.model)
+        name = name or self.args.draft_model or (info.draft_model if info else None)
+        if name is None:
+            raise ValueError(f"no draft model: {self.args.model!r} has no default draft model, pass --draft-model")
+        self.draft_loaded = api.get_model(name, self.args.device, self.args.dtype)
+        return self.draft_loaded
+
+    def _engine_call(self, drafter, record: bool) -> Callable[[list[int], int, int], RunResult]:
+        def call(ids: list[int], max_new: int, seed: int) -> RunResult:
+            sampling = SamplingConfig(self.sampling.temperature, self.sampling.top_k, self.sampling.top_p, seed)
+            config = GenerationConfig(max_new_tokens=max_new, sampling=sampling, record=record)
+            trace = self.engine.generate(ids, drafter, config)
+            return RunResult(trace.generated, trace)
+        return call
+
+    def _generate_call(self, assisted=None) -> Callable[[list[int], int, int], RunResult]:
+        tokens_of = generate_call(self.loaded.model, self.loaded.device, self.sampling, assisted)
+
+        def call(ids: list[int], max_new: int, seed: int) -> RunResult:
+            return RunResult(tokens_of(ids, max_new, seed))
+        return call

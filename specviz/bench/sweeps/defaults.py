@@ -1,0 +1,108 @@
+"""`python -m specviz.bench sweep defaults`: pick a model's per-drafter defaults by measurement.
+
+For each candidate setting of the training-free drafters (CLaSp, static skip, prompt lookup),
+runs greedy generation on the project's example prompts for the model, interleaved with
+`model.generate()` on the same prompt (this process's CPU time, so other jobs on a shared
+machine matter little with `--threads 1`), checks every output equals generate()'s, and writes
+a JSON with τ, acceptance and speedup per setting, plus the chosen defaults: per drafter, the
+setting with the highest speedup. The JSON is what `ModelInfo.drafter_defaults()` reads, so it
+goes to `assets/models/MODEL/drafter_defaults.json` unless `--json` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ... import api
+from ...engine import Engine, GenerationConfig
+from ...models import MODELS_DIR, LoadedModel
+from ..baselines import greedy_generate
+from ..harness import cpu_clock, timed
+from ..inputs import load_prompts, prompts_for
+from .common import BadOption
+
+NAME = "defaults"
+HELP = "a model's per-drafter defaults (drafter_defaults.json) by measurement"
+DEFAULTS: dict[str, Any] = {"model": "smollm2-135m-instruct", "device": None, "threads": 1, "max_new_tokens": 48}
+
+GRID: dict[str, list[dict[str, Any]]] = {
+    "clasp": [dict(skip_ratio=r, dp_interval=n, k=k, threshold=t)
+              for r, n, k, t in itertools.product((0.1, 0.2), (4, 16), (3,), (0.0, 0.6))],
+    "static-skip": [dict(skip="alternate", k=3), dict(skip="ratio", skip_ratio=0.1, k=3),
+                    dict(skip="ratio", skip_ratio=0.2, k=3)],
+    "prompt-lookup": [dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))],
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None, help="JSONL prompts (default: the model's example prompts)")
+    p.add_argument("--drafters", default=",".join(GRID))
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    return MODELS_DIR / args.model / "drafter_defaults.json"
+
+
+def _cpu_timed(loaded: LoadedModel, call: Callable[[], Any]) -> tuple[Any, float]:
+    return timed(cpu_clock, loaded.device, call)
+
+
+def _measure_setting(loaded: LoadedModel, engine: Engine, name: str, options: dict[str, Any],
+                     encoded: list[list[int]], reference: list[list[int]], max_new: int) -> dict[str, Any]:
+    """One drafter setting on every prompt, each run paired with a generate() run on the same prompt."""
+    total_time, ref_pair, tokens, verifications, drafted, accepted, equal = 0.0, 0.0, 0, 0, 0, 0, 0
+    for ids, ref in zip(encoded, reference):
+        drafter = api.build_drafter(name, loaded, dict(options))
+        config = GenerationConfig(max_new_tokens=max_new, record=False)
+        trace, seconds = _cpu_timed(loaded, lambda: engine.generate(ids, drafter, config))
+        total_time += seconds
+        ref_pair += _cpu_timed(loaded, lambda: greedy_generate(loaded.model, ids, max_new))[1]
+        tokens += len(trace.generated)
+        verifications += len(trace.steps)
+        drafted += sum(len(s.draft_tokens) for s in trace.steps)
+        accepted += sum(s.accepted for s in trace.steps)
+        equal += trace.generated == ref
+    return {"drafter": name, "options": options, "speedup": round(ref_pair / total_time, 3),
+            "tau": round(tokens / max(1, verifications), 3),
+            "acceptance": round(accepted / drafted, 3) if drafted else None,
+            "equal_to_generate": f"{equal}/{len(encoded)}"}
+
+
+def sweep(model: str, prompts: list[str], max_new: int, drafters: list[str], device: str | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every GRID setting of `drafters` on `prompts`; per drafter, the fastest setting is its default."""
+    loaded = api.get_model(model, device)
+    engine = Engine(loaded.model, name=model)
+    encoded = [api.encode(loaded, p) for p in prompts]
+    reference = [_cpu_timed(loaded, lambda: greedy_generate(loaded.model, ids, max_new))[0] for ids in encoded]
+    results = []
+    for name in drafters:
+        for options in GRID[name]:
+            row = _measure_setting(loaded, engine, name, options, encoded, reference, max_new)
+            log(json.dumps(row))
+            results.append(row)
+    defaults = {}
+    for name in drafters:
+        rows = [r for r in results if r["drafter"] == name]
+        defaults[name] = max(rows, key=lambda r: r["speedup"])["options"]
+    return {"results": results, "defaults": defaults}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    prompts_file = args.prompts or str(prompts_for(args.model))
+    drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
+    unknown = [d for d in drafters if d not in GRID]
+    if unknown:
+        raise BadOption(f"no sweep grid for {', '.join(unknown)} (have: {', '.join(GRID)})")
+    report = sweep(args.model, load_prompts(prompts_file), args.max_new_tokens, drafters, args.device)
+    command = "python -m specviz.bench sweep " + " ".join(shlex.quote(a) for a in args.argv)
+    return {"model": args.model, "command": command,
+            "date": time.strftime("%Y-%m-%d"), "clock": f"process CPU time, {args.threads} thread(s), greedy, "
+            f"{args.max_new_tokens} new tokens, prompts {Path(prompts_file).name}, each run paired with a "
+            "generate() run on the same prompt", **report}
