@@ -1157,7 +1157,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         """A new model: its layer count, its drafter defaults, its chat toggle and its examples.
         Names outside the app's list are ignored (nothing is looked up for them)."""
         if model not in names:
-            return [gr.skip()] * (5 + len(control_keys))
+            return [gr.skip()] * (6 + len(control_keys))
         layers = _num_layers(model)
         updates = []
         for d, c in control_keys:
@@ -1169,7 +1169,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         exs = examples_of(model)
         known = {e.prompt for m in names for e in examples_of(m)}
         new_prompt = exs[0].prompt if exs and (not (prompt or "").strip() or prompt in known) else gr.skip()
-        return [model_markdown(model), gr.update(visible=_has_chat_template(model)),
+        return [model_markdown(model), model_status_text(model), gr.update(visible=_has_chat_template(model)),
                 gr.update(choices=[(e.label, i) for i, e in enumerate(exs)], value=None), new_prompt,
                 drafter_note_text(drafter, model)] + updates
 
@@ -1186,6 +1186,15 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         if layers and not (info and str(layers) in info.description):
             text += f" · {layers} layers"
         return f"*{text}*"
+
+    def model_status_text(model: str) -> str:
+        """The status line after a model change: loaded, loads on first Run, or why it cannot."""
+        if model == default_model and not load_status.done.is_set():
+            return load_status.message
+        if api.is_loaded(model, device, dtype):
+            return f"✓ {model} is loaded."
+        reason = unobtainable_reason(model)
+        return f"⚠️ {reason}" if reason else f"{model} loads on the first Run (a few seconds)."
 
     def poll_status():
         if load_status.done.is_set():
@@ -1315,7 +1324,7 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
         drafter_dd.change(on_drafter, [drafter_dd, model_dd], [drafter_note] + groups, api_visibility="private",
                           concurrency_limit=4, show_progress="hidden")
         model_dd.change(on_model, [model_dd, drafter_dd, prompt_tb],
-                        [model_info, chat_cb, example_dd, prompt_tb, drafter_note]
+                        [model_info, model_status, chat_cb, example_dd, prompt_tb, drafter_note]
                         + [control_components[param_name(d, c.kwarg)] for d, c in control_keys],
                         api_visibility="private", concurrency_limit=4, show_progress="hidden")
         example_dd.input(on_example, [example_dd, model_dd], [prompt_tb], api_visibility="private",
@@ -1391,8 +1400,8 @@ def _num(x) -> str:
 
 
 def initial_drafter(model: str, drafters: Sequence[str]) -> str:
-    """The drafter selected at start: the fastest training-free one that fits the model."""
-    for name in ("clasp", "static-skip", "prompt-lookup"):
+    """The drafter selected at start: a layer-skip one (it shows the most), if it fits the model."""
+    for name in ("static-skip", "clasp", "prompt-lookup"):
         if name in drafters and available(name) and not api.missing_part(name, model):
             return name
     return drafters[0]
