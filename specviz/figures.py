@@ -411,6 +411,10 @@ def layer_plan(info: dict[str, Any], num_layers: int) -> list[int] | None:
     return [1 if i in skipped else 0 for i in range(num_layers)]
 
 
+NO_DRAFT_YET = ("Step 0 was the prefill: it runs every layer and drafts nothing. "
+                "The next step drafts, and its layers (and any layer search) appear here.")
+
+
 @failsafe("figure")
 def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Figure:
     """Layer × step map of which layers each draft skipped (static skip, early exit, CLaSp, HiSpec)."""
@@ -418,6 +422,8 @@ def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Fi
         return message_figure("Run something to see which layers each draft skipped.")
     L = int(trace.num_layers)
     steps = [s for s in trace.steps if s.index > 0]
+    if not steps:  # step mode right after the prefill: nothing has been drafted yet
+        return message_figure(NO_DRAFT_YET)
     plans = [(s.index, layer_plan(s.info, L)) for s in steps]
     if not any(p is not None for _, p in plans):
         return message_figure(f"The '{trace.drafter}' drafter does not skip layers: it drafts "
@@ -467,6 +473,8 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
         return message_figure("CLaSp's layer-search table appears here.")
     found = dp_step(trace, step)
     if found is None:
+        if all(s.index == 0 for s in trace.steps):
+            return message_figure(NO_DRAFT_YET)
         if any(s.info.get("dp_grid") is not None for s in trace.steps):
             return message_figure(f"No DP search had run yet at step {step} (the first draft is step 1).")
         return message_figure(f"The '{trace.drafter}' drafter runs no layer search; pick CLaSp to see its DP table.")
@@ -542,6 +550,21 @@ def _piece(decode: Decode | None, tok) -> str:
     return repr((decode or _default_decode)([int(tok)]))[1:-1] or "∅"
 
 
+def _plain_value(value: Any) -> str | None:
+    """None / booleans / floats / short number lists as a reader would write them (no raw
+    `None`, `False` or 0.01869822200001181), or None for anything else."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value) and len(value) <= 64:
+        return html.escape(", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value))
+    return None
+
+
 def _info_value(key: str, value: Any, decode: Decode | None) -> str:
     """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round."""
     if key == "frames" and isinstance(value, list) and value and isinstance(value[0], dict):
@@ -573,6 +596,11 @@ def _info_value(key: str, value: Any, decode: Decode | None) -> str:
         return "<br>".join(lines)
     if key in ("round_drafts", "round_accepted", "round_correction"):
         return "<i>see rounds</i>"
+    if key.endswith("_time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{1000 * float(value):.1f} ms"
+    plain = _plain_value(value)
+    if plain is not None:
+        return plain
     text = repr(value)
     if len(text) > 400:
         text = text[:400] + " …"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -326,3 +327,22 @@ def test_empty_trace_everywhere():
         assert isinstance(fig, go.Figure)
     assert "No run yet" in figures.cards_html(None)
     assert "appear here" in figures.step_details_html(None, None)
+
+
+def test_step_mode_after_the_prefill_says_nothing_was_drafted_yet():
+    """Step mode shows step 0 (the prefill) first: the layer views must not claim the drafter
+    never skips layers or runs no search (issue: CLaSp / static skip were told so)."""
+    for drafter in ("clasp", "static-skip"):
+        trace = make_trace(drafter)
+        trace.steps = trace.steps[:1]
+        for fig in (figures.skip_heatmap(trace, 0), figures.dp_grid_figure(trace, 0)):
+            text = json.dumps(fig.to_plotly_json()["layout"].get("annotations", []))
+            assert "prefill" in text and "does not skip" not in text and "runs no layer search" not in text
+
+
+def test_step_details_show_readable_values():
+    trace = make_trace("clasp", 4, info=lambda i: {"skipped_layers": [1, 2], "dp_ran": False, "dp_path": None,
+                                                  "dp_time": 0.01869822200001181, "dp_score": 0.987654321})
+    out = figures.step_details_html(trace, 1)
+    assert "None" not in out and "False" not in out and "0.01869822200001181" not in out
+    assert "18.7 ms" in out and "0.9877" in out and ">no<" in out and "1, 2" in out
