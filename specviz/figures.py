@@ -528,9 +528,9 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
     (tpiece,) = token_pieces(decode, tctx, [s.target_token])
     rows.append(f"<tr><td>target</td><td><code>{html.escape(repr(tpiece))}</code></td><td>{s.target_token}</td>"
                 f'<td></td><td></td><td style="color:{ORANGE}">target\'s own token</td></tr>')
-    table = ("<table style='font-size:12.5px;border-collapse:collapse' cellpadding='3'>"
+    table = ("<div style='overflow-x:auto'><table style='font-size:12.5px;border-collapse:collapse' cellpadding='3'>"
              "<tr><th>pos</th><th>text</th><th>id</th><th>q (draft)</th><th>p (target)</th><th>verdict</th></tr>"
-             + "".join(rows) + "</table>")
+             + "".join(rows) + "</table></div>")
     times = (f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
              if s.index > 0 else f"prefill {1000 * trace.t_prefill:.1f} ms")
     info_rows = []
@@ -539,7 +539,8 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
             continue
         shown = _info_value(key, value, decode)
         info_rows.append(f"<tr><td><b>{html.escape(str(key))}</b></td><td>{shown}</td></tr>")
-    info = ("<table style='font-size:12.5px' cellpadding='2'>" + "".join(info_rows) + "</table>") if info_rows else "<i>no drafter info</i>"
+    info = ("<div style='overflow-x:auto'><table style='font-size:12.5px' cellpadding='2'>" + "".join(info_rows)
+            + "</table></div>") if info_rows else "<i>no drafter info</i>"
     return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {len(s.draft_tokens)} drafted, {s.accepted} accepted, "
             f"{len(s.committed)} committed · {times}</div>{table}<div style='margin-top:6px'>{info}</div>")
 

