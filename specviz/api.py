@@ -8,7 +8,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from .drafters import NEEDS, PART_TEXT, Drafter, make_drafter
+from .drafters import DRAFTERS, PART_TEXT, Drafter, make_drafter
 from .engine import Engine, Generation, GenerationConfig
 from .models import REGISTRY, LoadedModel, Progress, load_model
 from .sampling import SamplingConfig
@@ -77,17 +77,11 @@ def missing_part(drafter: str, model: str, options: dict[str, Any] | None = None
     """Why `drafter` would only run uselessly on registry model `model`, or None if it fits.
     Models outside the registry are not judged (the user chose them)."""
     info = REGISTRY.get(model)
-    options = options or {}
-    need = NEEDS.get(drafter)
+    declared = DRAFTERS.get(drafter)
+    need = declared.part_needed(options or {}) if declared else None
     if info is None or need is None:
         return None
-    if drafter == "ctc":
-        if options.get("path") or options.get("random_head"):
-            return None
-        need = f"{options.get('head', 'ctc')}-head"
-    if drafter == "draft-model" and (options.get("draft_model") is not None or options.get("draft_model_name")):
-        return None
-    if drafter == "draft-model" and info.draft_model:
+    if need == "draft-model" and info.draft_model:  # the model names its own draft model
         return None
     if need in info.parts:
         return None

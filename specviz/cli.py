@@ -6,28 +6,53 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
+from .drafters import DRAFTERS, Option
 from .models import DEFAULT_MODEL, REGISTRY
 
-DRAFTER_NAMES = ("ar", "static-skip", "early-exit", "draft-model", "prompt-lookup", "clasp", "hispec", "ctc")
+CLI_TYPES = {"int": int, "layer": int, "float": float}  # other kinds arrive as text
 
-# CLI flag -> (drafter option name, type, help). Only options the chosen drafter takes are passed.
-DRAFTER_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--k": ("k", int, "max draft length per verification (>= 1)"),
-    "--threshold": ("threshold", float, "adaptive stop: end the draft when its top-1 probability falls below this (0 disables)"),
-    "--skip": ("skip", str, "static-skip preset: 'alternate', 'ratio', or a comma-separated list of layer indices"),
-    "--skip-ratio": ("skip_ratio", float, "static-skip 'ratio' preset and clasp: fraction of layers to skip"),
-    "--exit-layer": ("exit_layer", int, "early-exit: number of layers E the draft runs before the shared head"),
-    "--draft-model": ("draft_model_name", str, "draft-model: registry name or directory of the draft model"),
-    "--max-ngram": ("max_ngram", int, "prompt-lookup: longest n-gram to match"),
-    "--min-ngram": ("min_ngram", int, "prompt-lookup: shortest n-gram to match"),
-    "--dp-interval": ("dp_interval", int, "clasp: rerun the layer DP every N verifications"),
-    "--draft-exit": ("d", int, "hispec: draft exit layer d"),
-    "--verify-exit": ("v", int, "hispec: intermediate verifier exit layer v"),
-    "--validate-every": ("n", int, "hispec: full verification once n tentative tokens are buffered"),
-    "--head": ("head", str, "ctc: which trained head, 'ctc' or 'medusa'"),
-}
+
+@dataclass
+class Flag:
+    """One drafter flag on the command line: the option it sets and the drafters that take it
+    (shared options, such as k, are one flag for every drafter that declares them)."""
+
+    option: Option
+    drafters: list[str] = field(default_factory=list)
+    helps: dict[str, dict[str, Any]] = field(default_factory=dict)  # help text -> {drafter: its default}
+
+    def help(self) -> str:
+        return "; ".join(f"{', '.join(defaults)}: {text}{_defaults_text(defaults)}" for text, defaults in self.helps.items())
+
+
+def _defaults_text(defaults: dict[str, Any]) -> str:
+    """' (default 4)', or per drafter where they differ: ' (default a, b: 4; c: 8)'."""
+    by_value: dict[str, list[str]] = {}
+    for name, value in defaults.items():
+        if value is not None:  # None: the drafter picks (its help says how)
+            by_value.setdefault(str(value), []).append(name)
+    if len(by_value) <= 1:
+        return "".join(f" (default {value})" for value in by_value)
+    return " (default " + "; ".join(f"{', '.join(names)}: {value}" for value, names in by_value.items()) + ")"
+
+
+def drafter_flags() -> dict[str, Flag]:
+    """Every CLI flag the registered drafters declare, in registration order."""
+    flags: dict[str, Flag] = {}
+    for declared in DRAFTERS.values():
+        for option in declared.options:
+            if option.flag is None:
+                continue
+            flag = flags.setdefault(option.flag, Flag(option))
+            if flag.option.name != option.name:
+                raise ValueError(f"{option.flag} means {flag.option.name!r} for {', '.join(flag.drafters)} "
+                                 f"but {option.name!r} for {declared.name}: one flag, one option")
+            flag.drafters.append(declared.name)
+            flag.helps.setdefault(option.help, {})[declared.name] = option.default
+    return flags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"registry name ({', '.join(n for n, i in REGISTRY.items() if not i.hidden)}), "
                           "local directory or allowlisted hub id")
-    gen.add_argument("--drafter", default="ar", help=f"one of: {', '.join(DRAFTER_NAMES)}")
+    gen.add_argument("--drafter", default="ar", help=f"one of: {', '.join(DRAFTERS)}")
     gen.add_argument("--prompt", required=True, help="the prompt text")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (stops earlier at EOS)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (rejection sampling keeps the target distribution)")
@@ -52,34 +77,34 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, metrics, steps")
     drafter = gen.add_argument_group("drafter options (each drafter uses the ones it understands; defaults are the "
                                      "model's swept defaults where it has them, else the drafter's)")
-    for flag, (_, kind, text) in DRAFTER_FLAGS.items():
-        drafter.add_argument(flag, type=kind, default=None, help=text)
+    for name, flag in drafter_flags().items():
+        # SUPPRESS: a flag not given stays absent (the drafter's or model's default applies), and
+        # --help shows each drafter's own default instead of "None"
+        drafter.add_argument(name, type=CLI_TYPES.get(flag.option.kind, str), default=argparse.SUPPRESS,
+                             help=flag.help())
     return parser
 
 
 def _drafter_options(args: argparse.Namespace) -> dict[str, Any]:
     """The drafter flags given, minus those the chosen drafter does not take (named on stderr:
     `--help` promises each drafter uses the options it understands)."""
-    from .drafters import DRAFTERS, drafter_options
-
-    takes = drafter_options(args.drafter) if args.drafter in DRAFTERS else None
+    known = args.drafter in DRAFTERS
     options, ignored = {}, []
-    for flag, (name, _, _) in DRAFTER_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+    for name, flag in drafter_flags().items():
+        value = getattr(args, name.lstrip("-").replace("-", "_"), None)
         if value is None:
             continue
-        if takes is not None and name not in takes:
-            ignored.append(flag)
+        if known and args.drafter not in flag.drafters:
+            ignored.append(name)
             continue
-        options[name] = value
+        if flag.option.parse is not None and isinstance(value, str):
+            try:
+                value = flag.option.parse(value)
+            except ValueError as err:
+                raise ValueError(f"{name} {err}") from None
+        options[flag.option.name] = value
     if ignored:
         print(f"note: drafter {args.drafter!r} does not use {', '.join(ignored)}; ignored", file=sys.stderr)
-    skip = options.get("skip")
-    if isinstance(skip, str) and skip not in ("alternate", "ratio"):
-        try:
-            options["skip"] = [int(i) for i in skip.split(",") if i.strip()]
-        except ValueError:
-            raise ValueError(f"--skip must be 'alternate', 'ratio' or comma-separated layer indices, got {skip!r}") from None
     return options
 
 

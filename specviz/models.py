@@ -59,7 +59,7 @@ class GGUFSource:
 @dataclass(frozen=True)
 class ModelInfo:
     """A model specviz knows by name. `parts` lists the trained drafting parts it has, which the
-    drafters that need them check (see `drafters.NEEDS`)."""
+    drafters that need them check (see `Declaration.needs` in `drafters/registry.py`)."""
 
     name: str
     description: str  # one sentence, shown under the model picker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import DecodeState, Draft, VerifyResult
+from .registry import Declaration
 
 
 class Autoregressive:
@@ -20,3 +21,13 @@ class Autoregressive:
 
     def settings(self) -> dict:
         return {}
+
+
+def build(target, **options) -> Autoregressive:
+    return Autoregressive(**options)
+
+
+DRAFTER = Declaration(
+    Autoregressive.name, "Plain decoding",
+    "No draft: the target adds one token per forward pass. The baseline every drafter is compared with.",
+    build)

@@ -89,6 +89,7 @@ from transformers import DynamicCache
 from ..layers import LayerRunner
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
 from .layer_skip import draft_with_skip
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 NAME = "clasp"
 
@@ -316,3 +317,17 @@ def build(target, skip_ratio: float = DEFAULT_SKIP_RATIO, dp_interval: int = DEF
     max draft length; threshold in [0, 1]: stop drafting below this top-1 probability."""
     return CLaSp(target.config.num_hidden_layers, skip_ratio=skip_ratio, dp_interval=dp_interval,
                  k=k, threshold=threshold, protect_ends=protect_ends)
+
+
+DRAFTER = Declaration(
+    NAME, "CLaSp (in-context layer skip)",
+    "After verification, a dynamic program picks which M layers to skip so the draft's hidden states stay "
+    "closest to the full model's; the search reruns every N verifications.",
+    build,
+    (Option("skip_ratio", "float", DEFAULT_SKIP_RATIO, "fraction of layers to skip (M = ratio x L)",
+            flag="--skip-ratio", label="skip ratio (M = ratio × L layers skipped)", minimum=0.05, maximum=0.9, step=0.05),
+     Option("dp_interval", "int", DEFAULT_DP_INTERVAL, "rerun the layer DP every N verifications", flag="--dp-interval",
+            label="DP interval N (rerun the layer search every N verifications)", minimum=1, maximum=32, step=1),
+     draft_length(DEFAULT_K, ui_default=6), confidence_threshold(DEFAULT_THRESHOLD, ui_default=0.5),
+     Option("protect_ends", "bool", True, "never skip the first and last layer",
+            label="never skip the first and last layer")))

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 NAME = "ctc"
 HEADS = ("ctc", "medusa")
@@ -473,12 +474,31 @@ class CTCDrafter:
         }
 
 
-OPTIONS_FROM = CTCDrafter  # the constructor declares this drafter's options
-
-
 def build(target, **options) -> CTCDrafter:
     return CTCDrafter(target, **options)
 
 
-__all__ = ["NAME", "build", "CTCDrafter", "DraftHead", "HeadConfig", "ctc_collapse", "draft_positions",
+def _needs(options: dict[str, Any]) -> str | None:
+    """The trained head the `head` option names, unless a head file or a random head is asked for."""
+    if options.get("path") or options.get("random_head"):
+        return None
+    return f"{options.get('head', 'ctc')}-head"
+
+
+DRAFTER = Declaration(
+    NAME, "CTC drafter",
+    "A small head over the last hidden state emits several frames at once; CTC collapses repeats and blanks "
+    "into the draft.",
+    build,
+    (Option("head", "choice", "ctc", "which trained head, 'ctc' or 'medusa'", flag="--head", label="head",
+            choices=HEADS, info="ctc: trained with a CTC loss · medusa: per-position heads (the paper's control)"),
+     draft_length(5, ui_default=6), confidence_threshold(0.0),
+     Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
+            label="untrained random head (when no trained head file exists)"),
+     Option("path", "text", None, f"a trained head file ({', '.join(HEAD_FILES.values())})"),
+     Option("seed", "int", 0, "seed of the random head")),
+    needs="ctc-head", needs_for=_needs)
+
+
+__all__ = ["NAME", "DRAFTER", "build", "CTCDrafter", "DraftHead", "HeadConfig", "ctc_collapse", "draft_positions",
            "cut_draft", "default_config", "init_head", "load_head", "save_head"]

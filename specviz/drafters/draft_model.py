@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 
 from ..layers import LayerRunner
 from .base import DecodeState, Draft, DraftBuilder, VerifyResult, check_draft_length, check_threshold, choose
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 
 class DraftModel:
@@ -62,3 +63,26 @@ class DraftModel:
 
     def settings(self) -> dict:
         return {"draft_model": self.model_name, "k": self.k, "threshold": self.threshold}
+
+
+def build(target, draft_model: PreTrainedModel | None = None, **options) -> DraftModel:
+    """`draft_model` is the loaded model; `specviz.api` resolves the `draft_model_name` option to it."""
+    if draft_model is None:
+        raise ValueError("drafter 'draft-model' needs a draft model (--draft-model NAME)")
+    return DraftModel(draft_model, target.config.vocab_size, **options)
+
+
+def _needs(options: dict) -> str | None:
+    """A draft model given by the caller needs nothing from the target's registry entry."""
+    return None if options.get("draft_model") is not None or options.get("draft_model_name") else "draft-model"
+
+
+DRAFTER = Declaration(
+    DraftModel.name, "Separate draft model",
+    "Classic speculative decoding: a smaller model with the same tokenizer drafts.",
+    build,
+    (Option("draft_model_name", "model", None,
+            "registry name or directory of the draft model (default the model's own draft model)",
+            flag="--draft-model", label="draft model", ui_default="(default)"),
+     draft_length(4), confidence_threshold(0.0)),
+    needs="draft-model", needs_for=_needs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
 from .layer_skip import draft_with_skip
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 
 class EarlyExit:
@@ -41,3 +42,17 @@ class EarlyExit:
 
     def settings(self) -> dict:
         return {"exit_layer": self.exit_layer, "k": self.k, "threshold": self.threshold}
+
+
+def build(target, **options) -> EarlyExit:
+    return EarlyExit(target.config.num_hidden_layers, **options)
+
+
+DRAFTER = Declaration(
+    EarlyExit.name, "Early exit (LayerSkip)",
+    "Draft with only the first E layers and the shared LM head; verification reuses their cache.",
+    build,
+    (Option("exit_layer", "layer", None, "number of layers E the draft runs before the shared head (default 3L/8)",
+            flag="--exit-layer", label="exit layer E (0 = auto: 3L/8)", ui_default=0, minimum=0, maximum=63, step=1),
+     draft_length(4), confidence_threshold(0.0)),
+    needs="early-exit")

@@ -61,6 +61,7 @@ import torch
 
 from ..sampling import SamplingConfig, greedy_token, residual, sample, uniform
 from .base import DecodeState, Draft, Reuse, VerifyResult, check_threshold, choose
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 NAME = "hispec"
 
@@ -273,9 +274,22 @@ class HiSpec:
         }
 
 
-OPTIONS_FROM = HiSpec  # the constructor declares this drafter's options
-
-
 def build(target, **options) -> HiSpec:
     """make_drafter("hispec", model, d=..., v=..., n=..., k=..., threshold=...)."""
     return HiSpec(target.config.num_hidden_layers, **options)
+
+
+DRAFTER = Declaration(
+    NAME, "HiSpec (hierarchical speculation)",
+    "Draft at exit d, check cheaply at an intermediate exit v, and let the full model validate the "
+    "buffered tentative tokens every n tokens.",
+    build,
+    (Option("d", "layer", None, "draft exit layer d (default L/8)", flag="--draft-exit",
+            label="draft exit d (0 = auto: L/8)", ui_default=0, minimum=0, maximum=63, step=1),
+     Option("v", "layer", None, "intermediate verifier exit layer v (default L/2)", flag="--verify-exit",
+            label="intermediate verify exit v (0 = auto: L/4)", ui_default=0, minimum=0, maximum=63, step=1),
+     Option("n", "int", DEFAULT_N, "full verification once n tentative tokens are buffered", flag="--validate-every",
+            label="n: tentative tokens before the full model checks", ui_default=8, minimum=1, maximum=32, step=1),
+     draft_length(DEFAULT_K, label="k: drafts per intermediate round", help_text="drafts per intermediate round"),
+     confidence_threshold(DEFAULT_THRESHOLD, in_panel=False)),
+    needs="early-exit")

@@ -9,6 +9,7 @@ confidence threshold does not apply.
 from __future__ import annotations
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 
 def find_continuation(tokens: list[int], max_ngram: int, min_ngram: int, k: int) -> tuple[list[int], int, int]:
@@ -68,3 +69,20 @@ class PromptLookup:
 
     def settings(self) -> dict:
         return {"k": self.k, "max_ngram": self.max_ngram, "min_ngram": self.min_ngram}
+
+
+def build(target, **options) -> PromptLookup:
+    return PromptLookup(**options)
+
+
+DRAFTER = Declaration(
+    PromptLookup.name, "Prompt lookup",
+    "Find the latest earlier occurrence of the last n tokens in the context and propose what followed it. "
+    "Free to draft; great on repetitive code.",
+    build,
+    (draft_length(8, maximum=32),
+     Option("max_ngram", "int", 3, "longest n-gram to match", flag="--max-ngram", label="max n-gram",
+            minimum=1, maximum=8, step=1),
+     Option("min_ngram", "int", 1, "shortest n-gram to match", flag="--min-ngram", label="min n-gram",
+            minimum=1, maximum=8, step=1),
+     confidence_threshold(0.0, in_panel=False)))  # taken for a uniform interface; a lookup has no confidence

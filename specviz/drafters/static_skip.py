@@ -11,10 +11,12 @@ Layers below the first skipped one are exact, so verification reuses them.
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
 from .layer_skip import draft_with_skip
+from .registry import Declaration, Option, confidence_threshold, draft_length
 
 PRESETS = ("alternate", "ratio")
 
@@ -71,3 +73,54 @@ class StaticSkip:
 
     def settings(self) -> dict:
         return {"preset": self.preset, "skip_layers": self.skip, "k": self.k, "threshold": self.threshold}
+
+
+def build(target, **options) -> StaticSkip:
+    return StaticSkip(target.config.num_hidden_layers, **options)
+
+
+def parse_skip(text: str) -> str | list[int]:
+    """The CLI's --skip: a preset name, or comma-separated layer indices."""
+    if text in PRESETS:
+        return text
+    try:
+        return [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        raise ValueError(f"must be 'alternate', 'ratio' or comma-separated layer indices, got {text!r}") from None
+
+
+# The panel shows the skip list as preset "custom" plus a text box (`skip_layers`), which these
+# two fold into the `skip` option and back.
+
+def panel_to_options(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    custom = str(out.pop("skip_layers", "") or "")
+    if out.get("skip") == "custom":
+        try:
+            out["skip"] = [int(x) for x in re.split(r"[,\s]+", custom.strip()) if x]
+        except ValueError:
+            raise ValueError(f"custom skip layers must be integers separated by commas, e.g. 2,4,6; got {custom!r}") from None
+        if not out["skip"]:
+            raise ValueError("preset 'custom' needs a list of layers to skip, e.g. 2,4,6")
+    return out
+
+
+def options_to_panel(options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    if "skip" in out and not isinstance(out["skip"], str):
+        out["skip"], out["skip_layers"] = "custom", ", ".join(str(i) for i in out["skip"])
+    return out
+
+
+DRAFTER = Declaration(
+    StaticSkip.name, "Static layer skip (Draft & Verify / Self-SD)",
+    "Draft with the same model but a fixed set of its layers bypassed; verify with all layers.",
+    build,
+    (Option("skip", "choice", "alternate", "preset: 'alternate', 'ratio', or a comma-separated list of layer indices",
+            flag="--skip", label="skip preset", choices=(*PRESETS, "custom"), parse=parse_skip,
+            info="alternate: every other middle layer · ratio: the middle fraction · custom: your list"),
+     Option("skip_ratio", "float", 0.5, "fraction of the layers preset 'ratio' skips", flag="--skip-ratio",
+            label="skip ratio (preset 'ratio')", minimum=0.05, maximum=0.95, step=0.05),
+     Option("skip_layers", "text", "", label="layers to skip (preset 'custom'), e.g. 2,4,6", panel_only=True),
+     draft_length(4), confidence_threshold(0.0)),
+    to_options=panel_to_options, to_panel=options_to_panel)

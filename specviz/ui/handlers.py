@@ -1,0 +1,265 @@
+"""The app's event handlers, as plain functions of (app config, inputs) -> outputs.
+
+`layout.build_app` binds each to its `AppConfig` (`functools.partial`, which keeps the signature
+Gradio reads: the `gr.Progress` default and the `**opts` that receive the drafter panels'
+values) and wires it to components; a test can call one directly with a config of its own.
+
+Model events (run, step, compare) take the session (`gr.State`) last and, for run and step,
+return it as an extra output: on ZeroGPU every call runs in a fresh worker process, so only what
+comes back survives. Stop runs in the main process and reaches a generation in a worker through
+the session's flag files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from .. import api, figures
+from ..figures import CompareRow, PlainRun
+from ..models import unobtainable_reason
+from .catalog import has_chat_template, model_markdown, num_layers
+from .config import AppConfig
+from .controls import available, control_values, drafter_note_text, unavailable_message
+from .errors import user_error
+from .generation import (GenerationWorker, attach, explain_difference, finish_plain, reference_key, replay_steps,
+                         start_generation)
+from .render import compare_outputs, render, status_only
+from .session import Session, StopSignal, plain_generate
+from .settings import RunSettings, settings_from
+
+log = logging.getLogger(__name__)
+
+LOADING = "loading {model} (first use; the default model's first start converts it, about 20-40 s)…"
+
+
+# -- model events ------------------------------------------------------------------------------
+
+def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options,
+        session, progress=gr.Progress(), **opts) -> Iterator[tuple]:
+    """Stream one generation: tokens as each verification lands, plots every few steps."""
+    s = settings_from(config, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options,
+                      opts)
+    session = Session.of(session)
+    session.gen, session.key, session.mode = None, None, "run"
+    flags = session.flags
+    flags.started()
+    stop_signal = StopSignal(flags)
+    if not api.is_loaded(s.model, config.device, config.dtype):
+        yield (*status_only(LOADING.format(model=s.model)), session)
+    try:
+        loaded, gen = start_generation(config, s, stop_signal)
+    except BaseException:
+        flags.finished()
+        raise
+    attach(config, session, s, loaded, gen)
+    worker = GenerationWorker(gen)
+    worker.start()
+    try:
+        yield (*render(session, {"tokens"}, streaming=True, status="starting…"), session)
+        for parts in worker.updates(config.plot_every):
+            progress((len(gen.trace.generated), s.max_new_tokens), desc="decoding", unit="tokens")
+            yield (*render(session, parts, streaming=True), session)
+        worker.join()
+        worker.raise_error()
+        finish_plain(session, loaded, s, progress)
+        flags.finished()
+        yield (*render(session, {"tokens", "plots", "export"}, config.export_dir), session)
+    finally:
+        stop_signal.set()  # a closed stream (client gone) stops the worker at its next step
+        worker.join(timeout=30)
+        flags.finished()
+
+
+def step(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options,
+         session, progress=gr.Progress(), **opts) -> tuple:
+    """One speculation cycle (the first call prefills). Settings changes start over."""
+    s = settings_from(config, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options,
+                      opts)
+    session = Session.of(session)
+    gen = step_generation(config, session, s)
+    try:
+        event = gen.step()
+    except ValueError as err:
+        raise user_error(str(err)) from None
+    except Exception as err:  # noqa: BLE001
+        log.exception("step failed")
+        session.gen = None
+        raise user_error(f"Step failed: {type(err).__name__}: {err}") from None
+    n = len(gen.trace.steps)
+    if gen.done:
+        finish_plain(session, session.loaded, s, progress)
+        session.gen = None
+        status = f"step {n - 1}: generation finished — the next Step starts over"
+        return (*render(session, {"tokens", "plots", "export"}, config.export_dir, status=status), session)
+    kind = "prefill" if event is not None and event.index == 0 else "verification"
+    status = f"step mode: {kind} {n - 1} done — press Step for the next cycle (times are engine time)"
+    return (*render(session, {"tokens", "plots"}, streaming=True, status=status), session)
+
+
+def step_generation(config: AppConfig, session: Session, s: RunSettings):
+    """The session's Step generation for settings `s`: the live one, or a new one that replays the
+    steps already recorded with the same settings (a ZeroGPU worker keeps nothing between calls)."""
+    same = session.mode == "step" and session.key == s.key()
+    if same and session.gen is not None and not session.gen.done:
+        return session.gen
+    done_before = [] if not same or session.trace is None or session.trace.finish_reason else session.trace.steps
+    loaded, gen = start_generation(config, s, None)
+    replay_steps(gen, session.trace, len(done_before))
+    attach(config, session, s, loaded, gen)
+    session.gen, session.key, session.mode = gen, s.key(), "step"
+    return gen
+
+
+def stop(session) -> tuple[str, Any]:
+    """Stop this session's running generation (and drop its Step generation). Runs in the
+    main process: it reaches a generation in a ZeroGPU worker through the session's flag file."""
+    if not isinstance(session, Session):
+        return "Nothing is running.", session
+    flags = session.flags
+    was = flags.running or session.gen is not None or session.mode == "step" and session.key is not None
+    if flags.running:
+        flags.request_stop()
+    session.gen, session.key = None, None
+    return ("Stopping…" if was else "Nothing is running."), session
+
+
+def compare(config: AppConfig, model, prompt, max_new_tokens, temperature, top_p, top_k, seed, chosen, session,
+            progress=gr.Progress(), **opts) -> Iterator[tuple]:
+    """Run every chosen drafter on the prompt with its current panel settings."""
+    chosen = [d for d in (chosen or []) if d in config.drafters]
+    if not chosen:
+        raise user_error("Choose at least one drafter to compare.")
+
+    def settings_for(drafter: str) -> RunSettings:  # its panel settings; sampling and length shared
+        return settings_from(config, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, "",
+                             opts)
+
+    settings_for("ar")  # validates the shared settings before any drafter runs
+    flags = Session.of(session).flags
+    flags.started()
+    stop_signal = StopSignal(flags)
+    rows: list[CompareRow] = []
+    plain = None
+    try:
+        for i, name in enumerate(chosen):
+            if stop_signal.is_set():
+                rows.append(CompareRow(name, error="stopped"))
+                continue
+            at = (i, len(chosen))
+            progress(at, desc=f"running {name}")
+            row, plain = compare_one(config, name, settings_for, stop_signal, plain,
+                                     timing_plain=lambda: progress(at, desc="timing plain generate()"))
+            rows.append(row)
+            yield compare_outputs(rows, plain)
+    finally:
+        flags.finished()
+    yield compare_outputs(rows, plain)
+
+
+def compare_one(config: AppConfig, name: str, settings_for: Callable[[str], RunSettings], stop_signal: StopSignal,
+                plain: PlainRun | None, timing_plain: Callable[[], None]) -> tuple[CompareRow, PlainRun | None]:
+    """Drafter `name`'s row (an error row if it cannot run) and the reference, which is timed
+    with the first drafter that runs (`timing_plain()` says so)."""
+    if not available(name):
+        return CompareRow(name, error=unavailable_message(name)), plain
+    try:
+        s = settings_for(name)
+        loaded, gen = start_generation(config, s, stop_signal)
+        for _ in gen:
+            pass
+    except gr.Error as err:
+        return CompareRow(name, error=str(err.message)), plain
+    except Exception as err:  # noqa: BLE001
+        return CompareRow(name, error=f"{type(err).__name__}: {err}"), plain
+    if plain is None:
+        timing_plain()
+        plain = plain_generate(loaded, gen.trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p, s.top_k,
+                               s.seed, key=reference_key(s, gen.trace.prompt_ids))
+    explain_difference(gen.trace, plain, loaded)
+    return figures.compare_row(gen.trace, plain), plain
+
+
+# -- views of the last run (no model involved) -------------------------------------------------
+
+def rerender_step(step_index, session) -> tuple:
+    """Pick a step for the DP grid / details / heatmap marker."""
+    session = session if isinstance(session, Session) else None
+    trace = session.trace if session else None
+    decode = session.decoder() if session else None
+    try:
+        idx = int(step_index)
+    except (TypeError, ValueError):
+        idx = None
+    return (figures.dp_grid_figure(trace, idx), figures.step_details_html(trace, idx, decode),
+            figures.skip_heatmap(trace, idx))
+
+
+def rerender_tokens(show_rejected, session) -> str:
+    if not isinstance(session, Session) or session.trace is None:
+        return figures.token_html(None)
+    return figures.token_html(session.trace, session.decoder(), bool(show_rejected), session.prompt_text)
+
+
+# -- control changes -----------------------------------------------------------------------------
+
+def on_drafter(config: AppConfig, name, model) -> list:
+    """The drafter's note and, of the drafter panels, only its own visible."""
+    note = drafter_note_text(name, config.known_model(model))
+    return [gr.update(value=note)] + [gr.update(visible=(d == name)) for d in config.drafters]
+
+
+def on_model(config: AppConfig, model, drafter, prompt) -> list:
+    """A new model: its layer count, its drafter defaults, its chat toggle and its examples.
+    Names outside the app's list are ignored (nothing is looked up for them)."""
+    control_keys = config.control_keys()
+    if model not in config.model_names:
+        return [gr.skip()] * (6 + len(control_keys))
+    exs = config.examples_of(model)
+    known = {e.prompt for m in config.model_names for e in config.examples_of(m)}
+    new_prompt = exs[0].prompt if exs and (not (prompt or "").strip() or prompt in known) else gr.skip()
+    return [model_markdown(model), model_status_text(config, model), gr.update(visible=has_chat_template(model)),
+            gr.update(choices=[(e.label, i) for i, e in enumerate(exs)], value=None), new_prompt,
+            drafter_note_text(drafter, model)] + control_updates(config, model)
+
+
+def control_updates(config: AppConfig, model: str) -> list:
+    """Every panel control's value for `model` (and the layer sliders' range: its depth)."""
+    layers = num_layers(model)
+    values = {d: control_values(model, d) for d in config.drafters}
+    updates = []
+    for d, c in config.control_keys():
+        value = values[d][c.kwarg]
+        if c.kind == "layer" and layers:
+            updates.append(gr.update(maximum=max(1, layers - 1), value=value))
+        else:
+            updates.append(gr.update(value=value))
+    return updates
+
+
+def on_example(config: AppConfig, index, model):
+    exs = config.examples_of(config.known_model(model))
+    if isinstance(index, int) and 0 <= index < len(exs):
+        return exs[index].prompt
+    return gr.skip()
+
+
+def model_status_text(config: AppConfig, model: str) -> str:
+    """The status line after a model change: loaded, loads on first Run, or why it cannot."""
+    status = config.load_status
+    if model == config.default_model and not status.done.is_set():
+        return status.message
+    if api.is_loaded(model, config.device, config.dtype):
+        return f"✓ {model} is loaded."
+    reason = unobtainable_reason(model)
+    return f"⚠️ {reason}" if reason else f"{model} loads on the first Run (a few seconds)."
+
+
+def poll_status(config: AppConfig) -> tuple:
+    """The status line while the default model loads; the timer stops once it is done."""
+    status = config.load_status
+    if status.done.is_set():
+        return status.message, gr.update(active=False)
+    return status.message, gr.skip()

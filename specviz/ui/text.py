@@ -1,0 +1,55 @@
+"""The app's fixed prose and style: the intro line, the Learn tab's explanation, the CSS."""
+
+from __future__ import annotations
+
+INTRO = ("A drafter guesses a few tokens, the full model checks them in one pass. "
+         "Watch which guesses survive, which layers were skipped, and what it buys in speed.")
+
+CSS = """
+#sv-text textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
+#sv-prompt textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
+"""
+
+LEARN_MD = r"""
+## How speculative decoding works
+
+A language model writes one token per forward pass, and on small batches each pass is dominated by
+reading the weights and by per-layer overhead, not by arithmetic. **Speculative decoding** lets a cheap
+*drafter* guess the next few tokens, then runs the full *target* model **once** over all of them.
+The target keeps the longest prefix it agrees with, adds **one token of its own** (the correction at the
+first disagreement, or a bonus token when everything matched), and throws the rest away.
+
+* **Lossless.** With greedy decoding the output is *exactly* what the target alone would write (the
+  badge above checks it against `model.generate()`); with sampling, rejection sampling keeps the output
+  *distribution* exact.
+* **τ** is the mean number of tokens each verification adds, the target's own token included: plain
+  decoding has τ = 1.
+* **Colours.** <span style="background:rgba(0,114,178,.2);border-bottom:2px solid #0072B2">accepted draft</span> ·
+  <span style="background:rgba(230,159,0,.32)">target's own token</span> ·
+  <span style="color:#D55E00;text-decoration:line-through">rejected draft</span>.
+
+### The drafters
+
+* **Static layer skip** (Draft & Verify / Self-SD): the draft is the target itself with a fixed set of
+  layers bypassed — no extra weights. Layers below the first skipped one are exact, so the verifier reuses
+  their cache.
+* **Early exit** (LayerSkip): draft with the first *E* layers and the shared LM head. It needs a model
+  trained to make early layers predictive (the bundled model is trained with an early-exit loss).
+* **CLaSp**: after each verification a dynamic program over (layer *i*, layers skipped so far *j*) picks
+  which *M* layers to skip, keeping the draft's hidden state as close (cosine) as possible to the full
+  model's state of the last accepted token. *Skip layers* tab: the heatmap shows the chosen set per step
+  and the DP table with its path.
+* **HiSpec**: three levels of one early-exit model — draft at exit *d*, a cheap intermediate check at exit
+  *v*, and the full model validating the buffered tentative tokens every *n* tokens.
+* **CTC drafter**: a small head reads the last hidden state and emits several frames at once; CTC
+  decoding collapses repeats and blanks into a draft.
+* **Draft model**: classic speculative decoding with a separate small model.
+* **Prompt lookup**: copy what followed the last earlier occurrence of the context's final n-gram —
+  free to draft, strong on repetitive code.
+
+### Why the speedup is modest on a CPU
+
+For a layer-skip drafter a draft token costs roughly (layers run) ÷ L of a target step, so *c* is large
+and acceptance α must be high to win. Verifying 8 tokens costs only ~1.5× one decoding step, which is what
+makes speculation pay at all.
+"""
