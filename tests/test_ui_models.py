@@ -97,3 +97,49 @@ def test_space_without_the_wheel_or_network_falls_back_to_the_bundled_model(monk
     demo = ui.build_app(preload=False)
     assert demo.specviz_default_model == "specviz-tiny"
     assert demo.specviz_model_names[0] == SMOLLM2  # still listed; choosing it explains itself
+
+
+def test_model_change_event_looks_up_nothing_outside_the_list(monkeypatch):
+    """The dropdown's change event is reachable from a browser with any string: a name outside
+    the app's list must not reach a loader or config reader (it read folders and fetched hub ids)."""
+    from specviz import models
+    from specviz.ui import handlers
+    from specviz.ui.config import AppConfig
+
+    looked_up = []
+
+    def refuse(*args, **kwargs):  # records (a raise could be swallowed by a broad except)
+        looked_up.append(args)
+        raise OSError("not allowed")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(models, "resolve_source", refuse)
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", refuse)
+    config = AppConfig(["specviz-tiny"], "specviz-tiny")
+    for name in ("/etc", "mistralai/Mistral-7B-v0.1", "<img src=x>"):
+        out = handlers.on_model(config, name, "clasp", "def f():")
+        assert all(o == gr.skip() for o in out), out[:3]
+    assert not looked_up, looked_up
+
+
+def test_smollm2_opens_on_a_drafter_that_pays_and_a_grounded_example():
+    assert ui.initial_drafter(SMOLLM2, ui.drafter_names()) == "prompt-lookup"
+    assert ui.examples_for(SMOLLM2)[0].label.startswith("Answer from these notes")
+    assert ui.initial_drafter("specviz-tiny", ui.drafter_names()) == "static-skip"
+
+
+def test_run_on_an_unobtainable_model_fails_at_once_with_the_reason(monkeypatch):
+    from specviz import models
+    from specviz.ui import handlers
+    from specviz.ui.config import AppConfig
+    from specviz.ui.session import Session
+
+    monkeypatch.setattr(models.GGUFSource, "locate", lambda self: None)
+    monkeypatch.setattr(models, "converted_folder", lambda info: models.Path("/nonexistent"))
+    monkeypatch.setattr(models, "in_hub_cache", lambda hub_id: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(api, "_loaded", {})
+    config = AppConfig([SMOLLM2, "specviz-tiny"], "specviz-tiny")
+    events = handlers.run(config, SMOLLM2, "hi", "prompt-lookup", 8, 0.0, 1.0, 0, 0, "", Session())
+    with pytest.raises(gr.Error, match="not installed here"):
+        next(events)  # the first thing the visitor gets is the reason, not "loading…"

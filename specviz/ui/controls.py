@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from .. import api
 from ..drafters import DRAFTERS, Option
+from ..models import REGISTRY
 from .errors import fmt_num, parse_int, user_error
 
 # The dropdown's order (a presentation choice: plain decoding, then the model's own layers, then
@@ -90,8 +91,11 @@ def unavailable_message(name: str) -> str:
 
 
 def initial_drafter(model: str, drafters: Sequence[str]) -> str:
-    """The drafter selected at start: a layer-skip one (it shows the most), if it fits the model."""
-    for name in INITIAL_DRAFTERS:
+    """The drafter selected at start: the model's own choice, else a layer-skip one (it shows the
+    most), if it fits the model."""
+    info = REGISTRY.get(model)
+    preferred = (info.default_drafter,) if info and info.default_drafter else ()
+    for name in preferred + INITIAL_DRAFTERS:
         if name in drafters and available(name) and not api.missing_part(name, model):
             return name
     return drafters[0]

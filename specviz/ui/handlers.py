@@ -48,6 +48,10 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
     flags.started()
     stop_signal = StopSignal(flags)
     if not api.is_loaded(s.model, config.device, config.dtype):
+        reason = unobtainable_reason(s.model)
+        if reason:  # say so at once, rather than "loading…" and then an error under it
+            flags.finished()
+            raise user_error(f"{reason}.")
         yield (*status_only(LOADING.format(model=s.model)), session)
     try:
         loaded, gen = start_generation(config, s, stop_signal)
