@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -185,16 +186,25 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
 # where a name's weights come from
 
 
+HUB_CHECK_TTL = 60.0  # seconds a hub reachability answer is reused (a blocked network costs the timeout)
+_hub_checked: list[float | bool] = []  # [time, answer] of the last check
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the hub can be asked at all: not in offline mode and its host answers quickly
-    (a blocked network otherwise costs ~20 s of retries inside from_pretrained)."""
+    (a blocked network otherwise costs ~20 s of retries inside from_pretrained). The answer is
+    reused for a minute, so a page that asks per model pays the timeout once."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
+    if _hub_checked and time.monotonic() - _hub_checked[0] < HUB_CHECK_TTL:
+        return bool(_hub_checked[1])
     try:
         with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
+            answer = True
     except OSError:
-        return False
+        answer = False
+    _hub_checked[:] = [time.monotonic(), answer]
+    return answer
 
 
 def in_hub_cache(hub_id: str) -> bool:
@@ -319,6 +329,9 @@ def unobtainable_reason(name: str) -> str | None:
     (None: it can). For the app's choice of a default model on a machine without the wheel."""
     info = REGISTRY.get(name)
     if info is None:
+        if name in HUB_ALLOWLIST and not in_hub_cache(name) and not hub_reachable():
+            return (f"{name} needs network: it is not in the local hub cache and the Hugging Face hub cannot "
+                    "be reached")
         return None
     if info.folder is not None:
         return None if (info.folder / "config.json").exists() else f"{info.folder} is missing"

@@ -143,3 +143,25 @@ def test_run_on_an_unobtainable_model_fails_at_once_with_the_reason(monkeypatch)
     events = handlers.run(config, SMOLLM2, "hi", "prompt-lookup", 8, 0.0, 1.0, 0, 0, "", Session())
     with pytest.raises(gr.Error, match="not installed here"):
         next(events)  # the first thing the visitor gets is the reason, not "loading…"
+
+
+def test_offline_hub_models_say_they_need_network(monkeypatch):
+    """Offline, the hub models stay listed as "needs network" and a Run on one fails at once
+    with that reason (it used to hold the model slot ~23 s and end in an OSError)."""
+    import time
+
+    from specviz import models
+    from specviz.ui import handlers
+    from specviz.ui.config import AppConfig
+    from specviz.ui.session import Session
+
+    monkeypatch.setattr(models, "in_hub_cache", lambda hub_id: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_id = "HuggingFaceTB/SmolLM2-135M"
+    assert hub_id in ui.default_model_names()
+    assert ui.model_label(hub_id) == f"{hub_id} (needs network)"
+    config = AppConfig(["specviz-tiny", hub_id], "specviz-tiny")
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error, match="needs network"):
+        next(handlers.run(config, hub_id, "hi", "ar", 8, 0.0, 1.0, 0, 0, "", Session()))
+    assert time.perf_counter() - t0 < 2

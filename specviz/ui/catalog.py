@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..models import DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY, hub_reachable, in_hub_cache, unobtainable_reason
+from ..models import DEFAULT_MODEL, HUB_ALLOWLIST, REGISTRY, unobtainable_reason
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 PROMPTS_DIR = ASSETS / "prompts"
@@ -22,17 +22,10 @@ HUB_UI_MODELS = [m for m in ("HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-Coder-0
 
 
 def default_model_names() -> list[str]:
-    """The app's model list: registry targets, plus hub models that can load here (checked once)."""
-    online = None
-    names = list(DEFAULT_UI_MODELS)
-    for hub_id in HUB_UI_MODELS:
-        if in_hub_cache(hub_id):
-            names.append(hub_id)
-            continue
-        online = hub_reachable() if online is None else online
-        if online:
-            names.append(hub_id)
-    return names
+    """The app's model list: registry targets, then small allowlisted hub models (labelled
+    "needs network" where they are not cached and the hub cannot be reached; choosing one then
+    says so at once instead of trying a download)."""
+    return list(DEFAULT_UI_MODELS) + list(HUB_UI_MODELS)
 
 
 def first_obtainable(names: Sequence[str]) -> tuple[str, str]:
@@ -50,7 +43,11 @@ def first_obtainable(names: Sequence[str]) -> tuple[str, str]:
 
 def model_label(name: str) -> str:
     info = REGISTRY.get(name)
-    return (info.label or info.name) if info else name
+    if info is not None:
+        return info.label or info.name
+    if name in HUB_ALLOWLIST and unobtainable_reason(name):
+        return f"{name} (needs network)"
+    return name
 
 
 def num_layers(model: str) -> int | None:
