@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -212,6 +213,50 @@ def in_hub_cache(hub_id: str) -> bool:
 
     found = try_to_load_from_cache(hub_id, "config.json")
     return isinstance(found, str)
+
+
+# Background hub downloads started by the app, so that a download never runs while a visitor's
+# request holds the shared model slot: hub id -> (start time, thread, error or None).
+_downloads: dict[str, list] = {}
+_downloads_lock = threading.Lock()
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]
+
+
+def hub_download_source(name: str) -> str | None:
+    """The hub id loading `name` would download now, or None when it loads from disk."""
+    info = REGISTRY.get(name)
+    if info is None:
+        return None if name not in HUB_ALLOWLIST or in_hub_cache(name) else name
+    if info.folder is not None or not info.hub_id or in_hub_cache(info.hub_id):
+        return None
+    if info.gguf is not None and ((converted_folder(info) / model_cache.MANIFEST).is_file() or info.gguf.locate()):
+        return None
+    return info.hub_id
+
+
+def prefetch_hub(hub_id: str) -> str:
+    """Start (once) downloading `hub_id` into the hub cache in a background thread; return how it
+    stands, in words, for the message that asks the visitor to run again when it is done."""
+    from huggingface_hub import snapshot_download
+
+    with _downloads_lock:
+        entry = _downloads.get(hub_id)
+        if entry is None or entry[2] is not None:  # not started, or failed: (re)start
+            entry = [time.monotonic(), None, None]
+
+            def work():
+                try:
+                    snapshot_download(hub_id, allow_patterns=HUB_PATTERNS)
+                except Exception as err:  # noqa: BLE001 - reported on the next request
+                    entry[2] = f"{type(err).__name__}: {err}"
+
+            entry[1] = threading.Thread(target=work, name=f"specviz-download-{hub_id}", daemon=True)
+            _downloads[hub_id] = entry
+            entry[1].start()
+            return "download started"
+    if entry[2] is not None:
+        return f"the last download failed ({entry[2]})"
+    return f"downloading for {time.monotonic() - entry[0]:.0f} s"
 
 
 def converted_folder(info: ModelInfo) -> Path:

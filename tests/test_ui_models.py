@@ -165,3 +165,34 @@ def test_offline_hub_models_say_they_need_network(monkeypatch):
     with pytest.raises(gr.Error, match="needs network"):
         next(handlers.run(config, hub_id, "hi", "ar", 8, 0.0, 1.0, 0, 0, "", Session()))
     assert time.perf_counter() - t0 < 2
+
+
+def test_hub_download_happens_outside_the_model_slot(monkeypatch):
+    """Online, a hub model that is not cached is fetched in a background thread; the Run that
+    asked returns at once (it never holds the shared model slot during a download)."""
+    import threading
+    import time
+
+    import huggingface_hub
+
+    from specviz import models
+    from specviz.ui import handlers
+    from specviz.ui.config import AppConfig
+    from specviz.ui.session import Session
+
+    release = threading.Event()
+    fetched = []
+    monkeypatch.setattr(models, "in_hub_cache", lambda hub_id: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kw: (fetched.append(repo_id), release.wait(10)))
+    monkeypatch.setattr(models, "_downloads", {})
+    hub_id = "Qwen/Qwen2.5-Coder-0.5B"
+    config = AppConfig(["specviz-tiny", hub_id], "specviz-tiny")
+    for expected in ("download started", "downloading for"):
+        t0 = time.perf_counter()
+        with pytest.raises(gr.Error, match=f"being downloaded in the background \\({expected}"):
+            next(handlers.run(config, hub_id, "hi", "ar", 8, 0.0, 1.0, 0, 0, "", Session()))
+        assert time.perf_counter() - t0 < 1
+    release.set()
+    assert fetched == [hub_id]  # one download, however often Run is pressed

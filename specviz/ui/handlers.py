@@ -19,7 +19,7 @@ import gradio as gr
 
 from .. import api, figures
 from ..figures import CompareRow, PlainRun
-from ..models import unobtainable_reason
+from ..models import hub_download_source, prefetch_hub, unobtainable_reason
 from .catalog import has_chat_template, model_markdown, num_layers
 from .config import AppConfig
 from .controls import available, control_values, drafter_note_text, unavailable_message
@@ -52,6 +52,11 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
         if reason:  # say so at once, rather than "loading…" and then an error under it
             flags.finished()
             raise user_error(f"{reason}.")
+        hub_id = hub_download_source(s.model)
+        if hub_id:  # never download while holding the shared model slot: fetch in the background
+            flags.finished()
+            raise user_error(f"{hub_id} is being downloaded in the background ({prefetch_hub(hub_id)}); "
+                             "press Run again in a minute.")
         yield (*status_only(LOADING.format(model=s.model)), session)
     try:
         loaded, gen = start_generation(config, s, stop_signal)
