@@ -306,11 +306,13 @@ def first_difference(ours: Sequence[int], ref: Sequence[int]) -> int | None:
 
 def lossless_check(trace: Trace, plain: PlainRun | None) -> tuple[str, str]:
     """(state, message): state is 'equal', 'differs', 'near-tie' (differs where half-precision
-    rounding can flip the argmax), 'prefix' (stopped early but equal so far), 'na' (sampling) or
-    'pending'."""
+    rounding can flip the argmax), 'prefix' (stopped early but equal so far), 'stopped' (stopped before
+    generate() was timed), 'na' (sampling) or 'pending'."""
     greedy = float(trace.settings.get("temperature", 0.0) or 0.0) == 0.0
     if not greedy:
         return "na", "sampling: lossless in distribution (rejection sampling), not token for token"
+    if plain is None and trace.finish_reason == "stopped":
+        return "stopped", "stopped before the end: run it to the end to compare with greedy generate()"
     if plain is None:
         return "pending", "comparing with plain greedy generate() when the run ends"
     ours, ref = trace.generated, plain.tokens
@@ -352,6 +354,8 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
     elif plain is not None and plain.tokens_per_s > 0 and tps > 0:
         speed = tps / plain.tokens_per_s
         cards.append(_card("speedup", f"{speed:.2f}×", f"vs generate(): {plain.tokens_per_s:.1f} tok/s (timed once, cached)", ORANGE))
+    elif trace.finish_reason == "stopped":
+        cards.append(_card("speedup", "–", "stopped: no generate() timing for a partial run", ORANGE))
     else:
         cards.append(_card("speedup", "…", "plain generate() is timed when the run ends", ORANGE))
     cards.append(_card("τ (tokens / verification)", f"{m.tau:.2f}", f"{m.steps} verifications; plain = 1.00", GREEN))
@@ -374,7 +378,7 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
 
     state, message = lossless_check(trace, plain)
     styles = {"equal": (GREEN, "✓ lossless"), "prefix": (GREEN, "✓ lossless so far"), "differs": (VERMILLION, "✗ differs"),
-              "near-tie": (GREEN, "≈ lossless (near-tie)"),
+              "near-tie": (GREEN, "≈ lossless (near-tie)"), "stopped": (GREY, "stopped"),
               "na": (GREY, "≈ sampled"), "pending": (GREY, "… lossless?")}
     colour, label = styles[state]
     badge = (f'<span class="sv-badge" style="background:{colour};color:white" title="{html.escape(message, quote=True)}">'
@@ -739,6 +743,7 @@ def compare_row(trace: Trace, plain: PlainRun | None) -> CompareRow:
     state, _ = lossless_check(trace, plain)
     speed = (m.tokens_per_s / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 else None
     labels = {"equal": "yes", "prefix": "yes (prefix)", "differs": "NO", "near-tie": "yes (near-tie rounding)",
+              "stopped": "not compared (stopped)",
               "na": "n/a (sampled)", "pending": "?"}
     return CompareRow(trace.drafter, m.tokens_per_s, speed, m.tau, m.acceptance_rate, m.new_tokens, m.wall_time, labels[state])
 

@@ -346,3 +346,22 @@ def test_step_details_show_readable_values():
     out = figures.step_details_html(trace, 1)
     assert "None" not in out and "False" not in out and "0.01869822200001181" not in out
     assert "18.7 ms" in out and "0.9877" in out and ">no<" in out and "1, 2" in out
+
+
+def test_a_stopped_run_does_not_promise_a_comparison():
+    """After Stop, the badge and the speedup card must not say "comparing…" forever."""
+    trace = make_trace()
+    trace.finish_reason = "stopped"
+    state, message = figures.lossless_check(trace, None)
+    assert state == "stopped" and "run it to the end" in message
+    cards = figures.cards_html(trace, None)
+    assert "comparing" not in cards and "timed when the run ends" not in cards and "stopped" in cards
+
+
+def test_hispec_panel_states_the_default_levels_the_code_uses():
+    from specviz.drafters.hispec import default_levels
+    from specviz.ui import spec_for
+
+    labels = {c.kwarg: c.label for c in spec_for("hispec").controls}
+    d, v = default_levels(32)
+    assert f"L/{32 // d}" in labels["d"] and f"L/{32 // v}" in labels["v"]
