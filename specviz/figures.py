@@ -358,7 +358,8 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
         cards.append(_card("speedup", "–", "stopped: no generate() timing for a partial run", ORANGE))
     else:
         cards.append(_card("speedup", "…", "plain generate() is timed when the run ends", ORANGE))
-    cards.append(_card("τ (tokens / verification)", f"{m.tau:.2f}", f"{m.steps} verifications; plain = 1.00", GREEN))
+    cards.append(_card("τ (tokens / verification)", f"{m.tau:.2f}",
+                       f"{m.verifications} verifications after the prefill; plain = 1.00", GREEN))
     if m.acceptance_rate is None:
         cards.append(_card("acceptance", "–", "nothing drafted", SKY))
     else:
@@ -709,6 +710,7 @@ def accepted_histogram(trace: Trace | None) -> go.Figure:
         else:
             empty += 1
     mean = sum(s.accepted for s in steps) / len(steps)
+    tau = compute_metrics(trace).tau
     fig = go.Figure(go.Bar(x=list(range(longest + 1)), y=counts, marker_color=ORANGE, text=counts, textposition="outside",
                            cliponaxis=False, name="drafted", hovertemplate="%{y} steps accepted %{x} drafts<extra></extra>"))
     ticks = list(range(longest + 1))
@@ -719,8 +721,8 @@ def accepted_histogram(trace: Trace | None) -> go.Figure:
         ticks, labels = [-1] + ticks, ["no draft"] + labels
     fig.update_xaxes(title_text="draft tokens accepted in a step", tickvals=ticks, ticktext=labels)
     fig.update_yaxes(title_text="steps")
-    return _layout(fig, f"Accepted length per verification (mean {mean:.2f}; τ adds the target's token)", height=300,
-                   showlegend=False)
+    return _layout(fig, f"Accepted drafts per verification: mean {mean:.2f}, so τ = {tau:.2f} tokens per verification "
+                        "(the target adds one)", height=300, showlegend=False)
 
 
 # -- compare --------------------------------------------------------------------------------------

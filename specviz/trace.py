@@ -77,19 +77,36 @@ class Metrics:
     steps: int
     wall_time: float
     tokens_per_s: float
-    tau: float  # mean tokens committed per verification, the target's own token included
+    # τ: tokens committed per verification, the target's own token included (plain decoding:
+    # 1.00). The prefill is not a verification (it checks no draft) and is not counted, so τ is
+    # the accepted-length histogram's mean + 1 (less only where an EOS inside a draft cut a commit).
+    tau: float
     acceptance_rate: float | None  # accepted draft tokens / drafted tokens (None: nothing drafted)
     acceptance_per_position: list[float]  # P(draft position i accepted | a draft reached i)
     drafted_per_position: list[int]  # how many drafts reached position i (the sample size)
-    mean_draft_length: float
+    mean_draft_length: float  # drafted tokens per verification
     time_split: dict[str, float]  # seconds: prefill, draft, verify, search, other
+    verifications: int = 0  # steps after the prefill
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def verification_steps(trace: Trace) -> list[StepEvent]:
+    """The steps that verified a draft (or drafted nothing and added one token): all but the prefill."""
+    return [s for s in trace.steps if s.index > 0]
+
+
+def tau_of(verify_tokens: int, verifications: int, new_tokens: int) -> float:
+    """τ from its sums; with no verification yet (only the prefill ran), plain decoding's 1.0."""
+    if verifications:
+        return verify_tokens / verifications
+    return 1.0 if new_tokens else 0.0
+
+
 def compute_metrics(trace: Trace) -> Metrics:
     steps = trace.steps
+    verifying = verification_steps(trace)
     new_tokens = sum(len(s.committed) for s in steps)
     wall = trace.wall_time
     drafted = sum(len(s.draft_tokens) for s in steps)
@@ -109,10 +126,11 @@ def compute_metrics(trace: Trace) -> Metrics:
         steps=len(steps),
         wall_time=wall,
         tokens_per_s=new_tokens / wall if wall > 0 else 0.0,
-        tau=new_tokens / len(steps) if steps else 0.0,
+        tau=tau_of(sum(len(s.committed) for s in verifying), len(verifying), new_tokens),
         acceptance_rate=accepted / drafted if drafted else None,
         acceptance_per_position=[h / r for h, r in zip(hits, reached)],
         drafted_per_position=reached,
-        mean_draft_length=drafted / len(steps) if steps else 0.0,
+        mean_draft_length=drafted / len(verifying) if verifying else 0.0,
         time_split=split,
+        verifications=len(verifying),
     )

@@ -145,7 +145,7 @@ def test_trace_metrics_pooling():
     assert m["acceptance_per_position"] == pytest.approx([2 / 3, 1 / 3, 1 / 2])
     assert m["drafted_per_position"] == [3, 3, 2]
     assert m["mean_draft_length"] == pytest.approx(8 / 4)
-    assert m["tau"] == pytest.approx((1 + 4 + 2 + 1 + 1 + 1) / 6)
+    assert m["tau"] == pytest.approx((4 + 2 + 1 + 1) / 4)  # the two prefills are not verifications
     assert m["draft_cost_c"] == pytest.approx((0.008 / 8) / (0.04 / 4))
 
 

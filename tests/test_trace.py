@@ -30,13 +30,14 @@ def test_metrics_match_hand_computation():
     assert m.steps == 4
     assert math.isclose(m.wall_time, 1.85)
     assert math.isclose(m.tokens_per_s, 8 / 1.85)
-    assert math.isclose(m.tau, 8 / 4)  # prefill counts as one verification committing 1 token
+    # the prefill is not a verification: 7 tokens over the 3 verifications after it
+    assert math.isclose(m.tau, 7 / 3) and m.verifications == 3
     assert math.isclose(m.acceptance_rate, 4 / 6)
     # position 0: reached by 2 drafts, accepted in 2; pos 1: 2 reached, 2 accepted; pos 2, 3:
     # reached only by the 4-token draft (the short one is unobserved there), rejected
     assert m.drafted_per_position == [2, 2, 1, 1]
     assert m.acceptance_per_position == [1.0, 1.0, 0.0, 0.0]
-    assert math.isclose(m.mean_draft_length, 6 / 4)
+    assert math.isclose(m.mean_draft_length, 6 / 3)
     split = m.time_split
     assert math.isclose(split["prefill"], 0.5)
     assert math.isclose(split["draft"], 0.31)
@@ -58,3 +59,18 @@ def test_json_round_trip():
     assert again == trace
     assert again.generated == [7, 1, 2, 9, 5, 6, 8, 4]
     assert compute_metrics(again) == compute_metrics(trace)
+
+
+def test_tau_is_the_accepted_histograms_mean_plus_one():
+    """One τ everywhere: the metrics card, the histogram and the bench agree (issue: 4.57 vs 4.75)."""
+    from specviz import figures
+    from specviz.bench import pool_stats, trace_stats
+
+    trace = hand_trace()
+    verifying = [s for s in trace.steps if s.index > 0]
+    mean_accepted = sum(s.accepted for s in verifying) / len(verifying)
+    m = compute_metrics(trace)
+    assert math.isclose(m.tau, mean_accepted + 1)
+    assert math.isclose(pool_stats([trace_stats(trace)])["tau"], m.tau)
+    title = figures.accepted_histogram(trace).layout.title.text
+    assert f"mean {mean_accepted:.2f}" in title and f"τ = {m.tau:.2f}" in title

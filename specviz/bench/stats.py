@@ -1,8 +1,8 @@
 """From timed samples to one record per method: tokens/s, speedups, τ, acceptance, α, the
 Leviathan prediction and the time split.
 
-Trace metrics follow `trace.compute_metrics` (τ counts the target's own token, the prefill is one
-step) and are *pooled* over samples (sums first, ratios last), so a short output weighs less than a
+Trace metrics follow `trace.compute_metrics` (τ counts the target's own token; the prefill, which
+verifies no draft, is not a verification) and are *pooled* over samples (sums first, ratios last), so a short output weighs less than a
 long one; tokens/s is the mean over samples (Spec-Bench's convention).
 """
 
@@ -12,7 +12,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..trace import Trace, compute_metrics
+from ..trace import Trace, compute_metrics, tau_of
 
 RECORD_FIELDS = (
     "drafter", "kind", "status", "reason", "tokens_per_s", "speedup_vs_generate", "speedup_vs_ar",
@@ -90,7 +90,8 @@ def pool_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
     drafted, accepted, verifications = total["drafted"], total["accepted"], total["verifications"]
     new_tokens = total["new_tokens"]
     out: dict[str, Any] = {
-        "tau": new_tokens / total["steps"] if total["steps"] else None,
+        # every prefill (steps - verifications of them) commits exactly one token
+        "tau": tau_of(new_tokens - (total["steps"] - verifications), verifications, new_tokens) if total["steps"] else None,
         "acceptance_rate": accepted / drafted if drafted else None,
         "alpha": accepted / (accepted + total["rejections"]) if accepted + total["rejections"] else None,
         "acceptance_per_position": [h / r for h, r in zip(hits, reached)],

@@ -23,7 +23,8 @@ first disagreement, or a bonus token when everything matched), and throws the re
   badge above checks it against `model.generate()`); with sampling, rejection sampling keeps the output
   *distribution* exact.
 * **τ** is the mean number of tokens each verification adds, the target's own token included: plain
-  decoding has τ = 1.
+  decoding has τ = 1. The prefill verifies no draft and is not counted, so τ is the Acceptance tab's
+  mean accepted length + 1.
 * **Colours.** <span style="background:rgba(0,114,178,.2);border-bottom:2px solid #0072B2">accepted draft</span> ·
   <span style="background:rgba(230,159,0,.32)">target's own token</span> ·
   <span style="color:#D55E00;text-decoration:line-through">rejected draft</span>.
