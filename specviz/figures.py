@@ -491,7 +491,9 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(cols)), y=list(range(rows)), colorscale="Cividis", colorbar=dict(title="cos", thickness=12),
         hovertemplate="layer i=%{y}, skipped j=%{x}<br>cosine %{z:.4f}<extra></extra>", xgap=1, ygap=1,
+        hoverongaps=False,  # blank cells were never evaluated (on no path): no "cosine 0.0000" for them
     ))
+
     path = s.info.get("dp_path") or []
     if path:
         pi = [int(p[0]) for p in path]
@@ -505,7 +507,8 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
     note = "" if found == step or step is None else f"; still in force at step {step}"
     dp_time = s.info.get("dp_time")
     extra = f", {1000 * float(dp_time):.1f} ms" if dp_time is not None else ""
-    fig.update_xaxes(title_text="layers skipped so far (j)", dtick=1 if cols <= 20 else None, range=[-0.5, cols - 0.5])
+    fig.update_xaxes(title_text="layers skipped so far (j) · blank cells: never evaluated (no path reaches them)",
+                     dtick=1 if cols <= 20 else None, range=[-0.5, cols - 0.5])
     fig.update_yaxes(title_text="after layer i (row i = the first i layers)", dtick=1 if rows <= 20 else None,
                      range=[-0.5, rows - 0.5])
     return _layout(fig, f"CLaSp DP table: searched after {when}, used from step {found}{note}{extra}", height=380)

@@ -365,3 +365,14 @@ def test_hispec_panel_states_the_default_levels_the_code_uses():
     labels = {c.kwarg: c.label for c in spec_for("hispec").controls}
     d, v = default_levels(32)
     assert f"L/{32 // d}" in labels["d"] and f"L/{32 // v}" in labels["v"]
+
+
+def test_dp_cells_never_evaluated_show_no_cosine():
+    """Cells no path reaches are None in the trace: blank, with no hover (it read "cosine 0.0000")."""
+    grid = [[1.0, None], [0.9, 0.8], [None, 0.7]]
+    trace = make_trace("clasp", 2, info=lambda i: {"skipped_layers": [1], "dp_ran": i == 1, "dp_grid": grid,
+                                                   "dp_path": [[0, 0], [1, 1], [2, 1]], "dp_time": 0.001})
+    fig = figures.dp_grid_figure(trace, 1)
+    heat = fig.data[0]
+    assert heat.hoverongaps is False and heat.z[0][1] is None and heat.z[2][0] is None
+    assert "never evaluated" in fig.layout.xaxis.title.text
