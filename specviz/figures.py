@@ -515,6 +515,22 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
 
 
 @failsafe("html")
+def progress_html(trace: Trace | None, plain: PlainRun | None = None, status: str = "") -> str:
+    """One line under the Run button: where the run is and what it bought, with a link down to
+    the results (on a phone they start far below the button)."""
+    link = ' · <a href="#sv-cards">results ↓</a>'
+    if trace is None or not trace.steps:
+        return f'<div class="sv-progress">{html.escape(status)}{link if status else ""}</div>'
+    m = compute_metrics(trace)
+    parts = [f"{trace.drafter}: {m.new_tokens} tokens", f"τ {m.tau:.2f}"]
+    if plain is not None and plain.tokens_per_s > 0 and m.tokens_per_s > 0 and trace.finish_reason:
+        parts.append(f"{m.tokens_per_s / plain.tokens_per_s:.2f}× generate()")
+    state = {"eos": "done (EOS)", "length": "done", "stopped": "stopped"}.get(trace.finish_reason, status or "running…")
+    parts.append(state)
+    return f'<div class="sv-progress">{html.escape(" · ".join(parts))}{link}</div>'
+
+
+@failsafe("html")
 def step_details_html(trace: Trace | None, step: int | None, decode: Decode | None = None) -> str:
     """One step in detail: drafts with verdicts and p/q, the target's token, timings, the drafter's
     info (CTC frames, HiSpec buffers, prompt-lookup match ...)."""
@@ -949,7 +965,7 @@ def methods_figure(num_layers: int = 16) -> go.Figure:
 
 __all__ = ["method_plans", "methods_figure", 
     "PlainRun", "CompareRow", "LeviathanInputs", "failsafe", "message_figure", "message_html", "token_pieces",
-    "token_html", "legend_html", "cards_html", "lossless_check", "near_tie_tolerance", "first_difference", "layer_plan", "skip_heatmap", "dp_grid_figure",
+    "token_html", "legend_html", "cards_html", "progress_html", "lossless_check", "near_tie_tolerance", "first_difference", "layer_plan", "skip_heatmap", "dp_grid_figure",
     "dp_step", "step_details_html", "speed_figure", "speedup_figure", "acceptance_figure", "accepted_histogram",
     "compare_row", "compare_table", "compare_figure", "COMPARE_HEADERS", "leviathan_inputs", "leviathan_markdown",
     "leviathan_figure", "leviathan_speedup", "leviathan_expected_tokens", "busy_times", "spec_curve",

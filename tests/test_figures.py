@@ -376,3 +376,17 @@ def test_dp_cells_never_evaluated_show_no_cosine():
     heat = fig.data[0]
     assert heat.hoverongaps is False and heat.z[0][1] is None and heat.z[2][0] is None
     assert "never evaluated" in fig.layout.xaxis.title.text
+
+
+def test_progress_line_by_the_run_button():
+    assert "results" not in figures.progress_html(None)  # nothing to point at yet
+    trace = make_trace()
+    trace.finish_reason = ""
+    running = figures.progress_html(trace)
+    assert "static-skip: 8 tokens" in running and "running" in running and 'href="#sv-cards"' in running
+    trace.finish_reason = "length"
+    plain = plain_for(trace)
+    done = figures.progress_html(trace, plain)
+    m = compute_metrics(trace)
+    assert f"{m.tokens_per_s / plain.tokens_per_s:.2f}× generate()" in done and "done" in done
+    assert "&lt;b&gt;" in figures.progress_html(None, None, "<b>queued</b>")

@@ -122,6 +122,7 @@ def _inputs_column(config: AppConfig, c: Components) -> None:
         c["run"] = gr.Button("Run", variant="primary", elem_id="sv-run")
         c["step"] = gr.Button("Step", variant="secondary", elem_id="sv-step")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="sv-stop")
+    c["progress"] = gr.HTML(figures.progress_html(None), elem_id="sv-progress")  # the run's state, by the button
     c["stop_msg"] = gr.Markdown(elem_id="sv-stop-msg")
     _drafter_panels(config, c)
     _sampling_controls(config, c)
@@ -208,7 +209,7 @@ def _compare_tab(config: AppConfig, c: Components) -> None:
 
 def _wire_model_events(config: AppConfig, c: Components) -> None:
     """Run, Step, Stop and Compare: the API's events. One generation at a time touches the model;
-    queue position, progress and errors show on the cards only (not on all 14 outputs)."""
+    queue position, progress and errors show on the cards and the line under Run (not on all outputs)."""
     gpu = gpu_decorator()
     session = c["session"]
     outputs = [c[k] for k in OUTPUT_KEYS] + [session]
@@ -216,10 +217,11 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                              "extra")] + [session]
     run_kwargs = {**c["controls"], "chat": c["chat"]}
     model_event = dict(inputs_kwargs=run_kwargs, concurrency_id="model", concurrency_limit=1)
+    near_run = [c["cards"], c["progress"]]  # queue position and progress show by the button too
     c["run"].click(gpu(bind(handlers.run, config)), common, outputs, api_name="run", show_progress="minimal",
-                   show_progress_on=[c["cards"]], **model_event)
+                   show_progress_on=near_run, **model_event)
     c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="minimal",
-                    show_progress_on=[c["cards"]], **model_event)
+                    show_progress_on=near_run, **model_event)
     c["stop"].click(handlers.stop, [session], [c["stop_msg"], session], api_name="stop", concurrency_limit=None,
                     queue=False)
     compare_inputs = [c[k] for k in ("model", "prompt", "max_new", "temperature", "top_p", "top_k", "seed",

@@ -18,7 +18,7 @@ from .controls import slug
 from .session import Session
 
 OUTPUT_KEYS = ("tokens", "cards", "text", "heatmap", "dp", "step_sel", "details", "speed", "speedup", "accpos", "hist",
-               "learn_md", "learn_fig", "export")
+               "learn_md", "learn_fig", "export", "progress")
 
 Decode = Callable[[list[int]], str]
 
@@ -34,6 +34,7 @@ def _token_parts(session: Session, decode: Decode | None, streaming: bool, statu
     trace = session.trace
     return {"tokens": figures.token_html(trace, decode, True, session.prompt_text, streaming=streaming),
             "cards": figures.cards_html(trace, session.plain, clock, status),
+            "progress": figures.progress_html(trace, session.plain, status),
             "text": (decode or figures._default_decode)(trace.generated) if trace else ""}
 
 
@@ -69,7 +70,8 @@ def render(session: Session, parts: set[str], export_dir: Path | None = None, st
 
 def status_only(status: str) -> tuple:
     """Every output unchanged but the cards, which say `status` (e.g. while a model loads)."""
-    return outputs({"cards": figures.cards_html(None, None, "wall", status)})
+    return outputs({"cards": figures.cards_html(None, None, "wall", status),
+                    "progress": figures.progress_html(None, None, status)})
 
 
 def write_export(trace: Trace, folder: Path) -> str:

@@ -8,6 +8,8 @@ INTRO = ("A drafter guesses a few tokens, the full model checks them in one pass
 CSS = """
 #sv-text textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
 #sv-prompt textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
+.sv-progress { font-size: 13px; min-height: 1.2em; }
+.sv-progress a { white-space: nowrap; }
 """
 
 LEARN_MD = r"""
