@@ -922,32 +922,46 @@ def leviathan_figure(trace: Trace | None, plain: PlainRun | None = None) -> go.F
     return _layout(fig, f"Leviathan speedup vs draft length (c = {c:.2f})", height=330)
 
 
-def method_plans(num_layers: int) -> list[tuple[str, list[int], str]]:
-    """Which layers each layer-skip drafter's draft runs, with default settings, for a model
-    with `num_layers` layers (0 runs in the draft, 1 skipped, 2 HiSpec's intermediate verifier).
-    CLaSp's set is chosen per step by its search; shown here with its budget in the middle."""
-    L = int(num_layers)
-    alternate = [1 if (1 <= i < L - 1 and i % 2 == 1) else 0 for i in range(L)]
-    e = max(1, L // 4)
-    early = [0 if i < e else 1 for i in range(L)]
-    m = max(1, int(0.4 * L))
-    first = 1 + (L - 2 - m) // 2
-    clasp = [1 if first <= i < first + m else 0 for i in range(L)]
-    d = max(1, round(L / 8))
-    v = max(d + 1, round(L / 4))
-    hispec = [0 if i < d else (2 if i < v else 1) for i in range(L)]
+def method_plans(num_layers: int, options: dict[str, dict[str, Any]] | None = None
+                 ) -> list[tuple[str, list[int], str]]:
+    """Which layers each layer-skip drafter's draft runs (0 runs in the draft, 1 skipped, 2 HiSpec's
+    intermediate verifier) for a model with `num_layers` layers, under `options` (per drafter; the
+    drafters' own defaults where absent). The layers are the drafters' own resolution of those
+    options, built without a model, so the picture cannot drift from what a run uses. CLaSp's set
+    is re-chosen by its DP: an example of that many layers, spread as searches tend to pick them."""
+    from .drafters.clasp import CLaSp
+    from .drafters.early_exit import EarlyExit
+    from .drafters.hispec import HiSpec
+    from .drafters.static_skip import StaticSkip
+
+    L, options = int(num_layers), options or {}
+
+    def opts(name: str, *keys: str) -> dict[str, Any]:
+        return {k: v for k, v in options.get(name, {}).items() if k in keys}
+
+    static = StaticSkip(L, **opts("static-skip", "skip", "skip_ratio"))
+    early = EarlyExit(L, **opts("early-exit", "exit_layer"))
+    clasp = CLaSp(L, **opts("clasp", "skip_ratio", "dp_interval", "protect_ends"))
+    hispec = HiSpec(L, **opts("hispec", "d", "v", "n"))
+    m, spread = clasp.budget, clasp.skippable
+    example = {spread[round(i * (len(spread) - 1) / max(1, m - 1))] for i in range(m)} if m > 1 else {spread[len(spread) // 2]}
+    d, v = hispec.d, hispec.v
     return [
-        ("static skip (alternate)", alternate, "every other middle layer bypassed"),
-        (f"early exit (E = {e})", early, f"first {e} layers, then the shared head"),
-        (f"CLaSp (M = {m})", clasp, f"{m} layers, re-chosen by the DP every few steps"),
-        (f"HiSpec (d = {d}, v = {v})", hispec, f"draft exits at {d}, checked at {v}, full model every n tokens"),
+        (f"static skip ({static.preset})", [1 if i in set(static.skip) else 0 for i in range(L)],
+         f"{len(static.skip)} layers bypassed: {', '.join(map(str, sorted(static.skip)))}"),
+        (f"early exit (E = {early.exit_layer})", [0 if i < early.exit_layer else 1 for i in range(L)],
+         f"first {early.exit_layer} layers, then the shared head"),
+        (f"CLaSp (M = {m})", [1 if i in example else 0 for i in range(L)],
+         f"an example of {m} layers: the DP re-chooses them every {clasp.dp_interval} verifications"),
+        (f"HiSpec (d = {d}, v = {v})", [0 if i < d else (2 if i < v else 1) for i in range(L)],
+         f"draft exits at {d}, checked at {v}, full model every {hispec.n} tokens"),
     ]
 
 
 @failsafe("figure")
-def methods_figure(num_layers: int = 16) -> go.Figure:
-    """Teaching figure: what each layer-skip drafter's draft runs (default settings)."""
-    plans = method_plans(num_layers)
+def methods_figure(num_layers: int = 16, options: dict[str, dict[str, Any]] | None = None) -> go.Figure:
+    """Teaching figure: what each layer-skip drafter's draft runs with the settings a run uses."""
+    plans = method_plans(num_layers, options)
     L = int(num_layers)
     z = [[p[i] for _, p, _ in plans] for i in range(L)]
     n_states = 3

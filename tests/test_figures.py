@@ -390,3 +390,19 @@ def test_progress_line_by_the_run_button():
     m = compute_metrics(trace)
     assert f"{m.tokens_per_s / plain.tokens_per_s:.2f}× generate()" in done and "done" in done
     assert "&lt;b&gt;" in figures.progress_html(None, None, "<b>queued</b>")
+
+
+def test_learn_picture_uses_the_values_runs_use():
+    """The Learn tab's picture came from a second copy of the defaults (E=4, v=4 while runs used
+    E=6, v=8) and drew CLaSp as one block: it now resolves them through the drafters themselves."""
+    from specviz.drafters.early_exit import EarlyExit
+    from specviz.drafters.hispec import default_levels
+
+    plans = {name.split(" (")[0]: plan for name, plan, _ in figures.method_plans(16)}
+    assert plans["early exit"].index(1) == EarlyExit(16).exit_layer == 6
+    d, v = default_levels(16)
+    assert plans["HiSpec"].index(2) == d and plans["HiSpec"].index(1) == v
+    skipped = [i for i, x in enumerate(plans["CLaSp"]) if x]
+    assert max(skipped) - min(skipped) + 1 > len(skipped), "CLaSp's example set should not be one block"
+    custom = figures.method_plans(30, {"static-skip": {"skip": "ratio", "skip_ratio": 0.1}})
+    assert sum(custom[0][1]) == 3  # SmolLM2's swept static-skip default: the middle 3 of 30 layers

@@ -29,7 +29,8 @@ from . import handlers
 from .catalog import has_chat_template, model_label, model_markdown, num_layers
 from .components import control_component, named_number, named_slider
 from .config import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, PLOT_EVERY, AppConfig
-from .controls import available, control_values, initial_drafter, param_name, spec_for, unavailable_message
+from .controls import (available, control_values, initial_drafter, options_from_values, param_name, spec_for,
+                       unavailable_message)
 from .gpu import gpu_decorator
 from .loading import preload_in_background
 from .render import OUTPUT_KEYS, initial_figures
@@ -85,6 +86,14 @@ def launch_kwargs() -> dict[str, Any]:
     if port:
         kwargs["server_port"] = int(port)
     return kwargs
+
+
+def panel_options(config: AppConfig) -> dict[str, dict[str, Any]]:
+    """The options a Run from the panels would give each layer-skip drafter on the default model,
+    for the Learn tab's picture (drawn from the same values as the runs, not a second copy)."""
+    names = ("static-skip", "early-exit", "clasp", "hispec")
+    return {d: options_from_values(d, control_values(config.default_model, d), config.model_names)
+            for d in names if d in config.drafters}
 
 
 def bind(handler: Callable, config: AppConfig) -> functools.partial:
@@ -183,7 +192,7 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
                                                           {"left": "$", "right": "$", "display": False}])
             c["learn_fig"] = gr.Plot(label="speedup formula")
             gr.Markdown(LEARN_MD)
-            gr.Plot(figures.methods_figure(num_layers(config.default_model) or 16),
+            gr.Plot(figures.methods_figure(num_layers(config.default_model) or 16, panel_options(config)),
                     label="what each drafter's draft runs")
         with gr.Tab("Export", elem_id="sv-tab-export"):
             gr.Markdown("The last run's full trace (every step: drafts, verdicts, p and q, timings, drafter "

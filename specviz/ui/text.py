@@ -38,10 +38,10 @@ first disagreement, or a bonus token when everything matched), and throws the re
   their cache.
 * **Early exit** (LayerSkip): draft with the first *E* layers and the shared LM head. It needs a model
   trained to make early layers predictive (the bundled model is trained with an early-exit loss).
-* **CLaSp**: after each verification a dynamic program over (layer *i*, layers skipped so far *j*) picks
+* **CLaSp**: every *N* verifications (the DP interval) a dynamic program over (layer *i*, layers skipped so far *j*) picks
   which *M* layers to skip, keeping the draft's hidden state as close (cosine) as possible to the full
-  model's state of the last accepted token. *Skip layers* tab: the heatmap shows the chosen set per step
-  and the DP table with its path.
+  model's state of the last accepted token; the set is usually scattered, not one block. *Skip layers*
+  tab: the heatmap shows the chosen set per step and the DP table with its path.
 * **HiSpec**: three levels of one early-exit model — draft at exit *d*, a cheap intermediate check at exit
   *v*, and the full model validating the buffered tentative tokens every *n* tokens.
 * **CTC drafter**: a small head reads the last hidden state and emits several frames at once; CTC
