@@ -974,7 +974,7 @@ def methods_figure(num_layers: int = 16, options: dict[str, dict[str, Any]] | No
                                text=text, hoverinfo="text",
                                colorbar=dict(tickvals=[0, 1, 2], ticktext=LAYER_STATES, thickness=12, len=0.9)))
     fig.update_yaxes(title_text="layer", dtick=max(1, L // 8))
-    return _layout(fig, f"What each draft runs, {L}-layer model, default settings", height=360)
+    return _layout(fig, f"What each draft runs, {L}-layer model, with the panels' settings", height=360)
 
 
 __all__ = ["method_plans", "methods_figure", 

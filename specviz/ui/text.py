@@ -53,6 +53,8 @@ first disagreement, or a bonus token when everything matched), and throws the re
 ### Why the speedup is modest on a CPU
 
 For a layer-skip drafter a draft token costs roughly (layers run) ÷ L of a target step, so *c* is large
-and acceptance α must be high to win. Verifying 8 tokens costs only ~1.5× one decoding step, which is what
-makes speculation pay at all.
+and acceptance α must be high to win. Verifying 8 tokens costs only ~1.5× one decoding step on
+specviz-tiny, which is what makes speculation pay at all; on SmolLM2-135M it costs ~2.2 steps (its
+49,152-entry LM head and wider layers make each verified token dearer on a CPU), so only cheap drafts,
+such as prompt lookup's, pay there.
 """
