@@ -196,3 +196,11 @@ def test_hub_download_happens_outside_the_model_slot(monkeypatch):
         assert time.perf_counter() - t0 < 1
     release.set()
     assert fetched == [hub_id]  # one download, however often Run is pressed
+
+
+def test_custom_layers_typed_under_another_preset_are_not_ignored_silently():
+    values = {"skip": "alternate", "skip_layers": "2, 4", "skip_ratio": 0.5, "k": 4, "threshold": 0.0}
+    with pytest.raises(ValueError, match=r"you typed \(2, 4\) are used only with preset 'custom'.*'alternate'"):
+        ui.options_from_values("static-skip", values, ["specviz-tiny"])
+    assert ui.options_from_values("static-skip", dict(values, skip="custom"), ["specviz-tiny"])["skip"] == [2, 4]
+    assert ui.options_from_values("static-skip", dict(values, skip_layers=""), ["specviz-tiny"])["skip"] == "alternate"

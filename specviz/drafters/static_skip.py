@@ -102,6 +102,9 @@ def panel_to_options(values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"custom skip layers must be integers separated by commas, e.g. 2,4,6; got {custom!r}") from None
         if not out["skip"]:
             raise ValueError("preset 'custom' needs a list of layers to skip, e.g. 2,4,6")
+    elif custom.strip():  # typed layers would be ignored silently: say so, and lose nothing
+        raise ValueError(f"the layers to skip you typed ({custom.strip()}) are used only with preset 'custom', but "
+                         f"the preset is {out.get('skip')!r}: choose 'custom' to use them, or clear the box")
     return out
 
 
