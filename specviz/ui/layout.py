@@ -132,7 +132,6 @@ def _inputs_column(config: AppConfig, c: Components) -> None:
         c["step"] = gr.Button("Step", variant="secondary", elem_id="sv-step")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="sv-stop")
     c["progress"] = gr.HTML(figures.progress_html(None), elem_id="sv-progress")  # the run's state, by the button
-    c["stop_msg"] = gr.Markdown(elem_id="sv-stop-msg")
     _drafter_panels(config, c)
     _sampling_controls(config, c)
 
@@ -231,7 +230,8 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                    show_progress_on=near_run, **model_event)
     c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="minimal",
                     show_progress_on=near_run, **model_event)
-    c["stop"].click(handlers.stop, [session], [c["stop_msg"], session], api_name="stop", concurrency_limit=None,
+    # Stop's answer goes to the progress line, which the run's next update replaces ("stopped")
+    c["stop"].click(handlers.stop, [session], [c["progress"], session], api_name="stop", concurrency_limit=None,
                     queue=False)
     compare_inputs = [c[k] for k in ("model", "prompt", "max_new", "temperature", "top_p", "top_k", "seed",
                                      "compare_choice")] + [session]
