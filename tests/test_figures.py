@@ -406,3 +406,15 @@ def test_learn_picture_uses_the_values_runs_use():
     assert max(skipped) - min(skipped) + 1 > len(skipped), "CLaSp's example set should not be one block"
     custom = figures.method_plans(30, {"static-skip": {"skip": "ratio", "skip_ratio": 0.1}})
     assert sum(custom[0][1]) == 3  # SmolLM2's swept static-skip default: the middle 3 of 30 layers
+
+
+def test_speedup_is_only_shown_against_a_reference_timed_after_the_run():
+    trace = make_trace()
+    plain = plain_for(trace)
+    assert "timed right after" in figures.cards_html(trace, plain)
+    m = compute_metrics(trace)
+    shown = f"{m.tokens_per_s / plain.tokens_per_s:.2f}×"
+    assert shown in figures.cards_html(trace, plain)
+    trace.finish_reason = ""  # still streaming: an older reference must not stand in for the speedup
+    cards = figures.cards_html(trace, plain)
+    assert shown not in cards and "timed right after the run" in cards

@@ -204,3 +204,19 @@ def test_custom_layers_typed_under_another_preset_are_not_ignored_silently():
         ui.options_from_values("static-skip", values, ["specviz-tiny"])
     assert ui.options_from_values("static-skip", dict(values, skip="custom"), ["specviz-tiny"])["skip"] == [2, 4]
     assert ui.options_from_values("static-skip", dict(values, skip_layers=""), ["specviz-tiny"])["skip"] == "alternate"
+
+
+def test_each_run_times_its_own_reference(monkeypatch, tiny_model_dir):
+    """The speedup compares two runs made under the same conditions: generate() is timed again
+    right after every Run, not taken from a cache filled minutes earlier."""
+    from specviz.ui import generation, handlers
+    from specviz.ui.config import AppConfig
+    from specviz.ui.session import Session
+
+    calls = []
+    real = generation.plain_generate
+    monkeypatch.setattr(generation, "plain_generate", lambda *a, **k: calls.append(k.get("fresh")) or real(*a, **k))
+    config = AppConfig([tiny_model_dir], tiny_model_dir)
+    for _ in range(2):
+        list(handlers.run(config, tiny_model_dir, "def f(x):", "ar", 6, 0.0, 1.0, 0, 0, "", Session()))
+    assert calls == [True, True]

@@ -75,15 +75,16 @@ def explain_difference(trace: Trace, plain: PlainRun | None, loaded) -> None:
 
 
 def finish_plain(session: Session, loaded, s: RunSettings, progress: Callable) -> None:
-    """Attach the plain generate() reference (timed once per prompt and settings)."""
+    """Attach the plain generate() reference, timed right after the run (same machine load, same
+    threads), so the speedup compares two runs made under the same conditions."""
     trace = session.trace
     key = reference_key(s, trace.prompt_ids)
-    session.plain = cached_plain(key)
-    if session.plain is None and trace.finish_reason != "stopped":
-        progress(None, desc="timing plain generate() for the speedup (once per prompt and settings)")
+    session.plain = None
+    if trace.finish_reason != "stopped":
+        progress(None, desc="timing plain generate() right after the run, for the speedup")
         try:
             session.plain = plain_generate(loaded, trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p,
-                                           s.top_k, s.seed, key=key)
+                                           s.top_k, s.seed, key=key, fresh=True)
         except Exception as err:  # noqa: BLE001 - the run itself succeeded
             log.exception("plain generate() failed")
             gr.Warning(f"plain generate() failed, no speedup shown: {err}")

@@ -1,6 +1,6 @@
 """Per-browser-session state and what it shares across processes and calls: the Stop switch as
 flag files, the live Step generation, the token detokenizers, and the plain `generate()`
-reference each run is compared with (timed once per model, prompt and settings)."""
+reference each run is compared with (timed right after each run, cached for Compare)."""
 
 from __future__ import annotations
 
@@ -180,10 +180,13 @@ def cached_plain(key: tuple) -> PlainRun | None:
 
 @torch.inference_mode()
 def plain_generate(loaded, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0, seed: int = 0, key: tuple | None = None) -> PlainRun:
-    """Time `model.generate()` once per (model, prompt, max_new_tokens, sampling) and cache it."""
+                   top_p: float = 1.0, top_k: int = 0, seed: int = 0, key: tuple | None = None,
+                   fresh: bool = False) -> PlainRun:
+    """Time `model.generate()` for (model, prompt, max_new_tokens, sampling) and cache it; with
+    `fresh`, time it again even when cached (a speedup must compare runs made under the same
+    conditions: a reference timed minutes earlier, on a shared machine, is not one)."""
     key = key or plain_key(loaded.name, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed)
-    hit = cached_plain(key)
+    hit = None if fresh else cached_plain(key)
     if hit is not None:
         return hit
     model = loaded.model
