@@ -759,6 +759,7 @@ class CompareRow:
     wall_time: float | None = None
     lossless: str = ""
     error: str = ""
+    speedup_range: tuple[float, float] | None = None  # min and max over Compare's rounds (speedup: the median)
 
 
 def compare_row(trace: Trace, plain: PlainRun | None) -> CompareRow:
@@ -774,12 +775,17 @@ def compare_row(trace: Trace, plain: PlainRun | None) -> CompareRow:
 def compare_table(rows: Sequence[CompareRow]) -> list[list[Any]]:
     def f(x, fmt):
         return "" if x is None else format(x, fmt)
-    return [[r.drafter, f(r.tokens_per_s, ".1f"), f(r.speedup, ".2f"), f(r.tau, ".2f"),
+    def speed(r: CompareRow) -> str:
+        if r.speedup is None or r.speedup_range is None:
+            return f(r.speedup, ".2f")
+        return f"{r.speedup:.2f} ({r.speedup_range[0]:.2f}–{r.speedup_range[1]:.2f})"
+    return [[r.drafter, f(r.tokens_per_s, ".1f"), speed(r), f(r.tau, ".2f"),
              "" if r.acceptance is None else f"{100 * r.acceptance:.0f}%", "" if r.new_tokens is None else r.new_tokens,
              f(r.wall_time, ".2f"), r.lossless, r.error] for r in rows]
 
 
-COMPARE_HEADERS = ["drafter", "tokens/s", "speedup ×", "τ", "acceptance", "new tokens", "seconds", "lossless", "error"]
+COMPARE_HEADERS = ["drafter", "tokens/s", "speedup × (median, min–max)", "τ", "acceptance", "new tokens", "seconds",
+                   "lossless", "error"]
 
 
 @failsafe("figure")
@@ -790,17 +796,22 @@ def compare_figure(rows: Sequence[CompareRow], plain: PlainRun | None = None) ->
     use_speedup = all(r.speedup is not None for r in ok)
     ys = [r.speedup if use_speedup else r.tokens_per_s for r in ok]
     colours = [GREY if r.drafter == "ar" else (BLUE if (r.speedup or 0) >= 1 or not use_speedup else VERMILLION) for r in ok]
+    spread = use_speedup and any(r.speedup_range for r in ok)
+    error_y = dict(type="data", symmetric=False, color="#555", thickness=1.5, width=6,
+                   array=[(r.speedup_range[1] - r.speedup) if r.speedup_range else 0 for r in ok],
+                   arrayminus=[(r.speedup - r.speedup_range[0]) if r.speedup_range else 0 for r in ok]) if spread else None
     fig = go.Figure(go.Bar(
-        x=[r.drafter for r in ok], y=ys, marker_color=colours,
+        x=[r.drafter for r in ok], y=ys, marker_color=colours, error_y=error_y,
         text=[(f"{y:.2f}×" if use_speedup else f"{y:.0f}") + (f"<br>τ {r.tau:.2f}" if r.tau is not None else "") for y, r in zip(ys, ok)],
         textposition="outside", cliponaxis=False,
         hovertemplate="%{x}: %{y:.2f}<extra></extra>",
     ))
     if use_speedup:
         fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"), annotation_text="generate()", annotation_position="top left")
-    top = max(ys) if ys else 1
+    top = max([r.speedup_range[1] for r in ok if spread and r.speedup_range] + ys) if ys else 1
     fig.update_yaxes(title_text="speedup vs generate()" if use_speedup else "tokens / s", range=[0, top * 1.25 + 1e-9])
-    return _layout(fig, "Every drafter on this prompt", height=340)
+    title = "Every drafter on this prompt" + (" (median of the rounds; bars: min–max)" if spread else "")
+    return _layout(fig, title, height=340)
 
 
 # -- Leviathan --------------------------------------------------------------------------------------

@@ -418,3 +418,14 @@ def test_speedup_is_only_shown_against_a_reference_timed_after_the_run():
     trace.finish_reason = ""  # still streaming: an older reference must not stand in for the speedup
     cards = figures.cards_html(trace, plain)
     assert shown not in cards and "timed right after the run" in cards
+
+
+def test_compare_shows_the_spread_over_rounds():
+    rows = [figures.CompareRow("ar", 20.0, 1.0, 1.0, None, 16, 0.8, "yes", speedup_range=(0.95, 1.04)),
+            figures.CompareRow("prompt-lookup", 25.0, 1.2, 1.5, 0.4, 16, 0.6, "yes", speedup_range=(1.1, 1.3))]
+    table = figures.compare_table(rows)
+    assert table[1][2] == "1.20 (1.10–1.30)"
+    bar = figures.compare_figure(rows).data[0]
+    assert list(bar.error_y.array) == pytest.approx([0.04, 0.1]) and list(bar.error_y.arrayminus) == pytest.approx([0.05, 0.1])
+    single = [figures.CompareRow("ar", 20.0, 1.0, 1.0, None, 16, 0.8, "yes")]
+    assert figures.compare_table(single)[0][2] == "1.00" and figures.compare_figure(single).data[0].error_y.array is None

@@ -220,3 +220,21 @@ def test_each_run_times_its_own_reference(monkeypatch, tiny_model_dir):
     for _ in range(2):
         list(handlers.run(config, tiny_model_dir, "def f(x):", "ar", 6, 0.0, 1.0, 0, 0, "", Session()))
     assert calls == [True, True]
+
+
+def test_compare_repeats_in_rounds_each_with_its_own_reference(monkeypatch, tiny_model_dir):
+    from specviz.ui import handlers
+    from specviz.ui.config import AppConfig
+    from specviz.ui.session import Session
+
+    fresh = []
+    real = handlers.plain_generate
+    monkeypatch.setattr(handlers, "plain_generate", lambda *a, **k: fresh.append(k.get("fresh")) or real(*a, **k))
+    config = AppConfig([tiny_model_dir], tiny_model_dir)
+    *_, (table, _fig) = handlers.compare(config, tiny_model_dir, "def f(x):", 6, 0.0, 1.0, 0, 0, ["ar", "prompt-lookup"],
+                                         Session(), compare_rounds=3)
+    assert fresh == [True, True, True]  # generate() timed right after each round
+    rows = {r[0]: r for r in table}
+    assert "(" in rows["ar"][2] and "–" in rows["ar"][2]  # median (min–max)
+    with pytest.raises(gr.Error, match="compare_rounds must be between 1 and 5"):
+        next(handlers.compare(config, tiny_model_dir, "x", 6, 0.0, 1.0, 0, 0, ["ar"], Session(), compare_rounds=9))

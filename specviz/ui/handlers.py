@@ -13,6 +13,7 @@ the session's flag files.
 from __future__ import annotations
 
 import logging
+import statistics
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -23,7 +24,7 @@ from ..models import hub_download_source, prefetch_hub, unobtainable_reason
 from .catalog import has_chat_template, model_markdown, num_layers
 from .config import AppConfig
 from .controls import available, control_values, drafter_note_text, unavailable_message
-from .errors import user_error
+from .errors import as_int, user_error
 from .generation import (GenerationWorker, attach, explain_difference, finish_plain, reference_key, replay_steps,
                          start_generation)
 from .render import compare_outputs, render, status_only
@@ -135,12 +136,19 @@ def stop(session) -> tuple[str, Any]:
     return ("Stopping…" if was else "Nothing is running."), session
 
 
+COMPARE_ROUNDS = 3  # default repetitions: a spread from one run on a shared machine is noise
+
+
 def compare(config: AppConfig, model, prompt, max_new_tokens, temperature, top_p, top_k, seed, chosen, session,
             progress=gr.Progress(), **opts) -> Iterator[tuple]:
-    """Run every chosen drafter on the prompt with its current panel settings."""
+    """Run every chosen drafter on the prompt with its panel settings, in `compare_rounds`
+    interleaved rounds: each round runs the drafters (in a rotated order) and then times
+    generate(), so every speedup compares runs made moments apart; rows show the median and
+    the min–max over rounds."""
     chosen = [d for d in (chosen or []) if d in config.drafters]
     if not chosen:
         raise user_error("Choose at least one drafter to compare.")
+    rounds = as_int("compare_rounds", opts.pop("compare_rounds", COMPARE_ROUNDS), 1, 5)
 
     def settings_for(drafter: str) -> RunSettings:  # its panel settings; sampling and length shared
         return settings_from(config, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, "",
@@ -150,45 +158,82 @@ def compare(config: AppConfig, model, prompt, max_new_tokens, temperature, top_p
     flags = Session.of(session).flags
     flags.started()
     stop_signal = StopSignal(flags)
-    rows: list[CompareRow] = []
-    plain = None
+    tally = CompareTally(chosen)
     try:
-        for i, name in enumerate(chosen):
-            if stop_signal.is_set():
-                rows.append(CompareRow(name, error="stopped"))
-                continue
-            at = (i, len(chosen))
-            progress(at, desc=f"running {name}")
-            row, plain = compare_one(config, name, settings_for, stop_signal, plain,
-                                     timing_plain=lambda: progress(at, desc="timing plain generate()"))
-            rows.append(row)
-            yield compare_outputs(rows, plain)
+        for r in range(rounds):
+            order = chosen[r % len(chosen):] + chosen[: r % len(chosen)]
+            runs = {}
+            for i, name in enumerate(order):
+                progress((r * len(chosen) + i, rounds * len(chosen)), desc=f"round {r + 1}/{rounds}: {name}")
+                runs[name] = run_to_end(config, name, settings_for, stop_signal)
+            progress((r * len(chosen) + len(chosen), rounds * len(chosen)), desc=f"round {r + 1}: timing generate()")
+            tally.add_round(runs, stop_signal)
+            yield compare_outputs(tally.rows(), tally.plain)
     finally:
         flags.finished()
-    yield compare_outputs(rows, plain)
+    yield compare_outputs(tally.rows(), tally.plain)
 
 
-def compare_one(config: AppConfig, name: str, settings_for: Callable[[str], RunSettings], stop_signal: StopSignal,
-                plain: PlainRun | None, timing_plain: Callable[[], None]) -> tuple[CompareRow, PlainRun | None]:
-    """Drafter `name`'s row (an error row if it cannot run) and the reference, which is timed
-    with the first drafter that runs (`timing_plain()` says so)."""
+def run_to_end(config: AppConfig, name: str, settings_for: Callable[[str], RunSettings], stop_signal: StopSignal):
+    """(loaded, trace, settings) of one complete run of drafter `name`, or an error message."""
+    if stop_signal.is_set():
+        return "stopped"
     if not available(name):
-        return CompareRow(name, error=unavailable_message(name)), plain
+        return unavailable_message(name)
     try:
         s = settings_for(name)
         loaded, gen = start_generation(config, s, stop_signal)
         for _ in gen:
             pass
     except gr.Error as err:
-        return CompareRow(name, error=str(err.message)), plain
+        return str(err.message)
     except Exception as err:  # noqa: BLE001
-        return CompareRow(name, error=f"{type(err).__name__}: {err}"), plain
-    if plain is None:
-        timing_plain()
-        plain = plain_generate(loaded, gen.trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p, s.top_k,
-                               s.seed, key=reference_key(s, gen.trace.prompt_ids))
-    explain_difference(gen.trace, plain, loaded)
-    return figures.compare_row(gen.trace, plain), plain
+        return f"{type(err).__name__}: {err}"
+    return loaded, gen.trace, s
+
+
+class CompareTally:
+    """Compare's rounds: per drafter its traces and the speedup against the generate() timed in
+    the same round; rows are the median with the min–max."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.traces: dict[str, list] = {n: [] for n in names}
+        self.speedups: dict[str, list[float]] = {n: [] for n in names}
+        self.errors: dict[str, str] = {}
+        self.plain: PlainRun | None = None
+        self.plain_rates: list[float] = []
+
+    def add_round(self, runs: dict, stop_signal: StopSignal) -> None:
+        done = {n: r for n, r in runs.items() if not isinstance(r, str)}
+        self.errors.update({n: r for n, r in runs.items() if isinstance(r, str)})
+        if not done or stop_signal.is_set():
+            return
+        loaded, trace, s = next(iter(done.values()))
+        plain = plain_generate(loaded, trace.prompt_ids, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed,
+                               key=reference_key(s, trace.prompt_ids), fresh=True)
+        self.plain = plain
+        self.plain_rates.append(plain.tokens_per_s)
+        for name, (loaded, trace, _) in done.items():
+            explain_difference(trace, plain, loaded)
+            self.traces[name].append(trace)
+            row = figures.compare_row(trace, plain)
+            if row.speedup is not None:
+                self.speedups[name].append(row.speedup)
+
+    def rows(self) -> list[CompareRow]:
+        out = []
+        for name in self.names:
+            if not self.traces[name]:
+                out.append(CompareRow(name, error=self.errors.get(name, "did not run")))
+                continue
+            row = figures.compare_row(self.traces[name][-1], self.plain)
+            speeds = self.speedups[name]
+            if speeds:
+                row.speedup = statistics.median(speeds)
+                row.speedup_range = (min(speeds), max(speeds)) if len(speeds) > 1 else None
+            out.append(row)
+        return out
 
 
 # -- views of the last run (no model involved) -------------------------------------------------

@@ -202,11 +202,15 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
 
 
 def _compare_tab(config: AppConfig, c: Components) -> None:
-    gr.Markdown("Runs each chosen drafter on the prompt with its panel settings (same sampling and "
-                "length), against plain `generate()`.")
+    gr.Markdown("Runs each chosen drafter on the prompt with its panel settings (same sampling and length), in "
+                "rounds: each round runs every drafter (in a rotated order) and then times plain `generate()` right "
+                "after, so each speedup compares runs made moments apart. The table and chart show the median over "
+                "the rounds and its min–max.")
     usable = [d for d in config.drafters if available(d)]
     c["compare_choice"] = gr.CheckboxGroup(
         usable, value=[d for d in usable if not api.missing_part(d, config.default_model)], label="drafters")
+    c["compare_rounds"] = named_slider(1, 5, value=handlers.COMPARE_ROUNDS, step=1, name="compare_rounds",
+                                       label="rounds (each runs every drafter, then times generate() right after)")
     c["compare_run"] = gr.Button("Run every drafter", variant="primary", elem_id="sv-compare-run")
     c["compare_df"] = gr.Dataframe(headers=figures.COMPARE_HEADERS, interactive=False, wrap=True,
                                    elem_id="sv-compare-df")
@@ -235,8 +239,9 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                     queue=False)
     compare_inputs = [c[k] for k in ("model", "prompt", "max_new", "temperature", "top_p", "top_k", "seed",
                                      "compare_choice")] + [session]
+    compare_event = dict(model_event, inputs_kwargs={**run_kwargs, "compare_rounds": c["compare_rounds"]})
     c["compare_run"].click(gpu(bind(handlers.compare, config)), compare_inputs, [c["compare_df"], c["compare_fig"]],
-                           api_name="compare", show_progress_on=[c["compare_df"]], **model_event)
+                           api_name="compare", show_progress_on=[c["compare_df"]], **compare_event)
 
 
 def _wire_view_events(config: AppConfig, c: Components, demo: gr.Blocks) -> None:

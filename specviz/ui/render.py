@@ -99,7 +99,7 @@ def initial_figures() -> tuple:
 
 
 def compare_outputs(rows: list[figures.CompareRow], plain: PlainRun | None) -> tuple:
-    """The Compare tab's table (plain generate() first, as the reference) and bar chart."""
+    """The Compare tab's table (plain generate() first, as the reference: its last round) and bar chart."""
     table = [["generate()", f"{plain.tokens_per_s:.1f}", "1.00", "1.00", "", len(plain.tokens),
               f"{plain.wall_time:.2f}", "reference", ""]] if plain is not None else []
     return table + figures.compare_table(rows), figures.compare_figure(rows, plain)
