@@ -25,12 +25,22 @@ def get_model(name: str, device: str | None = None, dtype: str | None = None,
     """Load (once per process) and return a model with its tokenizer. `progress` hears the slow
     stages of a first load (e.g. converting the default model's GGUF)."""
     key = (name, device, dtype)
+    info = REGISTRY.get(name)
+    donor = get_model(info.embeddings_from, device, dtype, progress) if info and info.embeddings_from else None
     with _load_lock:
         if key not in _loaded:
             if len(_loaded) >= MAX_LOADED:
                 _loaded.pop(next(iter(_loaded)))
             _loaded[key] = load_model(name, device=device, dtype=dtype, progress=progress)
+            if donor is not None:
+                share_embeddings(_loaded[key].model, donor.model)
         return _loaded[key]
+
+
+def share_embeddings(draft, target) -> None:
+    """A draft model stored without embeddings / LM head uses the target's (the same tensors)."""
+    draft.model.embed_tokens = target.model.embed_tokens
+    draft.lm_head = target.lm_head
 
 
 def is_loaded(name: str, device: str | None = None, dtype: str | None = None) -> bool:

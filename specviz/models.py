@@ -76,6 +76,8 @@ class ModelInfo:
     chat: bool = True  # has a chat template (prompts go in as a user message unless sent raw)
     num_layers: int | None = None  # known before loading (for the UI's layer sliders)
     default_drafter: str | None = None  # the app's first drafter for it (measured to pay on this model)
+    # a draft model that stores no embeddings / LM head: it shares (ties) those of this model
+    embeddings_from: str | None = None
 
     @property
     def assets(self) -> Path:
@@ -109,7 +111,12 @@ REGISTRY: dict[str, ModelInfo] = {
         card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30,
         # on a CPU only prompt lookup beats generate() on this model (see its card): a first-time
         # visitor should see drafting pay, on the first example (answer from notes, ~1.4x)
-        default_drafter="prompt-lookup"),
+        default_drafter="prompt-lookup", draft_model=f"{SMOLLM2}-draft"),
+    f"{SMOLLM2}-draft": ModelInfo(
+        f"{SMOLLM2}-draft", "SmolLM2-135M-Instruct's 2-layer draft model, distilled by specviz from its own answers; "
+                            "it shares the target's embeddings and LM head",
+        label="SmolLM2 draft (2 layers)", folder=MODELS_DIR / f"{SMOLLM2}-draft", hidden=True,
+        num_layers=2, embeddings_from=SMOLLM2, card=MODELS_DIR / f"{SMOLLM2}-draft" / "MODEL_CARD.md"),
     "specviz-tiny": ModelInfo(
         "specviz-tiny", "specviz-tiny: a 15M-parameter Python-code model trained by specviz with an early-exit "
                         "loss, so its early layers can draft (for early exit, HiSpec, CTC and the draft model)",
@@ -433,4 +440,6 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
         except OSError as err:  # missing weights, a failed download: name the model, no traceback
             raise ModelUnavailable(f"could not load model {name!r} from {source}: {err}") from None
     check_drivable(model)
+    if name in REGISTRY:  # where drafters find this model's trained parts (adapters, heads...)
+        model.specviz_assets = str(REGISTRY[name].assets)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, source=source, notes=notes)

@@ -222,7 +222,7 @@ def test_missing_head_file_says_which_and_how(tmp_path):
         make_drafter("ctc", model, path=str(tmp_path / "nope.safetensors"))
     model.config._name_or_path = str(tmp_path)
     try:
-        expected = rf"missing draft head file .*{HEAD_FILES['medusa']}.*train_ctc --head medusa"
+        expected = rf"needs a trained medusa head \({HEAD_FILES['medusa']}\).*train_ctc --head medusa"
         with pytest.raises(ValueError, match=expected):
             make_drafter("ctc", model, head="medusa")
     finally:

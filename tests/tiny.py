@@ -71,3 +71,23 @@ def assert_lossless(model, prompt: list[int], ours: list[int], ref: list[int], t
             assert margin < tol, f"diverged at new token {i}: ours {a} vs generate {b}, margin {margin:.3g}"
             return
     assert len(ours) == len(ref), f"length differs: ours {len(ours)} vs generate {len(ref)}"
+
+
+def random_draft_parts(model, folder, exits, seed: int = 0, scale: float = 0.5) -> None:
+    """Give `model` random exit adapters at `exits` and a random token ranking, saved in `folder`
+    as a model's trained parts are (the drafters find them through `specviz_assets`)."""
+    from safetensors.torch import save_file
+
+    from specviz.drafters.draft_heads import VOCAB_FILE, ExitAdapter, save_adapters
+
+    torch.manual_seed(seed)
+    cfg = model.config
+    adapters = {}
+    for e in exits:
+        adapter = ExitAdapter(cfg.hidden_size, 2 * cfg.hidden_size, cfg.rms_norm_eps)
+        torch.nn.init.normal_(adapter.down.weight, std=scale / cfg.hidden_size ** 0.5)  # not the identity
+        adapters[e] = adapter
+    save_adapters(adapters, folder / "exit_adapters.safetensors", {"random": True})
+    rank = torch.randperm(cfg.vocab_size, generator=torch.Generator().manual_seed(seed)).int()
+    save_file({"rank": rank}, str(folder / VOCAB_FILE))
+    model.specviz_assets = str(folder)

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+from .draft_heads import find_part, vocab_subset
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
 NAME = "ctc"
@@ -92,7 +93,7 @@ TRAIN_HINT = "python -m specviz.train.train_ctc --head {head} --model {model}"
 class HeadConfig:
     kind: str  # "ctc" or "medusa"
     hidden: int  # base model hidden size
-    vocab: int  # base model vocabulary (the blank is class `vocab` for a CTC head)
+    vocab: int  # classes before the blank: the base vocabulary, or the subset size (the blank is class `vocab`)
     frames: int  # F: frames emitted per pass
     label_len: int  # continuation tokens the head was trained to emit
     window: int = 8  # W: recent (state, next token) pairs attended to
@@ -100,6 +101,9 @@ class HeadConfig:
     heads: int = 4
     ffn: int = 704
     eps: float = 1e-5
+    # > 0: the classes are the model's `vocab` most frequent tokens (its ranking, `draft_heads.VOCAB_FILE`),
+    # scored with those rows of the LM head only (FR-Spec); 0: the whole vocabulary
+    subset: int = 0
 
     def __post_init__(self):
         if self.kind not in HEADS:
@@ -184,6 +188,15 @@ class DraftHead(nn.Module):
         if self.blank is not None:
             logits = torch.cat([logits, self.blank(out).to(logits.dtype)], dim=-1)
         return logits
+
+
+def subset_head(lm_head: nn.Module, tokens: torch.Tensor) -> nn.Linear:
+    """The LM head's rows for `tokens` only (shared storage is not needed: a copy of N rows)."""
+    small = nn.Linear(lm_head.in_features, tokens.numel(), bias=False,
+                      device=lm_head.weight.device, dtype=lm_head.weight.dtype)
+    with torch.no_grad():
+        small.weight.copy_(lm_head.weight[tokens.to(lm_head.weight.device)])
+    return small.requires_grad_(False)
 
 
 def default_config(kind: str, hidden: int, vocab: int, **overrides) -> HeadConfig:
@@ -332,6 +345,7 @@ class CTCDrafter:
         hidden, vocab = target.config.hidden_size, target.config.vocab_size
 
         self.meta: dict[str, Any] = {}
+        self.class_tokens: torch.Tensor | None = None  # class -> token id, for a head over a vocabulary subset
         if random_head:
             self.path = None
             self.head = init_head(default_config(head, hidden, vocab), base.norm.weight, seed)
@@ -342,6 +356,10 @@ class CTCDrafter:
             cfg = self.head.cfg
             if cfg.kind != head:
                 raise ValueError(f"head={head!r} but {self.path} holds a {cfg.kind!r} head")
+            if cfg.subset:
+                self.class_tokens = vocab_subset(target, cfg.subset, NAME)
+                self.lm_head = subset_head(target.lm_head, self.class_tokens)
+                vocab = cfg.vocab
             if (cfg.hidden, cfg.vocab) != (hidden, vocab):
                 raise ValueError(
                     f"{self.path} was trained for hidden size {cfg.hidden} / vocab {cfg.vocab}, but this "
@@ -379,22 +397,14 @@ class CTCDrafter:
                     f"`{TRAIN_HINT.format(head=head, model='MODEL_DIR')} --export {resolved}`"
                 )
             return resolved
-        source = getattr(target.config, "_name_or_path", "") or ""
-        if not source or not Path(source).is_dir():
+        found = find_part(target, filename)
+        if found is None:
             raise ValueError(
-                f"drafter 'ctc' needs a trained {head} head ({filename}), but the model was not loaded "
-                "from a local folder: pass path=FILE (train one with "
-                f"`{TRAIN_HINT.format(head=head, model='MODEL_DIR')}`) "
-                "or random_head=True for an untrained head"
+                f"drafter 'ctc' needs a trained {head} head ({filename}), and this model has none next to its "
+                f"weights or in its assets: train one with `{TRAIN_HINT.format(head=head, model='MODEL')}`, "
+                "pass path=FILE, or random_head=True for an untrained head"
             )
-        resolved = Path(source) / filename
-        if not resolved.is_file():
-            raise ValueError(
-                f"missing draft head file {resolved}: train it with "
-                f"`{TRAIN_HINT.format(head=head, model=source)}` (writes {filename} next to the model), "
-                "or pass path=FILE"
-            )
-        return resolved
+        return found
 
     # -- protocol ------------------------------------------------------------------------------
     def start(self, state: DecodeState, states: list[torch.Tensor] | None) -> None:
@@ -426,25 +436,30 @@ class CTCDrafter:
         logits = self.frame_logits()
         probs = logits.softmax(-1)
         top_p, top = probs.max(-1)
-        frame_tokens = top.tolist()
+        frame_tokens = top.tolist()  # classes: token ids, or indices into the subset of a subset head
         frame_p = top_p.tolist()
-        collapsed, sources = ctc_collapse(frame_tokens, self.cfg.blank)
+        is_blank = [t == self.cfg.blank for t in frame_tokens]
+        collapsed, sources = ctc_collapse(frame_tokens, self.cfg.blank)  # in class space: the blank is distinct
+        if self.class_tokens is not None:
+            collapsed = self.class_tokens[collapsed].tolist()
+            frame_tokens = [t if t == self.cfg.blank else int(self.class_tokens[t]) for t in frame_tokens]
         tokens, cut = cut_draft(collapsed, [frame_p[s] for s in sources], limit, self.threshold,
                                 state.eos_token_ids)
         info: dict[str, Any] = {}
         if state.record:
             blank = self.cfg.blank
             if blank is not None:
-                alt = probs[:, :blank].argmax(-1).tolist()
+                alt = probs[:, :self.cfg.vocab].argmax(-1)
+                alt = (self.class_tokens[alt] if self.class_tokens is not None else alt).tolist()
             else:
                 alt = frame_tokens
             kept = {s: i for i, s in enumerate(sources)}
             info = {
                 "head": self.kind,
                 "frames": [
-                    {"token": None if t == blank else t, "blank": t == blank, "p": round(p, 4),
+                    {"token": None if blank_frame else t, "blank": blank_frame, "p": round(p, 4),
                      "alt": a, "kept": kept.get(i)}
-                    for i, (t, p, a) in enumerate(zip(frame_tokens, frame_p, alt))
+                    for i, (t, blank_frame, p, a) in enumerate(zip(frame_tokens, is_blank, frame_p, alt))
                 ],
                 "collapsed": collapsed,
                 "positions": draft_positions(state.pending_position, len(tokens)),

@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layers import LayerRunner
+from .draft_heads import DraftHead, draft_vocab_option, vocab_subset
 from .base import DecodeState, Draft, DraftBuilder, VerifyResult, check_draft_length, check_threshold, choose
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -20,7 +21,7 @@ class DraftModel:
     wants_states = False
 
     def __init__(self, draft_model: PreTrainedModel, target_vocab_size: int, k: int = 4, threshold: float = 0.0,
-                 model_name: str = ""):
+                 model_name: str = "", head: DraftHead | None = None):
         if draft_model.config.vocab_size != target_vocab_size:
             raise ValueError(
                 f"draft model vocab_size {draft_model.config.vocab_size} != target vocab_size "
@@ -31,7 +32,8 @@ class DraftModel:
         self.threshold = check_threshold(threshold)
         self.model_name = model_name or getattr(draft_model.config, "_name_or_path", "")
         self.cache = None
-        self.fed = 0  # tokens whose KV the draft cache holds (a prefix of the committed text)
+        self.fed = 0
+        self.head = head or self.runner.head  # a DraftHead scores only the target's most frequent tokens  # tokens whose KV the draft cache holds (a prefix of the committed text)
 
     def start(self, state: DecodeState, states) -> None:
         self.cache = self.runner.new_cache()
@@ -42,7 +44,7 @@ class DraftModel:
         ids = torch.tensor([tokens[self.fed:]], device=self.runner.device)
         out = self.runner.forward(self.runner.embed(ids), range(self.runner.num_layers), self.fed, self.cache)
         self.fed = len(tokens)
-        return self.runner.head(out.hidden[0, -1]).to(torch.float32)
+        return self.head(out.hidden[0, -1]).to(torch.float32)
 
     def propose(self, state: DecodeState) -> Draft:
         builder = DraftBuilder(min(self.k, state.max_draft), self.threshold, state.eos_token_ids)
@@ -62,14 +64,18 @@ class DraftModel:
         self.runner.crop(self.cache, self.fed)
 
     def settings(self) -> dict:
-        return {"draft_model": self.model_name, "k": self.k, "threshold": self.threshold}
+        vocab = self.head.describe()["draft_vocab"] if isinstance(self.head, DraftHead) else 0
+        return {"draft_model": self.model_name, "k": self.k, "threshold": self.threshold, "draft_vocab": vocab}
 
 
-def build(target, draft_model: PreTrainedModel | None = None, **options) -> DraftModel:
-    """`draft_model` is the loaded model; `specviz.api` resolves the `draft_model_name` option to it."""
+def build(target, draft_model: PreTrainedModel | None = None, draft_vocab: int = 0, **options) -> DraftModel:
+    """`draft_model` is the loaded model; `specviz.api` resolves the `draft_model_name` option to it.
+    `draft_vocab` N > 0: the draft scores only the target's N most frequent tokens (its ranking)."""
     if draft_model is None:
         raise ValueError("drafter 'draft-model' needs a draft model (--draft-model NAME)")
-    return DraftModel(draft_model, target.config.vocab_size, **options)
+    subset = vocab_subset(target, draft_vocab, DraftModel.name)
+    head = None if subset is None else DraftHead(draft_model, None, subset)
+    return DraftModel(draft_model, target.config.vocab_size, head=head, **options)
 
 
 def _needs(options: dict) -> str | None:
@@ -84,5 +90,5 @@ DRAFTER = Declaration(
     (Option("draft_model_name", "model", None,
             "registry name or directory of the draft model (default the model's own draft model)",
             flag="--draft-model", label="draft model", ui_default="(default)"),
-     draft_length(4), confidence_threshold(0.0)),
+     draft_length(4), confidence_threshold(0.0), draft_vocab_option()),
     needs="draft-model", needs_for=_needs)

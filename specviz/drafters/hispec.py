@@ -60,6 +60,7 @@ from typing import Any
 import torch
 
 from ..sampling import SamplingConfig, greedy_token, residual, sample, uniform
+from .draft_heads import adapter_option, build_head, draft_vocab_option
 from .base import DecodeState, Draft, Reuse, VerifyResult, check_threshold, choose
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -148,7 +149,8 @@ class HiSpec:
     wants_states = False
 
     def __init__(self, num_layers: int, d: int | None = None, v: int | None = None,
-                 n: int = DEFAULT_N, k: int = DEFAULT_K, threshold: float = DEFAULT_THRESHOLD):
+                 n: int = DEFAULT_N, k: int = DEFAULT_K, threshold: float = DEFAULT_THRESHOLD,
+                 draft_head=None, verify_head=None):
         dd, vv = default_levels(num_layers) if num_layers >= 3 else (1, 2)
         if d is None:  # the default d, kept below a given v
             d = max(1, min(dd, v - 1)) if _is_int(v) else dd
@@ -157,12 +159,18 @@ class HiSpec:
         self.num_layers = num_layers
         self.d, self.v, self.n, self.k = check_levels(num_layers, d, v, n, k)
         self.threshold = check_threshold(threshold)
+        # exit heads (adapter, vocabulary subset) at d and v; None: the target's own norm + head.
+        # They shape q (level 1) and the intermediate verdict (level 2); the full check is untouched.
+        self.draft_head, self.verify_head = draft_head, verify_head
 
     def start(self, state: DecodeState, states) -> None:
         pass
 
     def settings(self) -> dict:
-        return {"d": self.d, "v": self.v, "n": self.n, "k": self.k, "threshold": self.threshold}
+        return {"d": self.d, "v": self.v, "n": self.n, "k": self.k, "threshold": self.threshold,
+                "draft_adapter": bool(self.draft_head and self.draft_head.adapter is not None),
+                "verify_adapter": bool(self.verify_head and self.verify_head.adapter is not None),
+                "draft_vocab": self.draft_head.describe()["draft_vocab"] if self.draft_head else 0}
 
     def observe(self, result: VerifyResult) -> None:
         pass  # stateless: the engine crops every layer to the commit point
@@ -172,6 +180,7 @@ class HiSpec:
         runner, cache, sampling, gen = state.runner, state.cache, state.sampling, state.generator
         d, v, eos = self.d, self.v, state.eos_token_ids
         record = state.record
+        draft_head, verify_head = self.draft_head or runner.head, self.verify_head or runner.head
         cap = min(self.n, state.max_draft)
         info: dict[str, Any] = {}
         if record:
@@ -209,7 +218,7 @@ class HiSpec:
             while True:
                 h = runner.forward(embed(token), below_d, start + len(states_d), cache).hidden
                 states_d.append(h)
-                choice = choose(runner.head(h[0, -1]), sampling, gen)
+                choice = choose(draft_head(h[0, -1]), sampling, gen)
                 if choice.confidence < self.threshold:
                     unsure = True
                     break
@@ -226,7 +235,7 @@ class HiSpec:
             if bonus and not unsure:
                 states_d.append(runner.forward(embed(drafts[-1]), below_d, start + len(states_d), cache).hidden)
             h_v = runner.forward(torch.cat(states_d, dim=1), between, start, cache).hidden
-            logits_v = runner.head(h_v)[0]
+            logits_v = verify_head(h_v)[0]
             p_rows = sampling.probs(logits_v)
             accepted, correction = _verdict(drafts, q_rows, p_rows, sampling, gen)
             keep = min(accepted + 1, h_v.shape[1])  # inputs whose layers [0, v) stay valid
@@ -274,9 +283,13 @@ class HiSpec:
         }
 
 
-def build(target, **options) -> HiSpec:
-    """make_drafter("hispec", model, d=..., v=..., n=..., k=..., threshold=...)."""
-    return HiSpec(target.config.num_hidden_layers, **options)
+def build(target, adapter: str = "auto", draft_vocab: int = 0, **options) -> HiSpec:
+    """make_drafter("hispec", model, d=..., v=..., n=..., k=..., threshold=..., adapter=..., draft_vocab=...).
+    The vocabulary subset applies to the draft level only: exit v's verdict is over every token."""
+    drafter = HiSpec(target.config.num_hidden_layers, **options)
+    drafter.draft_head = build_head(target, drafter.d, adapter, draft_vocab, NAME)
+    drafter.verify_head = build_head(target, drafter.v, adapter, 0, NAME)
+    return drafter
 
 
 DRAFTER = Declaration(
@@ -293,5 +306,5 @@ DRAFTER = Declaration(
      Option("n", "int", DEFAULT_N, "full verification once n tentative tokens are buffered", flag="--validate-every",
             label="n: tentative tokens before the full model checks", ui_default=8, minimum=1, maximum=32, step=1),
      draft_length(DEFAULT_K, label="k: drafts per intermediate round", help_text="drafts per intermediate round"),
-     confidence_threshold(DEFAULT_THRESHOLD, in_panel=False)),
+     confidence_threshold(DEFAULT_THRESHOLD, in_panel=False), adapter_option(), draft_vocab_option()),
     needs="early-exit")

@@ -9,7 +9,7 @@ the engine crops them back before verification.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -27,9 +27,12 @@ def draft_with_skip(
     threshold: float,
     capture: bool = False,
     info: dict[str, Any] | None = None,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Draft:
-    """Autoregressively draft up to k tokens from the pending token with `skip` bypassed."""
+    """Autoregressively draft up to k tokens from the pending token with `skip` bypassed.
+    `head` maps the last state to logits (default: the target's final norm + LM head)."""
     runner = state.runner
+    head = head or runner.head
     skipped = set(skip)
     exact_until = first_skipped(skipped, runner.num_layers)
     exact_layers = list(range(exact_until))
@@ -48,7 +51,7 @@ def draft_with_skip(
         if capture:
             exact_states.append(lower.states)
         upper = runner.forward(lower.hidden, upper_layers, position, state.cache)
-        logits = runner.head(upper.hidden[0, -1])
+        logits = head(upper.hidden[0, -1])
         if not builder.offer(choose(logits, state.sampling, state.generator)):
             break
         token, position = builder.tokens[-1], position + 1

@@ -104,6 +104,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--tag", default="", help="shard name prefix (to add a second run's shards to a folder)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from .. import api
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
     batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
     start, done_tokens = time.time(), 0
     for b, batch in enumerate(batches):
-        path = folder / f"shard_{b:05d}.pt"
+        path = folder / f"shard_{args.tag}{b:05d}.pt"
         if args.resume and path.exists():
             continue
         batch_prompts = [prompts[i] for i in batch]

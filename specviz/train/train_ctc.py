@@ -177,6 +177,47 @@ def build_data(model, tokens: np.ndarray, n_windows: int, seq: int, steps: int, 
                      "seconds": time.time() - t0}}
 
 
+def shard_windows(folder: Path, class_index: torch.Tensor | None, eos: int, label_len: int, window: int) -> dict:
+    """The self-distillation shards (`specviz.train.selfdistill`) as this script's window data.
+
+    A window is one answer plus the `window` prompt tokens before it: H its last-layer states, X its
+    token ids, G[t] = (g_1 = the token after t, then the next `label_len + 1` answer tokens as
+    classes). The answers are the target's own greedy continuations, so no extra pass is needed.
+    Contexts are usable from the last prompt token on, when every label before the first EOS is
+    known (the answer did not stop at --max-new first) and inside the head's classes."""
+    from .train_adapters import load_shards
+
+    data = load_shards(folder, ["ids", "last", "lengths", "prompt_lengths"])
+    lengths, prompts = data["lengths"].tolist(), data["prompt_lengths"].tolist()
+    eos_class = int(class_index[eos]) if class_index is not None else eos
+    windows, offset = [], 0
+    for n, p in zip(lengths, prompts):
+        start = max(0, p - window)
+        ids = data["ids"][offset + start: offset + n].long()
+        states = data["last"][offset + start: offset + n]
+        offset += n
+        m = ids.numel()
+        g = torch.full((m, label_len + 2), -1, dtype=torch.long)
+        classes = class_index[ids] if class_index is not None else ids
+        for u in range(p - 1 - start, m - 1):
+            labels = classes[u + 2: u + 3 + label_len].tolist()
+            ended = ids[-1].item() == eos
+            labels += [eos_class] * (label_len + 1 - len(labels)) if ended else []
+            upto = labels.index(eos_class) + 1 if eos_class in labels else len(labels)
+            if len(labels) < label_len + 1 or min(labels[:upto]) < 0 or ids[u + 1].item() == eos:
+                continue
+            g[u, 0] = ids[u + 1]
+            g[u, 1:] = torch.tensor(labels)
+        windows.append((states, ids, g))
+    width = max(w[1].numel() for w in windows)
+    hidden = torch.zeros(len(windows), width, windows[0][0].shape[1], dtype=torch.float16)
+    tokens = torch.zeros(len(windows), width, dtype=torch.long)
+    cont = torch.full((len(windows), width, label_len + 2), -1, dtype=torch.long)
+    for i, (h, x, g) in enumerate(windows):
+        hidden[i, :h.shape[0]], tokens[i, :x.numel()], cont[i, :g.shape[0]] = h, x, g
+    return {"H": hidden, "X": tokens, "G": cont, "meta": {"windows": len(windows), "source": str(folder)}}
+
+
 def load_or_build(path: Path, build_fn, fh=None) -> dict:
     if path.exists():
         data = torch.load(path, map_location="cpu", weights_only=False)
@@ -373,9 +414,9 @@ def lr_at(step: int, args, progress: float) -> float:
 def train_head(kind: str, args, data: dict, base_parts, device: torch.device, eos: int | None, fingerprint: str,
                heldout: dict | None) -> dict:
     embed, norm, lm_head = base_parts
-    hidden_size, vocab = embed.weight.shape[1], embed.weight.shape[0]
-    vocab = lm_head.weight.shape[0]
-    overrides = dict(label_len=args.label_len, window=args.window, layers=args.layers)
+    hidden_size, vocab = embed.weight.shape[1], lm_head.weight.shape[0]  # vocab: the head's classes
+    overrides = dict(label_len=args.label_len, window=args.window, layers=args.layers,
+                     subset=getattr(args, "subset", 0))
     if args.frames and kind == "ctc":
         overrides["frames"] = args.frames
     cfg = default_config(kind, hidden_size, vocab, **overrides)
@@ -606,6 +647,11 @@ def parse(argv=None):
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--val-samples", type=int, default=2048)
     ap.add_argument("--heldout-samples", type=int, default=4096)
+    ap.add_argument("--shards", default=None,
+                    help="self-distillation shards (specviz.train.selfdistill) instead of --data windows; --model is "
+                         "then a registry name")
+    ap.add_argument("--vocab-subset", type=int, default=8192,
+                    help="with --shards: classes = the model's N most frequent tokens (0 = the whole vocabulary)")
     ap.add_argument("--card", default=None, help="only write CTC_HEAD.md for the heads in this model folder")
     ap.add_argument("--bench-json", default=None,
                     help="with --card: include the table of this `python -m specviz.bench sweep ctc` JSON")
@@ -636,6 +682,8 @@ def main(argv=None):
     command = "python -m specviz.train.train_ctc " + " ".join(sys.argv[1:] if argv is None else argv)
     log(command, fh)
 
+    if args.shards:
+        return main_shards(args, device, command, fh)
     loaded = load_model(str(model_dir), device=str(device), dtype="float32")
     model = loaded.model
     fingerprint = base_fingerprint(model_dir)
@@ -668,6 +716,44 @@ def main(argv=None):
     summary = {k: {"val_tau": r["val"]["tau"], "heldout_tau": r.get("heldout", {}).get("tau"), "steps": r["steps"]}
                for k, r in results.items()}
     log(f"summary: {json.dumps(summary)}", fh)
+
+
+def main_shards(args, device, command: str, fh) -> None:
+    """Heads for a registry model from self-distillation shards, over its `--vocab-subset` most
+    frequent tokens (the classes index `vocab_rank.safetensors`, which must exist: build it with
+    `python -m specviz.train.train_adapters --vocab-only`)."""
+    from .. import api
+    from ..drafters.ctc import subset_head
+    from ..drafters.draft_heads import VOCAB_FILE, load_vocab_rank
+    from ..models import REGISTRY
+    from .train_adapters import subset_index
+
+    loaded = api.get_model(args.model)
+    model = loaded.model.requires_grad_(False)
+    assets = REGISTRY[args.model].assets
+    vocab = model.lm_head.weight.shape[0]
+    subset = load_vocab_rank(assets / VOCAB_FILE)[:args.vocab_subset] if args.vocab_subset else None
+    class_index = subset_index(subset, vocab) if subset is not None else None
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    shards = Path(args.shards)
+    train = shard_windows(shards / "train", class_index, eos, args.label_len, args.window)
+    n_val = max(1, train["H"].shape[0] // 20)  # the last 5 % of the training answers pick the checkpoint
+    val = {k: (v[-n_val:] if torch.is_tensor(v) else dict(v, windows=n_val)) for k, v in train.items()}
+    train = {k: (v[:-n_val] if torch.is_tensor(v) else dict(v, windows=v["windows"] - n_val)) for k, v in train.items()}
+    heldout = shard_windows(shards / "heldout", class_index, eos, args.label_len, args.window)
+    lm_head = subset_head(model.lm_head, subset) if subset is not None else model.lm_head
+    base_parts = (model.model.embed_tokens, model.model.norm, lm_head)
+    eos_class = int(class_index[eos]) if class_index is not None else eos
+    args.export_dir = args.export_dir or str(assets)
+    args.subset = args.vocab_subset
+    kinds = ("ctc", "medusa") if args.head == "both" else (args.head,)
+    for kind in kinds:
+        res = train_head(kind, args, {"train": train, "val": val}, base_parts, device, eos_class, "", heldout)
+        res["command"] = command
+        export = Path(args.export_dir) / HEAD_FILES[kind]
+        save_head(load_head(export)[0], export, meta=res)
+        log(f"{kind}: held-out tau {res.get('heldout', {}).get('tau')}", fh)
 
 
 if __name__ == "__main__":

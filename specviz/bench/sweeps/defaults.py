@@ -1,12 +1,14 @@
 """`python -m specviz.bench sweep defaults`: pick a model's per-drafter defaults by measurement.
 
-For each candidate setting of the training-free drafters (CLaSp, static skip, prompt lookup),
+For each candidate setting of the drafters in `GRID` (the training-free ones, and those that use
+a model's trained parts: exit adapters, draft heads, draft model),
 runs greedy generation on the project's example prompts for the model, interleaved with
 `model.generate()` on the same prompt (this process's CPU time, so other jobs on a shared
 machine matter little with `--threads 1`), checks every output equals generate()'s, and writes
 a JSON with τ, acceptance and speedup per setting, plus the chosen defaults: per drafter, the
 setting with the highest speedup. The JSON is what `ModelInfo.drafter_defaults()` reads, so it
-goes to `assets/models/MODEL/drafter_defaults.json` unless `--json` says otherwise.
+goes to `assets/models/MODEL/drafter_defaults.json` unless `--json` says otherwise. Sweeping some
+drafters keeps the other drafters' rows and defaults of an existing file.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "static-skip": [dict(skip="alternate", k=3), dict(skip="ratio", skip_ratio=0.1, k=3),
                     dict(skip="ratio", skip_ratio=0.2, k=3)],
     "prompt-lookup": [dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))],
+    # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft head)
+    "early-exit": [dict(exit_layer=e, k=k, draft_vocab=8192) for e, k in itertools.product((4, 8), (3, 5))],
+    "hispec": [dict(d=4, v=v, n=n, k=3, threshold=0.0, draft_vocab=8192) for v, n in itertools.product((8, 15), (6, 10))],
+    "draft-model": [dict(k=k, draft_vocab=v) for k, v in itertools.product((3, 5), (0, 8192))],
+    "ctc": [dict(head=h, k=k) for h, k in itertools.product(("ctc", "medusa"), (3, 5))],
 }
 
 
@@ -94,13 +101,25 @@ def sweep(model: str, prompts: list[str], max_new: int, drafters: list[str], dev
     return {"results": results, "defaults": defaults}
 
 
+def merge_existing(path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Keep the rows and defaults of drafters this sweep did not measure (from an earlier sweep)."""
+    if not path.is_file():
+        return report
+    old = json.loads(path.read_text(encoding="utf-8"))
+    swept = set(report["defaults"])
+    rows = [r for r in old.get("results", []) if r["drafter"] not in swept] + report["results"]
+    defaults = {**{k: v for k, v in old.get("defaults", {}).items() if k not in swept}, **report["defaults"]}
+    return {"results": rows, "defaults": defaults}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts_file = args.prompts or str(prompts_for(args.model))
     drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
     unknown = [d for d in drafters if d not in GRID]
     if unknown:
         raise BadOption(f"no sweep grid for {', '.join(unknown)} (have: {', '.join(GRID)})")
-    report = sweep(args.model, load_prompts(prompts_file), args.max_new_tokens, drafters, args.device)
+    report = merge_existing(default_output(args), sweep(args.model, load_prompts(prompts_file),
+                                                        args.max_new_tokens, drafters, args.device))
     command = "python -m specviz.bench sweep " + " ".join(shlex.quote(a) for a in args.argv)
     return {"model": args.model, "command": command,
             "date": time.strftime("%Y-%m-%d"), "clock": f"process CPU time, {args.threads} thread(s), greedy, "

@@ -1,0 +1,210 @@
+"""Distil a small draft model for a chat model from its own greedy answers.
+
+Usage (after `python -m specviz.train.selfdistill` wrote its shards)::
+
+    python -m specviz.train.train_draft --layers 2 --minutes 20          # -> assets/models/<model>-draft/
+    python -m specviz.train.train_draft --layers 2 --minutes 20 --resume # continue from <run>/ckpt.pt
+
+The draft is the target's architecture with `--layers` decoder layers, started from the target's
+layers `--init` (a copy: the draft's layers then train freely), its final norm, and *the target's
+own token embeddings and LM head*, shared and frozen: the export stores only the draft's layers
+and norm, and `specviz.api` ties the embeddings to the loaded target (see
+`models.ModelInfo.embeddings_from`).
+
+Loss: cross-entropy of the draft's next-token logits over the `--train-vocab` tokens the target
+emits most (the draft scores the same subset at run time, `draft_vocab`) against the full
+model's argmax at every position of the target's own prompts + answers (labels outside the
+subset are skipped). Reported on held-out instructions: top-1 agreement with the target over
+answer positions, which is the greedy acceptance rate of a one-token draft there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..api import share_embeddings
+from ..models import MODELS_DIR, SMOLLM2
+from .train_adapters import load_shards, log, subset_index, vocab_rank
+
+
+def sequences(data: dict) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(ids, labels, answer mask) per sequence, from the shards' flat tensors."""
+    out, offset = [], 0
+    for length in data["lengths"].tolist():
+        sl = slice(offset, offset + length)
+        out.append((data["ids"][sl].long(), data["argmax"][sl].long(), data["answer"][sl]))
+        offset += length
+    return out
+
+
+def load_sequences(folder: Path) -> list:
+    data = load_shards(folder, ["ids", "argmax", "lengths"])
+    return sequences(data)
+
+
+def make_draft(target, layers: int, init: list[int]):
+    settings = {k: v for k, v in target.config.to_dict().items()
+                if k not in ("model_type", "layer_types", "quantization_config", "_name_or_path")}
+    cfg = AutoConfig.for_model(target.config.model_type, **{**settings, "num_hidden_layers": layers,
+                                                           "tie_word_embeddings": True})
+    draft = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    with torch.no_grad():
+        for i, src in enumerate(init):
+            draft.model.layers[i].load_state_dict(target.model.layers[src].state_dict())
+        draft.model.norm.load_state_dict(target.model.norm.state_dict())
+    share_embeddings(draft, target)  # frozen (the target's parameters are), and never exported
+    return draft
+
+
+def batches(seqs: list, tokens_per_batch: int, gen: torch.Generator):
+    """Sequences grouped to about `tokens_per_batch` padded tokens, in a seeded order."""
+    order = torch.randperm(len(seqs), generator=gen).tolist()
+    batch, width = [], 0
+    for i in order:
+        width = max(width, seqs[i][0].numel())
+        if batch and width * (len(batch) + 1) > tokens_per_batch:
+            yield batch
+            batch, width = [], seqs[i][0].numel()
+        batch.append(seqs[i])
+    if batch:
+        yield batch
+
+
+def pad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(s[0].numel() for s in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    labels = torch.full_like(ids, -1)
+    mask = torch.zeros_like(ids)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    for row, (i, y, a) in enumerate(batch):
+        ids[row, :i.numel()], labels[row, :i.numel()], mask[row, :i.numel()], answer[row, :i.numel()] = i, y, 1, a
+    return ids, labels, mask, answer
+
+
+def subset_logits(draft, ids, mask, weight) -> torch.Tensor:
+    hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state  # after the final norm
+    return F.linear(hidden, weight)
+
+
+@torch.no_grad()
+def agreement(draft, seqs: list, weight: torch.Tensor, subset: torch.Tensor) -> float:
+    draft.eval()
+    hits = total = 0
+    for batch in batches(seqs, 8192, torch.Generator().manual_seed(0)):
+        ids, labels, mask, answer = pad(batch)
+        pred = subset[subset_logits(draft, ids, mask, weight).argmax(-1)]
+        hits += int(((pred == labels) & answer).sum())
+        total += int(answer.sum())
+    draft.train()
+    return hits / max(1, total)
+
+
+def export(draft, folder: Path, meta: dict, tokenizer) -> None:
+    """fp16 layers + norm only (embeddings and head come from the target at load)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in draft.state_dict().items()
+             if not k.startswith(("model.embed_tokens", "lm_head"))}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    draft.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "training_meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=SMOLLM2)
+    ap.add_argument("--data", type=Path, default=Path(".train_data/smol"))
+    ap.add_argument("--run", type=Path, default=Path(".train_data/runs/draft"))
+    ap.add_argument("--out", type=Path, default=None, help="export folder (default assets/models/<model>-draft)")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--init", default="0,1", help="target layers the draft's layers start from")
+    ap.add_argument("--train-vocab", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from .. import api
+
+    loaded = api.get_model(args.model)
+    target = loaded.model
+    for p in target.parameters():
+        p.requires_grad_(False)
+    vocab = target.lm_head.weight.shape[0]
+    subset = vocab_rank(args.data, vocab)[:args.train_vocab].long()
+    index = subset_index(subset, vocab)
+    weight = target.lm_head.weight[subset].detach()
+    init = [int(x) for x in args.init.split(",")]
+    draft = make_draft(target, args.layers, init)
+    train_seqs, held_seqs = load_sequences(args.data / "train"), load_sequences(args.data / "heldout")
+    n_tokens = sum(s[0].numel() for s in train_seqs)
+    log(f"{len(train_seqs)} training sequences ({n_tokens} tokens), {len(held_seqs)} held out")
+    params = [p for n, p in draft.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    total = max(1, int(args.epochs * n_tokens / args.batch_tokens))
+    args.run.mkdir(parents=True, exist_ok=True)
+    ckpt_path, step, spent = args.run / "ckpt.pt", 0, 0.0
+    if args.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        draft.load_state_dict(ckpt["draft"], strict=False)
+        opt.load_state_dict(ckpt["opt"])
+        step, spent = ckpt["step"], ckpt["spent"]
+    best = {"agreement": agreement(draft, held_seqs, weight, subset), "step": step}
+    log(f"start: held-out agreement {best['agreement']:.4f} (layers {init} of the target as they are)")
+    start = time.time() - spent
+    epoch = 0
+    while step < total and time.time() - start < args.minutes * 60:
+        for batch in batches(train_seqs, args.batch_tokens, torch.Generator().manual_seed(args.seed * 100 + epoch)):
+            ids, labels, mask, _ = pad(batch)
+            lr = args.lr * min(1.0, (step + 1) / 50) * max(0.05, 0.5 * (1 + torch.cos(torch.tensor(step / total * 3.14159)).item()))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            logits = subset_logits(draft, ids, mask, weight)
+            target_index = torch.where(labels >= 0, index[labels.clamp(min=0)], torch.full_like(labels, -100))
+            loss = F.cross_entropy(logits.flatten(0, 1), target_index.flatten(), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if step % 25 == 0:
+                log(f"step {step}/{total} loss {loss.item():.3f} lr {lr:.2e} {time.time() - start:.0f}s")
+            if step % args.eval_every == 0 or step >= total or time.time() - start >= args.minutes * 60:
+                score = agreement(draft, held_seqs, weight, subset)
+                log(f"step {step}: held-out agreement {score:.4f}")
+                torch.save({"draft": {k: v for k, v in draft.state_dict().items() if "embed" not in k and "lm_head" not in k},
+                            "opt": opt.state_dict(), "step": step, "spent": time.time() - start}, ckpt_path)
+                if score > best["agreement"]:
+                    best = {"agreement": score, "step": step}
+                    torch.save(draft.state_dict(), args.run / "best.pt")
+                if step >= total or time.time() - start >= args.minutes * 60:
+                    break
+        epoch += 1
+    if (args.run / "best.pt").exists():
+        draft.load_state_dict(torch.load(args.run / "best.pt", weights_only=False))
+    share_embeddings(draft, target)
+    meta = {"layers": args.layers, "init_from_target_layers": init, "train_vocab": args.train_vocab,
+            "train_tokens": n_tokens, "steps": step, "best": best, "seed": args.seed,
+            "heldout_sequences": len(held_seqs),
+            "command": "python -m specviz.train.train_draft " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    out = args.out or (MODELS_DIR / f"{args.model}-draft")
+    export(draft, out, meta, loaded.tokenizer)
+    log(f"wrote {out}: best held-out agreement {best['agreement']:.4f} at step {best['step']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Exit adapters and the frequency-ranked draft vocabulary: lossless greedy, exact sampling (with a
+planted wrong rule that must fail), and clear messages when a part is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specviz.drafters import make_drafter
+from specviz.drafters.draft_heads import DraftHead, ExitAdapter, build_head
+from specviz.engine import Engine, GenerationConfig
+from specviz.sampling import SamplingConfig
+from tests.test_engine import V, chi_square_p, exact_joint, sampled_counts
+from tests.test_sampling_power import PROMPT, RUNS, acceptance, resample_from_p
+from tests.tiny import ARCHS, random_draft_parts, random_prompt, reference_greedy, tiny_model
+
+DAMP = {2: 0.05, 3: 0.3, 4: 0.05, 5: 0.3}
+GREEDY_CASES = [
+    ("early-exit", {"exit_layer": 2, "k": 4, "adapter": "on"}),
+    ("early-exit", {"exit_layer": 3, "k": 6, "adapter": "on", "draft_vocab": 96}),
+    ("early-exit", {"exit_layer": 2, "k": 3, "adapter": "off", "draft_vocab": 32, "threshold": 0.2}),
+    ("hispec", {"d": 2, "v": 3, "n": 6, "k": 3, "adapter": "on", "threshold": 0.0}),
+    ("hispec", {"d": 1, "v": 3, "n": 4, "k": 2, "adapter": "on", "draft_vocab": 64, "threshold": 0.0}),
+]
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    made = {}
+    for arch in ARCHS:
+        for seed in (0, 1):
+            model = tiny_model(arch, seed=seed, damp=DAMP)
+            random_draft_parts(model, tmp_path_factory.mktemp(f"{arch}{seed}"), exits=(1, 2, 3), seed=seed)
+            made[(arch, seed)] = (model, Engine(model))
+    return made
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("name,options", GREEDY_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(GREEDY_CASES)])
+def test_greedy_equals_generate_with_adapters_and_subset(targets, arch, seed, name, options):
+    model, engine = targets[(arch, seed)]
+    prompt = random_prompt(seed + 10)
+    trace = engine.generate(prompt, make_drafter(name, model, **options), GenerationConfig(max_new_tokens=24))
+    assert trace.generated == reference_greedy(model, prompt, 24)
+
+
+def test_the_adapter_changes_the_drafts(targets):
+    """The greedy tests would pass with an adapter that is never applied: check it is."""
+    model, engine = targets[("llama", 0)]
+    prompt = random_prompt(3)
+    runs = {a: engine.generate(prompt, make_drafter("early-exit", model, exit_layer=2, k=4, adapter=a),
+                               GenerationConfig(max_new_tokens=24)) for a in ("on", "off")}
+    drafts = {a: [s.draft_tokens for s in t.steps] for a, t in runs.items()}
+    assert drafts["on"] != drafts["off"]
+    assert runs["on"].steps[1].info["adapter"] is True and runs["off"].steps[1].info["adapter"] is False
+
+
+def test_an_untrained_adapter_is_the_identity():
+    adapter = ExitAdapter(16, 32)
+    h = torch.randn(3, 16)
+    assert torch.equal(adapter(h), h)
+
+
+def test_subset_head_scores_only_the_subset(targets):
+    model, _ = targets[("qwen2", 0)]
+    subset = torch.tensor([5, 17, 200, 3])
+    head = DraftHead(model, None, subset)
+    h = torch.randn(2, model.config.hidden_size)
+    got = head(h)
+    full = model.lm_head(model.model.norm(h))
+    assert torch.isinf(got).sum() == 2 * (model.config.vocab_size - 4)
+    assert torch.allclose(got[:, subset], full[:, subset], atol=1e-5)
+    assert set(got.argmax(-1).tolist()) <= set(subset.tolist())
+
+
+def test_missing_parts_are_named(tmp_path):
+    model = tiny_model("llama", seed=3)
+    with pytest.raises(ValueError, match="no trained exit adapter for exit layer 2.*has: none"):
+        build_head(model, 2, "on", 0, "early-exit")
+    with pytest.raises(ValueError, match="draft_vocab=64 needs the target.s token ranking"):
+        build_head(model, 2, "off", 64, "early-exit")
+    with pytest.raises(ValueError, match="draft_vocab must be 0 .* or an integer in \\[1, 256\\]"):
+        make_drafter("early-exit", model, exit_layer=2, draft_vocab=999)
+    with pytest.raises(ValueError, match="adapter must be one of auto, on, off"):
+        make_drafter("early-exit", model, exit_layer=2, adapter="yes")
+    random_draft_parts(model, tmp_path, exits=(1,))
+    with pytest.raises(ValueError, match="exit layer 2 \\(this model has: 1\\)"):
+        make_drafter("early-exit", model, exit_layer=2, adapter="on")
+    # auto: no adapter for this exit is fine, and the drafter says it drafts without one
+    assert make_drafter("early-exit", model, exit_layer=2).settings()["adapter"] is False
+    assert make_drafter("early-exit", model, exit_layer=1).settings()["adapter"] is True
+
+
+# -- sampling exactness, with teeth (see test_sampling_power) -----------------------------------
+
+SAMPLING_CASES = {
+    "early-exit+adapter": dict(name="early-exit", exit_layer=1, k=2, adapter="on"),
+    "early-exit+adapter+subset": dict(name="early-exit", exit_layer=1, k=2, adapter="on", draft_vocab=3),
+    "hispec+adapters+subset": dict(name="hispec", d=1, v=2, n=2, k=2, adapter="on", draft_vocab=3),
+}
+
+
+@pytest.fixture(scope="module")
+def sampling_setup(tmp_path_factory):
+    target = tiny_model("llama", seed=7, num_layers=3, vocab=V, hidden=32, damp={1: 4.0, 2: 4.0})
+    target.generation_config.eos_token_id = None
+    target.config.eos_token_id = None
+    random_draft_parts(target, tmp_path_factory.mktemp("parts"), exits=(1, 2), seed=5, scale=2.0)
+    sampling = {"temperature": 1.0}
+    return target, sampling, exact_joint(target, PROMPT, SamplingConfig(**sampling), 3)
+
+
+@pytest.mark.parametrize("case", list(SAMPLING_CASES))
+def test_adapter_drafts_sample_exactly_and_the_test_has_teeth(sampling_setup, case):
+    target, sampling, exact = sampling_setup
+    options = dict(SAMPLING_CASES[case])
+    name = options.pop("name")
+    engine = Engine(target)
+    factory = lambda: make_drafter(name, target, **options)  # noqa: E731
+    rate, drafted = acceptance(engine, factory, sampling)
+    assert drafted >= 200 and rate < 0.8, f"{case}: acceptance {rate:.2f} over {drafted} drafts leaves the test weak"
+    right = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS), exact, RUNS)
+    assert right > 1e-3, f"{case}: speculative sampling deviates from the target (p={right:.2g})"
+    wrong = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS, accept_rule=resample_from_p),
+                         exact, RUNS)
+    assert wrong < 1e-3, f"{case}: resampling from p instead of the residual went unnoticed (p={wrong:.2g})"
