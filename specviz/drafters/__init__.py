@@ -25,7 +25,8 @@ for _module in MODULES:
 
 # The trained parts a drafter may need (`Declaration.needs`), in words.
 PART_TEXT: dict[str, str] = {
-    "early-exit": "a model trained to exit early (its intermediate layers must predict through the shared head)",
+    "early-exit": "a model trained to exit early, or trained exit adapters (its intermediate layers must predict "
+                  "the next token through the shared head)",
     "ctc-head": "a CTC draft head trained for this model",
     "medusa-head": "a Medusa draft head trained for this model",
     "draft-model": "a small draft model with this model's tokenizer",

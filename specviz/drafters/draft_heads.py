@@ -190,7 +190,7 @@ def draft_vocab_option(default: int = 0) -> Option:
     return Option("draft_vocab", "int", default,
                   "score only the N tokens this model emits most (FR-Spec); 0 = the full vocabulary",
                   flag="--draft-vocab", label="draft vocabulary (most frequent N tokens; 0 = all)",
-                  minimum=0, maximum=262144, step=1024)
+                  minimum=0, maximum=65536, step=1024)
 
 
 def available_exits(target: nn.Module) -> list[int]:

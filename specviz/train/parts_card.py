@@ -1,0 +1,133 @@
+"""Write the card of a chat model's trained drafting parts from what the training scripts recorded.
+
+Usage::
+
+    python -m specviz.train.parts_card --model smollm2-135m-instruct [--bench BENCH.json]
+
+Reads the metadata stored inside each part (exit adapters, vocabulary ranking, CTC / Medusa heads)
+and the draft model's `training_meta.json`, and writes `assets/models/<model>/DRAFT_PARTS.md`:
+data, steps, held-out figures and the command that reproduces each part. Nothing in the card is
+typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from ..drafters.ctc import HEAD_FILES
+from ..drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE
+from ..models import MODELS_DIR, SMOLLM2
+
+DATA_COMMAND = "python -m specviz.train.selfdistill --out .train_data/smol --split train --limit 1300 --tag b"
+
+
+def _metadata(path: Path) -> dict:
+    with safe_open(str(path), "pt") as fh:
+        return fh.metadata() or {}
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def adapters_section(folder: Path) -> list[str]:
+    path = folder / ADAPTER_FILE
+    if not path.is_file():
+        return ["## Exit adapters", "", "Not trained yet."]
+    meta = json.loads(_metadata(path)["meta"])
+    lines = ["## Exit adapters (early exit, HiSpec)", "",
+             f"`{ADAPTER_FILE}` ({_size(path)}, fp16): one residual SwiGLU adapter per exit "
+             f"(inner size {meta['inner']}), trained on {meta['train_tokens']:,} tokens "
+             f"(positions: {meta['positions']}), loss over the {meta['train_vocab']} most frequent tokens.", "",
+             "| exit | steps | held-out answer tokens | agreement, plain exit | agreement, adapter | "
+             "adapter, draft vocabulary |", "|---:|---:|---:|---:|---:|---:|"]
+    for exit_layer, r in sorted(meta["exits"].items(), key=lambda kv: int(kv[0])):
+        subset = next((v for k, v in r.items() if k.startswith("adapter_agreement_vocab")), None)
+        lines.append(f"| {exit_layer} | {r['steps']} | {r['heldout_tokens']:,} | {r['plain_agreement']:.3f} | "
+                     f"{r['adapter_agreement']:.3f} | {subset:.3f} |")
+    lines += ["", "Agreement = how often the exit's top token equals the full model's on held-out answers "
+              "(the greedy acceptance of a one-token draft there).", "", f"Reproduce: `{meta['command']}`"]
+    return lines
+
+
+def vocab_section(folder: Path) -> list[str]:
+    path = folder / VOCAB_FILE
+    if not path.is_file():
+        return []
+    meta = _metadata(path)
+    cover = json.loads(meta.get("heldout_coverage", "{}"))
+    row = " | ".join(f"{int(k):,}: {v:.1%}" for k, v in cover.items())
+    return ["## Draft vocabulary (FR-Spec)", "",
+            f"`{VOCAB_FILE}` ({_size(path)}): every token id, most often emitted first, counted over the "
+            "model's own greedy answers to the training instructions.",
+            f"Share of held-out answer tokens inside the top N: {row}.", "",
+            "Reproduce: `python -m specviz.train.train_adapters --vocab-only`"]
+
+
+def heads_section(folder: Path) -> list[str]:
+    lines = ["## CTC and Medusa heads", ""]
+    found = False
+    for kind, filename in HEAD_FILES.items():
+        path = folder / filename
+        if not path.is_file():
+            continue
+        found = True
+        meta = json.loads(_metadata(path).get("meta", "{}"))
+        held = meta.get("heldout", {})
+        cfg = meta.get("config", {})
+        lines.append(f"- **{kind}** `{filename}` ({_size(path)}): {meta.get('params', 0):,} parameters, "
+                     f"{cfg.get('frames')} frames, {cfg.get('subset') or 'all'} classes + "
+                     f"{'blank' if kind == 'ctc' else 'no blank'}; {meta.get('steps')} steps of "
+                     f"{meta.get('batch_size')} ({meta.get('train_seconds')} s); held-out τ "
+                     f"{held.get('tau', float('nan')):.3f}, acceptance per position {held.get('accept_per_position')} "
+                     f"over {held.get('samples')} contexts. Reproduce: `{meta.get('command', '')}`")
+    return lines if found else lines + ["Not trained yet."]
+
+
+def draft_section(model: str) -> list[str]:
+    folder = MODELS_DIR / f"{model}-draft"
+    meta_path = folder / "training_meta.json"
+    if not meta_path.is_file():
+        return ["## Draft model", "", "Not trained yet."]
+    meta = json.loads(meta_path.read_text())
+    return ["## Draft model", "",
+            f"`assets/models/{model}-draft/` ({_size(folder / 'model.safetensors')} of weights, fp16): "
+            f"{meta['layers']} decoder layers started from the target's layers {meta['init_from_target_layers']}, "
+            "with the target's own embeddings and LM head (shared at load, not stored). "
+            f"Trained {meta['steps']} steps on {meta['train_tokens']:,} tokens; loss over the "
+            f"{meta['train_vocab']} most frequent tokens. Held-out agreement with the target (answer positions of "
+            f"{meta['heldout_sequences']} held-out instructions): {meta['best']['agreement']:.3f} "
+            f"(step {meta['best']['step']}).", "", f"Reproduce: `{meta['command']}`"]
+
+
+def write(model: str) -> Path:
+    folder = MODELS_DIR / model
+    lines = [f"# Trained drafting parts of {model}", "",
+             "The target model itself is unchanged: every part only shapes the drafts, and every output is "
+             "verified by the full model (greedy output equals `generate()`; sampling keeps its distribution).", "",
+             "## Data", "",
+             "Self-distillation: the model's own greedy answers (up to 160 tokens) to instructions built from "
+             "task templates x topics and from passages of the Python standard library's docstrings "
+             "(`specviz.train.instructions`). Held out, never trained on: the categories `poem` and `code`, ten "
+             "topics in every category, some passages' modules, and the project's example prompts.", "",
+             f"Reproduce: `{DATA_COMMAND}` (and `--split heldout --limit 144`).", ""]
+    for section in (adapters_section(folder), vocab_section(folder), heads_section(folder), draft_section(model)):
+        if section:
+            lines += section + [""]
+    out = folder / "DRAFT_PARTS.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=SMOLLM2)
+    print(write(ap.parse_args(argv).model))
+
+
+if __name__ == "__main__":
+    main()
