@@ -26,7 +26,7 @@ TEACH_CSS = """
 .sv-teach { font-size: 13px; line-height: 1.45; }
 .sv-teach h4 { margin: .7em 0 .25em 0; font-size: 13.5px; }
 .sv-teach table { border-collapse: collapse; font-size: 12.5px; }
-.sv-teach td, .sv-teach th { padding: 2px 6px; border-bottom: 1px solid rgba(128,128,128,.25); text-align: left;
+.sv-teach table td, .sv-teach table th { padding: 3px 6px !important; text-align: left; vertical-align: middle;
   font-variant-numeric: tabular-nums; }
 .sv-teach .sv-why { opacity: .8; font-size: 12px; margin: .3em 0; }
 .sv-teach code { font-size: 12px; }
@@ -96,21 +96,23 @@ def acceptance_html(trace: Trace | None, step: int | None, decode: Decode | None
 
 
 def _greedy_rule(s: StepEvent, pieces: list[str], target_piece: str) -> str:
+    deterministic = (" Here q = 1: this drafter picks its tokens by rule (copying, collapsing frames), not from a "
+                     "distribution." if s.draft_probs and all(abs(q - 1.0) < 1e-9 for q in s.draft_probs) else "")
     rows = []
     for i, (tok, piece) in enumerate(zip(s.draft_tokens, pieces)):
         p, q = _get(s.target_probs, i), _get(s.draft_probs, i)
         if i < s.accepted:
-            check = f'<span style="color:{BLUE}">✓ the target\'s top token too: accepted</span>'
+            check = f'<span style="color:{BLUE}">✓ also the target\'s top: accept</span>'
         elif i == s.accepted:
-            check = (f'<span style="color:{VERMILLION}">✗ the target\'s top token is {_tok(target_piece)}: '
-                     "stop here</span>")
+            check = f'<span style="color:{VERMILLION}">✗ the target\'s top is {_tok(target_piece)}: stop</span>'
         else:
-            check = "<span style='opacity:.6'>not checked: comes after the first mismatch</span>"
+            check = "<span style='opacity:.6'>– after the stop: not checked</span>"
         rows.append(f"<tr><td>{i + 1}</td><td>{_tok(piece)}</td><td>{_fmt_p(q)}</td><td>{_fmt_p(p)}</td>"
                     f"<td>{check}</td></tr>")
     n = len(s.draft_tokens)
     if s.accepted == n:
-        last = (f"All {n} drafts matched, so the verify pass's last position (it saw every draft) gives a "
+        last = (f"{'All ' + str(n) + ' drafts' if n > 1 else 'The draft'} matched, so the verify pass's last "
+                "position (it saw every draft) gives a "
                 f"<b>bonus</b> token for free: the target's top token there, {_tok(target_piece)}.")
     else:
         last = (f"The target adds its own top token at the first mismatch, {_tok(target_piece)} (the "
@@ -119,9 +121,9 @@ def _greedy_rule(s: StepEvent, pieces: list[str], target_piece: str) -> str:
             "<div class='sv-why'>With temperature 0 the target would write its top (argmax) token at every "
             "position. One verify pass over [last token, drafts] gives the target's top token after each prefix; "
             "a draft is kept only while it equals that token, so the output is exactly what the target alone "
-            "writes. p and q below are softmax probabilities at T = 1, shown for intuition: the rule looks "
-            "only at which token is on top.</div>"
-            "<div class='sv-scrollx'><table><tr><th>#</th><th>draft x</th><th>q(x) draft</th><th>p(x) target</th>"
+            "writes. p (target) and q (draft) below are softmax probabilities at T = 1, shown for intuition: the rule looks "
+            f"only at which token is on top.{deterministic}</div>"
+            "<div class='sv-scrollx'><table><tr><th>#</th><th>draft x</th><th>q(x)</th><th>p(x)</th>"
             f"<th>check</th></tr>{''.join(rows)}</table></div>"
             f"<div>{last} This step commits {s.accepted} draft token{'s' if s.accepted != 1 else ''} + 1 = "
             f"{s.accepted + 1}.</div>")
@@ -135,13 +137,13 @@ def _sampling_rule(trace: Trace, s: StepEvent, pieces: list[str], target_piece: 
         ratio = None if p is None or q is None else (1.0 if q <= 0 else min(1.0, p / q))
         u = _get(s.draws, i)
         if i > s.accepted:
-            verdict, u_text = "<span style='opacity:.6'>not checked: after the rejection</span>", "–"
+            verdict, u_text = "<span style='opacity:.6'>– after the rejection: not checked</span>", "–"
         else:
             u_text = _fmt_p(u) if u is not None else "not recorded"
             if i < s.accepted:
-                verdict = f'<span style="color:{BLUE}">u &lt; min(1, p/q): accept</span>'
+                verdict = f'<span style="color:{BLUE}">✓ u &lt; min(1, p/q): accept</span>'
             else:
-                verdict = f'<span style="color:{VERMILLION}">u ≥ min(1, p/q): reject</span>'
+                verdict = f'<span style="color:{VERMILLION}">✗ u ≥ min(1, p/q): reject</span>'
         rows.append(f"<tr><td>{i + 1}</td><td>{_tok(piece)}</td><td>{_fmt_p(p)}</td><td>{_fmt_p(q)}</td>"
                     f"<td>{_fmt_p(ratio)}</td><td>{u_text}</td><td>{verdict}</td></tr>")
     d = s.accept_detail or {}
@@ -167,9 +169,9 @@ def _sampling_rule(trace: Trace, s: StepEvent, pieces: list[str], target_piece: 
     temp = trace.settings.get("temperature")
     return (f"<h4>Step {s.index}: rejection sampling (temperature {html.escape(str(temp))})</h4>"
             f"<div class='sv-why'>{why} Together, accept-or-resample gives tokens distributed exactly as the target "
-            "alone would sample them. p and q are after the same temperature / top-k / top-p; u is the uniform "
+            "alone would sample them. p (target) and q (draft) are after the same temperature / top-k / top-p; u is the uniform "
             "draw the rule made for that token.</div>"
-            "<div class='sv-scrollx'><table><tr><th>#</th><th>draft x</th><th>p(x) target</th><th>q(x) draft</th>"
+            "<div class='sv-scrollx'><table><tr><th>#</th><th>draft x</th><th>p(x)</th><th>q(x)</th>"
             f"<th>min(1, p/q)</th><th>u</th><th>verdict</th></tr>{''.join(rows)}</table></div>"
             f"<div>{last}</div>")
 
@@ -537,15 +539,15 @@ def ctc_html(trace: Trace | None, step: int | None, decode: Decode | None = None
         example = ("No token repeats across a blank in this step" + (f"; step {other} has one." if other is not None
                    else " (none in this run): a doubled token would need frames like a ∅ a."))
     cut = (s.info or {}).get("cut")
-    cut_text = {"k": "the length limit k", "eos": "an end-of-sequence token", "threshold": "the confidence stop",
-                "frames": "running out of frames"}.get(str(cut), str(cut))
+    cut_text = {"k": "at the length limit k", "eos": "at an end-of-sequence token", "threshold": "at the confidence stop",
+                "frames": "with the last frame"}.get(str(cut), str(cut))
     return _wrap(f"<h4>Step {s.index}: CTC frames → draft</h4>"
                  f"<div class='sv-why'>The CTC head reads the last hidden state once and emits {len(frames)} frames "
                  "together, each a token or a blank ∅. Best-path decoding takes each frame's top choice, merges runs "
                  "of equal adjacent frames and drops blanks; what remains is the draft, cut to at most k tokens.</div>"
                  f"<div class='sv-scrollx'><table><tr><th>frames</th>{''.join(frame_cells)}</tr>"
                  f"<tr><th>collapse</th>{''.join(run_cells)}</tr></table></div>"
-                 f"<div>{example} The draft ({len(s.draft_tokens)} tokens) ended at {html.escape(cut_text)}; the "
+                 f"<div>{example} The draft ({len(s.draft_tokens)} tokens) ended {html.escape(cut_text)}; the "
                  f"target accepted {s.accepted}.</div>")
 
 
@@ -568,9 +570,14 @@ def step_lesson_html(trace: Trace | None, step: int | None, decode: Decode | Non
 
 # -- 6. logit lens -----------------------------------------------------------------------------------
 
+def _visible(piece: str) -> str:
+    """A token's text with spaces and control characters visible (a leading space matters)."""
+    return (repr(piece)[1:-1].replace(" ", "␣")) or "∅"
+
+
 @failsafe("figure")
 def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go.Figure:
-    """One row per exit (and per adapted exit): its top tokens with their probabilities, and the
+    """One row per exit (and per adapted exit): its top tokens coloured by probability, and the
     probability and rank of the token the run actually chose."""
     if result is None:
         return message_figure("Pick a position in the generated text to see what each layer's exit would predict.")
@@ -584,28 +591,30 @@ def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go
         for c in range(top):
             if c < len(r.top):
                 tok, p = r.top[c]
-                piece = repr(show([tok]))[1:-1] or "∅"
+                piece = _visible(show([tok]))
                 mark = " ✓" if tok == result.chosen else ""
                 zr.append(p)
                 tr.append(html.escape(piece[:10]) + mark)
                 hr.append(f"{html.escape(r.label)} · top {c + 1}: {html.escape(repr(piece))} p = {p:.3f}")
             else:
                 zr.append(None); tr.append(""); hr.append("")
-        chosen_piece = repr(show([result.chosen]))[1:-1]
+        chosen_piece = _visible(show([result.chosen]))
         zr.append(r.chosen_p)
-        tr.append(f"{r.chosen_p:.2f} (#{r.chosen_rank})")
+        tr.append(f"{r.chosen_p:.2f} #{r.chosen_rank}")
         hr.append(f"{html.escape(r.label)} · the chosen token {html.escape(repr(chosen_piece))}: p = {r.chosen_p:.3f}, "
                   f"rank {r.chosen_rank}")
         z.append(zr); text.append(tr); hover.append(hr)
-    chosen = html.escape(repr(show([result.chosen]))[1:-1])
+    chosen = html.escape(_visible(show([result.chosen])))
     xs = [f"top {c + 1}" for c in range(top)] + [f"p('{chosen}')"]
+    # no colour bar and a fixed text size: on a 390 px phone every pixel goes to the cells
     fig = go.Figure(go.Heatmap(z=z, x=xs, y=labels, text=text, texttemplate="%{text}", customdata=hover,
                                hovertemplate="%{customdata}<extra></extra>", colorscale="Blues", zmin=0, zmax=1,
-                               xgap=2, ygap=2, colorbar=dict(title="p", thickness=10)))
-    fig.update_yaxes(autorange="reversed", type="category", title_text="exit after layer")
+                               xgap=2, ygap=2, showscale=False, textfont=dict(size=11)))
+    fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(side="top", type="category")
-    title = (f"Logit lens at generated token {result.position + 1}: what each exit predicts "
-             f"(✓ = the token the run chose)")
-    _layout(fig, title, height=max(260, 26 * len(rows) + 110))
-    fig.update_layout(margin=dict(l=90, r=20, t=80, b=20))
+    title = (f"Logit lens at generated token {result.position + 1} ('{chosen}')<br><sup>rows: exit after layer e; "
+             "colour: probability<br>✓ = the token the run chose; last column: its p and rank</sup>")
+    _layout(fig, title, height=max(260, 26 * len(rows) + 120))
+    fig.update_layout(margin=dict(l=8, r=8, t=90, b=10))
+    fig.update_yaxes(automargin=True)
     return fig

@@ -45,7 +45,7 @@ def test_greedy_rule_shows_the_prefix_match_and_where_it_stopped():
     step = StepEvent(1, [11, 12, 13], 1, 19, [11, 19], [0.9, 0.8, 0.7], [0.95, 0.2, 0.1])
     out = text(teach.acceptance_html(trace_of([step]), 1, decode))
     assert "longest matching prefix" in out
-    assert out.count("accepted") >= 1 and "stop here" in out and "not checked" in out
+    assert "also the target's top: accept" in out and "top is" in out and "after the stop: not checked" in out
     assert "correction" in out and "bonus" not in out
     assert "commits 1 draft token + 1 = 2" in out
 
@@ -53,7 +53,7 @@ def test_greedy_rule_shows_the_prefix_match_and_where_it_stopped():
 def test_greedy_rule_names_the_bonus_when_every_draft_passes():
     step = StepEvent(1, [11, 12], 2, 13, [11, 12, 13], [0.9, 0.8], [0.95, 0.9])
     out = text(teach.acceptance_html(trace_of([step]), 1, decode))
-    assert "bonus" in out and "stop here" not in out
+    assert "bonus" in out and "✗" not in out
 
 
 def test_sampling_rule_shows_ratio_draw_and_residual():
@@ -64,9 +64,9 @@ def test_sampling_rule_shows_ratio_draw_and_residual():
     assert "rejection sampling" in out
     assert "0.500" in out and "0.300" in out  # min(1, p/q) and u of token 1
     assert "0.250" in out and "0.900" in out  # of token 2
-    assert "u ≥ min(1, p/q): reject" in out and "u < min(1, p/q): accept" in out
+    assert "✗ u ≥ min(1, p/q): reject" in out and "✓ u < min(1, p/q): accept" in out
     assert "residual" in out and "0.625" in out and "0.800" in out
-    assert "not checked: after the rejection" in out
+    assert "after the rejection: not checked" in out
 
 
 def test_sampling_rule_bonus_and_deterministic_drafter():

@@ -17,13 +17,13 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 
-LENS_TOP = 5  # top tokens per exit
+LENS_TOP = 3  # top tokens per exit (more do not fit a phone's width)
 
 LENS_NOTE = (
     "Exit *e* = the first *e* layers, then the model's own final norm and LM head: exactly what an early-exit "
     "draft at E = *e* would predict. A model trained with an early-exit loss (the bundled specviz-tiny) predicts "
-    "well from its middle exits; one never trained for it (SmolLM2) guesses from noise below its last layers, "
-    "which is why early exit and HiSpec barely get drafts accepted there. A trained *exit adapter* (a small "
+    "well from its middle exits; one never trained for it (SmolLM2) seldom puts the right token on top before "
+    "its last layers, which is why early exit and HiSpec get few drafts accepted there. A trained *exit adapter* (a small "
     "layer applied before the norm) would show as an extra row “e + adapter”.")
 
 
