@@ -35,6 +35,7 @@ TEACH_CSS = """
 .sv-grid { display: grid; gap: 2px; margin: .3em 0; width: max-content; }
 .sv-grid > div { font-size: 11px; text-align: center; min-width: 1.6em; padding: 1px 3px; border-radius: 2px; }
 .sv-scrollx { overflow-x: auto; max-width: 100%; }
+.sv-teach table td:last-child { white-space: nowrap; }
 """
 
 
