@@ -35,7 +35,7 @@ TEACH_CSS = """
 .sv-grid { display: grid; gap: 2px; margin: .3em 0; width: max-content; }
 .sv-grid > div { font-size: 11px; text-align: center; min-width: 1.6em; padding: 1px 3px; border-radius: 2px; }
 .sv-scrollx { overflow-x: auto; max-width: 100%; }
-.sv-teach table td:last-child { white-space: nowrap; }
+.sv-teach table.sv-rule td:last-child { white-space: nowrap; }
 """
 
 
@@ -124,7 +124,7 @@ def _greedy_rule(s: StepEvent, pieces: list[str], target_piece: str) -> str:
             "a draft is kept only while it equals that token, so the output is exactly what the target alone "
             "writes. p (target) and q (draft) below are softmax probabilities at T = 1, shown for intuition: the rule looks "
             f"only at which token is on top.{deterministic}</div>"
-            "<div class='sv-scrollx'><table><tr><th>#</th><th>draft x</th><th>q(x)</th><th>p(x)</th>"
+            "<div class='sv-scrollx'><table class='sv-rule'><tr><th>#</th><th>draft x</th><th>q(x)</th><th>p(x)</th>"
             f"<th>check</th></tr>{''.join(rows)}</table></div>"
             f"<div>{last} This step commits {s.accepted} draft token{'s' if s.accepted != 1 else ''} + 1 = "
             f"{s.accepted + 1}.</div>")
@@ -172,7 +172,7 @@ def _sampling_rule(trace: Trace, s: StepEvent, pieces: list[str], target_piece: 
             f"<div class='sv-why'>{why} Together, accept-or-resample gives tokens distributed exactly as the target "
             "alone would sample them. p (target) and q (draft) are after the same temperature / top-k / top-p; u is the uniform "
             "draw the rule made for that token.</div>"
-            "<div class='sv-scrollx'><table><tr><th>#</th><th>draft x</th><th>p(x)</th><th>q(x)</th>"
+            "<div class='sv-scrollx'><table class='sv-rule'><tr><th>#</th><th>draft x</th><th>p(x)</th><th>q(x)</th>"
             f"<th>min(1, p/q)</th><th>u</th><th>verdict</th></tr>{''.join(rows)}</table></div>"
             f"<div>{last}</div>")
 
