@@ -35,7 +35,7 @@ TEACH_CSS = """
 .sv-grid { display: grid; gap: 2px; margin: .3em 0; width: max-content; }
 .sv-grid > div { font-size: 11px; text-align: center; min-width: 1.6em; padding: 1px 3px; border-radius: 2px; }
 .sv-scrollx { overflow-x: auto; max-width: 100%; }
-.sv-teach table.sv-rule td:last-child { white-space: nowrap; }
+.sv-teach table.sv-rule td:last-child, .sv-teach th { white-space: nowrap; }
 """
 
 
@@ -435,9 +435,9 @@ def hispec_rounds_html(trace: Trace | None, step: int | None, decode: Decode | N
     cells_d.append("<td></td>")
     cells_v.append("<td></td>")
     cells_full.append(f"<td title=\"the full model's own token\">{_tok(tp, 'rgba(230,159,0,.32)')}</td>")
-    rows = (f"<tr><th>exit d = {d}: draft</th>{''.join(cells_d)}</tr>"
-            f"<tr><th>exit v = {v}: check each round</th>{''.join(cells_v)}</tr>"
-            f"<tr><th>layer L = {L}: full check</th>{''.join(cells_full)}</tr>")
+    rows = (f"<tr><th title='draft with the first d layers'>d = {d} drafts</th>{''.join(cells_d)}</tr>"
+            f"<tr><th title='check each round with the first v layers'>v = {v} checks</th>{''.join(cells_v)}</tr>"
+            f"<tr><th title='the full model checks the buffer'>all {L} check</th>{''.join(cells_full)}</tr>")
     drafted = sum(len(rd.get("drafts") or []) for rd in rounds)
     passed_v = sum(int(rd.get("accepted") or 0) for rd in rounds)
     from_v = sum(rd.get("correction") is not None for rd in rounds)
