@@ -261,6 +261,9 @@ class Generation:
             event.draft_probs = list(draft.token_probs)
             event.target_probs = self._target_probs(draft.tokens, logits)
             event.info = draft.info
+            event.draws, event.accept_detail = list(verdict.draws), dict(verdict.detail)
+            if draft.reuse is not None:
+                event.reuse = [int(draft.reuse.layer), int(draft.reuse.hidden.shape[1])]
         return event
 
     def _target_probs(self, draft_tokens: list[int], logits: torch.Tensor) -> list[float]:

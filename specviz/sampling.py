@@ -7,7 +7,8 @@ through `SamplingConfig.probs`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -82,6 +83,11 @@ class Verdict:
 
     accepted: int
     next_token: int
+    # What the rule decided with, for the app to show the rule on a run's own numbers (rejection
+    # sampling only): the uniform draw u_i per draft token checked, and p / q / residual of the
+    # target's token ("p", "q", "residual", "residual_mass"; q and residual only after a rejection).
+    draws: list[float] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -115,6 +121,7 @@ def accept_rejection(
     """
     p_all = target_probs.float().cpu()
     q_all = None if draft_probs is None else draft_probs.float().cpu()
+    draws: list[float] = []
     for i, token in enumerate(draft):
         p = p_all[i]
         if q_all is None:
@@ -124,7 +131,13 @@ def accept_rejection(
             q = q_all[i]
         q_x = float(q[token])
         ratio = 1.0 if q_x <= 0.0 else float(p[token]) / q_x
-        if uniform(generator) < min(1.0, ratio):
+        draws.append(uniform(generator))
+        if draws[-1] < min(1.0, ratio):
             continue
-        return Verdict(i, sample(residual(p, q), generator))
-    return Verdict(len(draft), sample(p_all[len(draft)], generator))
+        r = residual(p, q)
+        token = sample(r, generator)
+        detail = {"p": float(p[token]), "q": float(q[token]), "residual": float(r[token]),
+                  "residual_mass": float((p - q).clamp_min(0.0).sum())}
+        return Verdict(i, token, draws, detail)
+    token = sample(p_all[len(draft)], generator)
+    return Verdict(len(draft), token, draws, {"p": float(p_all[len(draft)][token])})

@@ -27,6 +27,13 @@ class StepEvent:
     t_search: float = 0.0  # seconds the drafter spent adapting after the step (CLaSp's DP)
     t_end: float = 0.0  # seconds since generation started, at the end of this step
     info: dict[str, Any] = field(default_factory=dict)  # drafter-specific, shown by the UI
+    # The acceptance rule's own numbers (rejection sampling only), so the app can replay it:
+    # the uniform draw u_i per checked draft token, and p / q / residual of the target's token.
+    draws: list[float] = field(default_factory=list)
+    accept_detail: dict[str, Any] = field(default_factory=dict)
+    # [e, j]: the verifier reused the draft's exact work in layers < e for the first j verify
+    # inputs (None: it recomputed everything)
+    reuse: list[int] | None = None
 
     @property
     def rejected(self) -> list[int]:

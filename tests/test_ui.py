@@ -188,7 +188,7 @@ def test_app_module_imports():
 
 
 def test_zero_gpu_decorates_model_events(monkeypatch, tiny_model_dir):
-    """With `spaces` importable (ZeroGPU), run/step/compare go through spaces.GPU."""
+    """With `spaces` importable (ZeroGPU), run/step/compare and the logit lens go through spaces.GPU."""
     import specviz.ui as ui
 
     decorated = []
@@ -204,7 +204,7 @@ def test_zero_gpu_decorates_model_events(monkeypatch, tiny_model_dir):
         importlib.reload(ui)
         assert ui.ZERO_GPU
         ui.build_app(model_names=[tiny_model_dir])
-        assert {name for name, _ in decorated} == {"run", "step", "compare"}
+        assert {name for name, _ in decorated} == {"run", "step", "compare", "lens"}
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
         importlib.reload(ui)

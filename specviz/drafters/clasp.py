@@ -39,6 +39,9 @@ Trace info (`Draft.info`, when `state.record`), stable keys for the UI:
 * ``dp_score`` float | None: dp_grid[L][M], the final-layer cosine of the chosen path.
 * ``dp_age`` int: verifications since the skip set in use was computed (0 when ``dp_ran``).
 * ``dp_budget`` int: M.
+* ``dp_run_cos`` / ``dp_skip_cos``: like ``dp_grid``, the cosine to x_i of cell (i, j)'s "run layer
+  i-1" and "skip layer i-1" candidates (None where that candidate does not exist); the larger one
+  is ``dp_grid[i][j]``. The app shows them when a learner picks a cell.
 
 Design choices the paper leaves open (UNVERIFIED in ALGORITHMS.md §5), and why:
 
@@ -114,14 +117,19 @@ class DPResult:
     grid: torch.Tensor  # [L+1, M+1] fp32 cosine per cell, NaN where not evaluated
     path: list[tuple[int, int]]  # cells (i, j) from (0, 0) to (L, M)
     time: float  # seconds
+    # cos(candidate, x_i) of both candidates per cell (NaN where a candidate does not exist), so
+    # the app can show how a cell was decided: "run" = layer i-1 on g[i-1][j], "skip" = g[i-1][j-1]
+    run_cos: torch.Tensor | None = None
+    skip_cos: torch.Tensor | None = None
 
     @property
     def score(self) -> float:
         return float(self.grid[-1, -1])
 
-    def grid_list(self) -> list[list[float | None]]:
+    def grid_list(self, grid: torch.Tensor | None = None) -> list[list[float | None]]:
         """JSON-safe nested lists: NaN -> None."""
-        return [[None if v != v else float(v) for v in row] for row in self.grid.tolist()]
+        grid = self.grid if grid is None else grid
+        return [[None if v != v else float(v) for v in row] for row in grid.tolist()]
 
 
 def cell_ranges(num_layers: int, budget: int, skippable: Sequence[int]) -> list[tuple[int, int]]:
@@ -165,6 +173,7 @@ def layer_dp(
     ranges = cell_ranges(n_layers, budget, skippable)
     grid = torch.full((n_layers + 1, budget + 1), float("nan"))
     grid[0, 0] = 1.0
+    run_cos, skip_cos = torch.full_like(grid, float("nan")), torch.full_like(grid, float("nan"))
     # back[i][j]: True = layer i-1 skipped to reach (i, j)
     back: list[dict[int, bool]] = [{}]
     row: dict[int, torch.Tensor] = {0: xs[0]}
@@ -194,6 +203,7 @@ def layer_dp(
         scores = _cosine(torch.stack(cands), xs[i]).tolist() if cands else []
         best: dict[int, tuple[float, bool, torch.Tensor]] = {}
         for (j, skipped), score, cand in zip(owners, scores, cands):
+            (skip_cos if skipped else run_cos)[i, j] = score
             # "run" is listed first, so a tie keeps it (strictly greater needed to switch)
             if j not in best or score > best[j][0]:
                 best[j] = (score, skipped, cand)
@@ -214,7 +224,7 @@ def layer_dp(
             j -= 1
         path.append((i - 1, j))
     path.reverse()
-    return DPResult(sorted(skip), grid, path, time.perf_counter() - t0)
+    return DPResult(sorted(skip), grid, path, time.perf_counter() - t0, run_cos, skip_cos)
 
 
 def _check_ratio(skip_ratio: Any) -> float:
@@ -282,6 +292,8 @@ class CLaSp:
                 "dp_score": dp.score if dp else None,
                 "dp_age": self._age,
                 "dp_budget": self.budget,
+                "dp_run_cos": dp.grid_list(dp.run_cos) if dp and dp.run_cos is not None else None,
+                "dp_skip_cos": dp.grid_list(dp.skip_cos) if dp and dp.skip_cos is not None else None,
             }
         self._fresh = None
         self._pending = state.pending_position

@@ -24,8 +24,9 @@ from typing import Any, Callable, Sequence
 import gradio as gr
 import torch
 
-from .. import api, figures
+from .. import api, figures, teach
 from . import handlers
+from . import teach as ui_teach
 from .catalog import has_chat_template, model_label, model_markdown, num_layers
 from .components import control_component, named_number, named_slider
 from .config import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, PLOT_EVERY, AppConfig
@@ -171,12 +172,17 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
     gr.HTML(figures.legend_html())
     c["tokens"] = gr.HTML(figures.token_html(None), elem_id="sv-tokens")
     c["show_rejected"] = gr.Checkbox(value=True, label="show rejected drafts inline (struck through)")
+    # above the tabs: the step picked here is the one the Skip layers and Explain step tabs show
+    c["step_sel"] = gr.Slider(0, 1, value=0, step=1, label="step to inspect (DP table, details, Explain step)",
+                              elem_id="sv-step-sel")
     with gr.Tabs():
         with gr.Tab("Skip layers", elem_id="sv-tab-skip"):
             c["heatmap"] = gr.Plot(label="skipped layers per step", elem_id="sv-heatmap")
-            c["step_sel"] = gr.Slider(0, 1, value=0, step=1, label="step (DP grid and details)")
             c["dp"] = gr.Plot(label="CLaSp DP table", elem_id="sv-dp")
+            _dp_cell_picker(c)
             c["details"] = gr.HTML(figures.step_details_html(None, None))
+        with gr.Tab("Explain step", elem_id="sv-tab-explain"):
+            _explain_tab(c)
         with gr.Tab("Speed", elem_id="sv-tab-speed"):
             c["speed"] = gr.Plot(label="tokens vs time", elem_id="sv-speed")
             c["speedup"] = gr.Plot(label="speedup over time", elem_id="sv-speedup")
@@ -199,6 +205,28 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
             c["export"] = gr.File(label="trace JSON", interactive=False)
             c["text"] = gr.Textbox(label="generated text (exact, whitespace kept)", lines=8, max_lines=30,
                                    interactive=False, buttons=["copy"], elem_id="sv-text")
+
+
+def _dp_cell_picker(c: Components) -> None:
+    """A DP cell by its coordinates (gr.Plot has no click event), explained below the table."""
+    with gr.Accordion("How one cell of the DP table is computed", open=False, elem_id="sv-dp-cell-box"):
+        with gr.Row():
+            c["dp_i"] = gr.Number(value=None, precision=0, label="layer i (row; blank = last)", minimum=0,
+                                  elem_id="sv-dp-i")
+            c["dp_j"] = gr.Number(value=None, precision=0, label="skipped j (column; blank = last)", minimum=0,
+                                  elem_id="sv-dp-j")
+        c["dp_cell"] = gr.HTML(teach.dp_cell_html(None, None, None, None), elem_id="sv-dp-cell")
+
+
+def _explain_tab(c: Components) -> None:
+    """The selected step on its own numbers, and the logit lens of the run's tokens."""
+    c["lesson"] = gr.HTML(teach.step_lesson_html(None, None), elem_id="sv-lesson")
+    with gr.Accordion("Logit lens: what each layer's exit would predict", open=False, elem_id="sv-lens-box"):
+        gr.Markdown(ui_teach.LENS_NOTE)
+        with gr.Row():
+            c["lens_pos"] = gr.Slider(1, 2, value=1, step=1, label="generated token #", elem_id="sv-lens-pos")
+            c["lens_run"] = gr.Button("Show the lens", variant="secondary", elem_id="sv-lens-run")
+        c["lens"] = gr.Plot(label="logit lens", elem_id="sv-lens")
 
 
 def _compare_tab(config: AppConfig, c: Components) -> None:
@@ -244,11 +272,25 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                            api_name="compare", show_progress_on=[c["compare_df"]], **compare_event)
 
 
+def _wire_explain_events(config: AppConfig, c: Components) -> None:
+    """The Explain step views follow the step details (which every run update and every step pick
+    redraw: a run that ends on the same step number as the last one still refreshes them)."""
+    session = c["session"]
+    cell = [c["step_sel"], c["dp_i"], c["dp_j"], session]
+    c["details"].change(ui_teach.on_step, cell, [c["lesson"], c["dp_cell"], c["lens_pos"]], concurrency_limit=4,
+                        **PRIVATE)
+    for box in (c["dp_i"], c["dp_j"]):
+        box.change(ui_teach.explain_cell, cell, [c["dp_cell"]], concurrency_limit=4, **PRIVATE)
+    c["lens_run"].click(gpu_decorator()(bind(ui_teach.lens, config)), [c["lens_pos"], session], [c["lens"]],
+                        concurrency_id="model", concurrency_limit=1, **PRIVATE)
+
+
 def _wire_view_events(config: AppConfig, c: Components, demo: gr.Blocks) -> None:
     """UI-only events: redraws of the last run, control changes, the status line, first paint."""
     session = c["session"]
     c["step_sel"].input(handlers.rerender_step, [c["step_sel"], session], [c["dp"], c["details"], c["heatmap"]],
                         concurrency_limit=4, **PRIVATE)
+    _wire_explain_events(config, c)
     c["show_rejected"].change(handlers.rerender_tokens, [c["show_rejected"], session], [c["tokens"]],
                               concurrency_limit=4, **PRIVATE)
     on_drafter = bind(handlers.on_drafter, config)

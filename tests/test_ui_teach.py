@@ -1,0 +1,52 @@
+"""The Explain step handlers (specviz.ui.teach) as plain functions on a session, no browser."""
+
+from __future__ import annotations
+
+import pytest
+
+from specviz import api
+from specviz.ui import teach as ui_teach
+from specviz.ui.session import Session, detok_for
+
+gr = pytest.importorskip("gradio")
+
+
+@pytest.fixture(scope="module")
+def clasp_session(tiny_model_dir):
+    loaded, gen = api.start(tiny_model_dir, "clasp", "def add(a, b):\n", max_new_tokens=12,
+                            options={"skip_ratio": 0.4, "dp_interval": 2, "k": 4, "threshold": 0.0})
+    for _ in gen:
+        pass
+    session = Session()
+    session.trace, session.decode, session.model_ref = gen.trace, detok_for(loaded), (tiny_model_dir, None, None)
+    return session
+
+
+def test_on_step_explains_the_step_and_sets_the_lens_range(clasp_session):
+    lesson, cell, lens_update = ui_teach.on_step(1, None, None, clasp_session)
+    assert "greedy acceptance" in lesson and "what the verifier reused" in lesson
+    assert "DP table used from step 1" in cell and "on the chosen path" in cell  # blank = the final cell
+    assert lens_update["maximum"] == len(clasp_session.trace.generated)
+
+
+def test_explain_cell_follows_the_picked_cell(clasp_session):
+    assert "cell (i = 2, j = 1)" in ui_teach.explain_cell(1, 2, 1, clasp_session)
+    assert "inside the table" in ui_teach.explain_cell(1, 99, 0, clasp_session)
+
+
+def test_handlers_without_a_run_say_what_to_do():
+    assert "Run or Step" in ui_teach.explain_step(0, None)
+    assert "Run CLaSp" in ui_teach.explain_cell(0, 1, 1, Session())
+    fig = ui_teach.lens(None, 1, Session())
+    assert "Pick a position" in fig.layout.annotations[0].text
+
+
+def test_lens_runs_the_model_on_the_runs_tokens(clasp_session):
+    fig = ui_teach.lens(None, 3, clasp_session)
+    heat = fig.data[0]
+    n_layers = clasp_session.trace.num_layers
+    assert len(heat.y) == n_layers and heat.y[-1] == f"{n_layers} (full model)"
+    # greedy run: the full model's top token at position 3 is the token the run chose there
+    assert heat.text[-1][0].endswith("✓")
+    with pytest.raises(gr.Error, match="between 1 and"):
+        ui_teach.lens(None, 0, clasp_session)
