@@ -193,6 +193,7 @@ def draft_vocab_option(default: int = 0) -> Option:
                   minimum=0, maximum=65536, step=1024)
 
 
-def available_exits(target: nn.Module) -> list[int]:
+def trained_adapters(target: nn.Module) -> dict[int, ExitAdapter]:
+    """{exit layer: adapter} of the model's trained exit adapters ({} when it has none)."""
     path = find_part(target, ADAPTER_FILE)
-    return sorted(load_cached_adapters(path, target)) if path else []
+    return dict(load_cached_adapters(path, target)) if path else {}

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from .. import api, teach
+from ..drafters.draft_heads import trained_adapters
 from ..lens import logit_lens
 from .config import AppConfig
 from .errors import user_error
@@ -75,8 +76,9 @@ def lens(config: AppConfig, position, session) -> Any:
         raise user_error(f"Pick a generated token between 1 and {len(generated)}.")
     try:
         loaded = api.get_model(*session.model_ref)
+        # the model's trained exit adapters get a row each: what an adapter changes at its exit
         result = logit_lens(loaded.model, list(trace.prompt_ids) + generated[: p - 1], generated[p - 1],
-                            position=p - 1, top=LENS_TOP)
+                            position=p - 1, top=LENS_TOP, adapters=trained_adapters(loaded.model))
     except Exception as err:  # noqa: BLE001 - say what failed on the page, not in a dead component
         log.exception("logit lens failed")
         raise user_error(f"The logit lens failed: {type(err).__name__}: {err}") from None
