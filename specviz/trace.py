@@ -27,6 +27,9 @@ class StepEvent:
     t_search: float = 0.0  # seconds the drafter spent adapting after the step (CLaSp's DP)
     t_end: float = 0.0  # seconds since generation started, at the end of this step
     info: dict[str, Any] = field(default_factory=dict)  # drafter-specific, shown by the UI
+    # the draft length the cost model allowed this step (GenerationConfig.adaptive_length);
+    # None: no cost model (older traces lack the field and load as None)
+    draft_cap: int | None = None
 
     @property
     def rejected(self) -> list[int]:
