@@ -124,14 +124,17 @@ def build_drafter(drafter: str, loaded: LoadedModel, options: dict[str, Any] | N
 def start(model: str, drafter: str, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
           top_p: float = 1.0, top_k: int = 0, seed: int = 0, options: dict[str, Any] | None = None,
           device: str | None = None, dtype: str | None = None, stop: threading.Event | None = None,
-          record: bool = True, chat: bool = True, progress: Progress | None = None) -> tuple[LoadedModel, Generation]:
-    """Validate everything, then return the model and a ready-to-iterate `Generation`."""
+          record: bool = True, chat: bool = True, progress: Progress | None = None,
+          adaptive_length: bool = False) -> tuple[LoadedModel, Generation]:
+    """Validate everything, then return the model and a ready-to-iterate `Generation`
+    (`adaptive_length`: each step's draft length from the cost model, see `specviz.draft_length`)."""
     loaded = get_model(model, device, dtype, progress=progress)
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
     ids = encode(loaded, prompt, chat=chat)
     built = build_drafter(drafter, loaded, options, device, dtype)
     engine = get_engine(model, device, dtype)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, record=record)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, record=record,
+                              adaptive_length=adaptive_length)
     return loaded, engine.start(ids, built, config, stop=stop)
 
 

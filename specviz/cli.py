@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="auto", help="auto (cuda: bf16, cpu: fp32), float32, bfloat16, float16")
     gen.add_argument("--raw", action="store_true",
                      help="send the prompt as raw text; by default a model with a chat template gets it as a user message")
+    gen.add_argument("--adaptive-length", action="store_true",
+                     help="choose each step's draft length with a cost model learned from the steps so far "
+                          "(verify cost per token, draft cost, acceptance per position); the drafter's k is the "
+                          "most it drafts. Output is unchanged (greedy) or exact (sampling)")
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, metrics, steps")
     drafter = gen.add_argument_group("drafter options (each drafter uses the ones it understands; defaults are the "
                                      "model's swept defaults where it has them, else the drafter's)")
@@ -123,7 +127,7 @@ def generate(args: argparse.Namespace) -> int:
     loaded, generation = api.start(
         args.model, args.drafter, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, seed=args.seed, options=options, device=device, dtype=dtype,
-        chat=not args.raw, progress=_status,
+        chat=not args.raw, progress=_status, adaptive_length=args.adaptive_length,
     )
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -145,6 +149,9 @@ def generate(args: argparse.Namespace) -> int:
           f"acceptance {'n/a' if acc is None else f'{acc:.1%}'} | {metrics['steps']} verifications | "
           f"finish: {trace.finish_reason}")
     print(f"time split: {split}")
+    caps = [s.draft_cap for s in trace.steps if s.draft_cap is not None]
+    if caps:
+        print(f"cost-model draft length per step: {' '.join(map(str, caps))}")
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from .draft_length import DraftLengthModel
 from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
 from .layers import LayerRunner, PassOutput
 from .sampling import SamplingConfig, Verdict, accept_greedy, accept_rejection
@@ -51,6 +52,9 @@ class GenerationConfig:
     max_new_tokens: int = 64
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     record: bool = True  # keep p/q per token and drafter info in the trace
+    # cap each step's draft by the length a cost model learned from this generation's past steps
+    # finds fastest (specviz.draft_length); the drafter's own k is the most it may choose
+    adaptive_length: bool = False
 
 
 class Engine:
@@ -114,12 +118,24 @@ class Generation:
         self.generator = torch.Generator().manual_seed(config.sampling.seed)
         self.cache = self.runner.new_cache()
         self.tokens = prompt
+        self.length_model = self._length_model() if config.adaptive_length else None
+        settings = dict(drafter.settings(), **self._sampling_settings())
+        if self.length_model is not None:
+            settings["adaptive_length"] = True
         self.trace = Trace(
-            drafter=drafter.name, settings=dict(drafter.settings(), **self._sampling_settings()),
+            drafter=drafter.name, settings=settings,
             model=engine.name, num_layers=self.runner.num_layers, prompt_ids=list(prompt),
         )
         self.done = False
         self._t0 = 0.0
+
+    def _length_model(self) -> DraftLengthModel | None:
+        """A cost model bounded by the drafter's own draft length, None for a drafter without one
+        (plain decoding). HiSpec's `n` (tentative tokens per verification) is its draft length;
+        every other drafter's is `k`."""
+        settings = self.drafter.settings()
+        longest = settings.get("n") if self.drafter.name == "hispec" else settings.get("k")
+        return DraftLengthModel(int(longest)) if isinstance(longest, int) and longest >= 1 else None
 
     def _sampling_settings(self) -> dict[str, Any]:
         s = self.config.sampling
@@ -185,7 +201,11 @@ class Generation:
     def _speculate(self) -> StepEvent:
         runner = self.runner
         t_start = _clock(runner.device)
-        draft = self.drafter.propose(self._state())
+        state = self._state()
+        cap = None
+        if self.length_model is not None:  # from finished steps only: the draft cannot sway it
+            cap = state.max_draft = self.length_model.choose(state.max_draft)
+        draft = self.drafter.propose(state)
         t_drafted = _clock(runner.device)
         logits, states = self._verify(draft)
         verdict = self._accept(draft.tokens, draft.probs, logits)
@@ -196,8 +216,13 @@ class Generation:
             tokens=self.tokens, runner=runner, cache=self.cache, states=states,
         ))
         now = _clock(runner.device)
-        return self._event(draft.tokens, verdict, committed, (draft, logits),
-                           t_drafted - t_start, t_verified - t_drafted, now - t_verified, now)
+        event = self._event(draft.tokens, verdict, committed, (draft, logits),
+                            t_drafted - t_start, t_verified - t_drafted, now - t_verified, now)
+        if cap is not None:
+            event.draft_cap = cap
+            self.length_model.observe(cap, len(draft.tokens), verdict.accepted, event.t_draft, event.t_verify,
+                                      event.t_search)
+        return event
 
     def _verify(self, draft: Draft) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """One target pass over [pending, *draft] -> logits [k+1, V] (+ per-layer inputs)."""

@@ -34,6 +34,9 @@ class StepEvent:
     # [e, j]: the verifier reused the draft's exact work in layers < e for the first j verify
     # inputs (None: it recomputed everything)
     reuse: list[int] | None = None
+    # the draft length the cost model allowed this step (GenerationConfig.adaptive_length);
+    # None: no cost model (older traces lack the field and load as None)
+    draft_cap: int | None = None
 
     @property
     def rejected(self) -> list[int]:

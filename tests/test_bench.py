@@ -158,3 +158,22 @@ def test_parse_overrides_and_prompts(tmp_path):
     bad.write_text('{"text": "no prompt field"}\n')
     with pytest.raises(ValueError, match="prompt"):
         bench.load_prompts(bad)
+
+
+def test_bench_adaptive_length_runs_each_drafter_both_ways(tiny_model_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "a.json"
+    code = bench.main(["--model", tiny_model_dir, "--prompts", prompts_file, "--drafters", "early-exit,prompt-lookup",
+                       "--max-new-tokens", "16", "--warmup-tokens", "2", "--quiet", "--threads", "1",
+                       "--trace-overhead", "none", "--no-transformers", "--adaptive-length", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    records = {r["drafter"]: r for r in report["records"]}
+    assert "ar+cost-k" not in records  # plain decoding has no draft length to choose
+    for name in ("early-exit", "prompt-lookup"):
+        twin = records[f"{name}+cost-k"]
+        assert twin["status"] == "ok" and twin["kind"] == "drafter", twin["reason"]
+        assert twin["settings"]["adaptive_length"] is True and "adaptive_length" not in records[name]["settings"]
+        assert twin["matched_generate"] is True  # still lossless
+    pairs = {a["drafter"]: a for a in report["adaptive_length"]}
+    assert set(pairs) == {"early-exit", "prompt-lookup"} and all(a["ratio"] > 0 for a in pairs.values())
+    assert "cost-model draft length (early-exit)" in capsys.readouterr().out

@@ -32,6 +32,16 @@ def test_generate_text(tiny_model_dir, capsys):
     assert out.startswith("for i in range(10):") and "tok/s" in out and "tau" in out
 
 
+def test_generate_with_adaptive_length(tiny_model_dir, capsys):
+    """The flag reaches the engine: each step records the cost model's length, at most --k."""
+    code = main(["generate", "--model", tiny_model_dir, "--drafter", "early-exit", "--prompt", "def add(a, b):",
+                 "--max-new-tokens", "24", "--k", "5", "--adaptive-length", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    caps = [s["draft_cap"] for s in data["steps"][1:]]
+    assert caps and all(1 <= c <= 5 for c in caps) and data["trace"]["settings"]["adaptive_length"] is True
+
+
 @pytest.mark.parametrize("args,message", [
     (["--prompt", ""], "prompt must not be empty"),
     (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run our drafters with full trace recording (p/q per token, drafter info); default off")
     p.add_argument("--trace-overhead", default="static-skip", metavar="DRAFTER",
                    help="also run this drafter with the opposite recording setting and report the ratio ('none': off)")
+    p.add_argument("--adaptive-length", action="store_true",
+                   help="also run each drafter with its draft length chosen per step by the cost model "
+                        "(specviz.draft_length; the drafter's k is the most it drafts), as '<drafter>+cost-k'")
     p.add_argument("--no-transformers", action="store_true", help="skip transformers' assisted-generation baselines")
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--html", default=None, help="write a self-contained plotly HTML report here")

@@ -1,6 +1,6 @@
 """Which methods one benchmark run times: `generate()`, the engine's AR loop, each requested
-drafter (with its `--set` overrides), the trace-overhead twin of one drafter, and transformers'
-counterpart of each drafter that has one.
+drafter (with its `--set` overrides), its cost-model twin (`--adaptive-length`), the
+trace-overhead twin of one drafter, and transformers' counterpart of each drafter that has one.
 
 A drafter that cannot be built is skipped with its reason, never a crash: one missing head file
 must not cost a long run.
@@ -20,6 +20,8 @@ from ..models import REGISTRY, LoadedModel
 from ..sampling import SamplingConfig
 from ..trace import Trace
 from .baselines import HF_COUNTERPART, NoCounterpart, assisted_generation, generate_call
+
+COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptive_length
 
 
 @dataclass
@@ -118,6 +120,8 @@ class MethodList:
         settings = dict(drafter.settings())
         kind = "baseline" if name == "ar" else "drafter"
         methods = [Method(name, kind, self._engine_call(drafter, args.record), settings, name)]
+        if getattr(args, "adaptive_length", False) and name != "ar":
+            methods += self._cost_k_twin(name, options, settings)
         if name == args.trace_overhead:
             methods += self._trace_overhead_twin(name, options, settings)
         if not args.no_transformers and name in HF_COUNTERPART:
@@ -126,6 +130,18 @@ class MethodList:
 
     def _build(self, name: str, options: dict[str, Any]):
         return api.build_drafter(name, self.loaded, options, self.args.device, self.args.dtype)
+
+    def _cost_k_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
+        """The drafter again, its draft length chosen each step by the cost model (a second
+        instance: drafters keep state between steps)."""
+        label = f"{name}{COST_K}"
+        try:
+            twin = self._build(name, options)
+        except Exception as err:  # noqa: BLE001
+            self.skip(label, f"{type(err).__name__}: {err}")
+            return []
+        call = self._engine_call(twin, self.args.record, adaptive_length=True)
+        return [Method(label, "drafter", call, dict(settings, adaptive_length=True), name)]
 
     def _trace_overhead_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
         label = f"{name}{'-record' if self.args.record else '+record'}"
@@ -153,10 +169,12 @@ class MethodList:
         self.draft_loaded = api.get_model(name, self.args.device, self.args.dtype)
         return self.draft_loaded
 
-    def _engine_call(self, drafter, record: bool) -> Callable[[list[int], int, int], RunResult]:
+    def _engine_call(self, drafter, record: bool,
+                     adaptive_length: bool = False) -> Callable[[list[int], int, int], RunResult]:
         def call(ids: list[int], max_new: int, seed: int) -> RunResult:
             sampling = SamplingConfig(self.sampling.temperature, self.sampling.top_k, self.sampling.top_p, seed)
-            config = GenerationConfig(max_new_tokens=max_new, sampling=sampling, record=record)
+            config = GenerationConfig(max_new_tokens=max_new, sampling=sampling, record=record,
+                                      adaptive_length=adaptive_length)
             trace = self.engine.generate(ids, drafter, config)
             return RunResult(trace.generated, trace)
         return call

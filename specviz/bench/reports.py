@@ -65,6 +65,26 @@ def _trace_overhead(meta: dict[str, Any], methods: list[dict[str, Any]], by_name
     }
 
 
+def _adaptive_length(methods: list[dict[str, Any]], by_name: dict[str, dict[str, Any]],
+                     by_method: dict[str, list[Sample]]) -> list[dict[str, Any]]:
+    """Per drafter run both ways (`--adaptive-length`): tok/s with the cost model's draft length
+    over tok/s with the drafter's own k, as a ratio of means and as the paired median."""
+    out = []
+    for m in methods:
+        fixed = m.get("of")
+        if not (m["settings"].get("adaptive_length") and fixed in by_name):
+            continue
+        on, off = by_name[m["drafter"]].get("tokens_per_s"), by_name[fixed].get("tokens_per_s")
+        out.append({
+            "drafter": fixed, "method": m["drafter"], "tokens_per_s_fixed": off, "tokens_per_s_adaptive": on,
+            "ratio": ratio(on, off),  # > 1: the cost model's length is faster
+            "paired_median": paired_median(by_method[m["drafter"]], by_prompt_and_repeat(by_method[fixed])),
+            "gamma_fixed": by_name[fixed].get("mean_draft_length"),
+            "gamma_adaptive": by_name[m["drafter"]].get("mean_draft_length"),
+        })
+    return out
+
+
 def _ar_vs_generate(by_name: dict[str, dict[str, Any]], by_method: dict[str, list[Sample]]) -> dict[str, Any] | None:
     """The engine's AR loop against generate(): is our baseline loop a fair one?"""
     base = by_name.get("generate", {}).get("tokens_per_s")
@@ -92,6 +112,7 @@ def build_report(meta: dict[str, Any], methods: list[dict[str, Any]], samples: l
         "records": records,
         "trace_overhead": _trace_overhead(meta, methods, by_name, by_method),
         "ar_vs_generate": _ar_vs_generate(by_name, by_method),
+        "adaptive_length": _adaptive_length(methods, by_name, by_method),
         "methods": methods,
         "skipped": skipped,
         "samples": [s.to_dict() for s in samples],
@@ -212,6 +233,10 @@ def _notes(report: dict[str, Any]) -> list[str]:
         o = report["trace_overhead"]
         lines.append(f"tracing overhead ({o['drafter']}): tok/s record=False / record=True = {fmt(o['ratio'], '.3f')} "
                      f"(paired median {fmt(o['paired_median'], '.3f')}; goal ≤ 1.05)")
+    for a in report.get("adaptive_length") or []:
+        lines.append(f"cost-model draft length ({a['drafter']}): tok/s {a['method']} / {a['drafter']} = "
+                     f"{fmt(a['ratio'], '.3f')} (paired median {fmt(a['paired_median'], '.3f')}; "
+                     f"γ {fmt(a['gamma_fixed'], '.2f')} → {fmt(a['gamma_adaptive'], '.2f')})")
     for r in report["records"]:
         if r["status"] in ("skipped", "failed"):
             lines.append(f"- {r['drafter']}: {r['status']} — {r['reason']}")

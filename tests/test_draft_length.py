@@ -1,0 +1,215 @@
+"""Draft length from a cost model: the choice on hand-made numbers, what the model learns from
+steps, and the engine with the flag on stays lossless (greedy equals generate(), sampling exact)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import pytest
+import torch
+
+from specviz.draft_length import (DraftLengthModel, StepCost, best_length, expected_drafted, expected_seconds,
+                                  expected_tokens, fit_line)
+from specviz.engine import Engine, GenerationConfig
+from specviz.drafters import make_drafter
+from specviz.sampling import SamplingConfig
+from specviz.trace import StepEvent, Trace
+from tests.test_engine import V, build, chi_square_p, exact_joint, model_for, resample_from_target
+from tests.tiny import ARCHS, assert_lossless, random_prompt, reference_greedy, tiny_model
+
+
+# -- the choice on hand-made numbers -----------------------------------------------------------
+def test_high_acceptance_and_cheap_verify_draft_long():
+    cost = StepCost(fixed=1.0, per_verified=0.01, per_drafted=0.02)
+    assert best_length([0.95] * 8, [1.0] * 8, cost, cap=8) == 8
+
+
+def test_low_acceptance_drafts_short():
+    cost = StepCost(fixed=1.0, per_verified=0.2, per_drafted=0.1)
+    assert best_length([0.1] * 8, [1.0] * 8, cost, cap=8) == 1
+    assert best_length([0.1] * 8, [1.0] * 8, cost, cap=8, floor=0) == 0  # plain decoding is best
+    assert best_length([0.95] * 8, [1.0] * 8, cost, cap=3) == 3  # never above the cap
+
+
+def test_expected_gain_chains_the_positions():
+    """E(k) multiplies the acceptances up to each position: a bad position 3 makes everything
+    after it nearly worthless. Summing per-position rates instead would choose k = 6."""
+    alpha, rho = [0.9, 0.9, 0.2, 0.9, 0.9, 0.9], [1.0] * 6
+    assert math.isclose(expected_tokens(alpha, rho, 3), 1 + 0.9 + 0.81 + 0.162)
+    assert math.isclose(expected_tokens(alpha, rho, 4), 1 + 0.9 + 0.81 + 0.162 + 0.1458)
+    cost = StepCost(fixed=1.0, per_verified=0.05, per_drafted=0.05)
+    assert math.isclose(expected_seconds(cost, rho, 3), 1.05 + 0.1 * 3)
+    # rates: k=1 1.652, k=2 2.168, k=3 2.127, k=4 2.081 tokens per second
+    assert best_length(alpha, rho, cost, cap=6) == 2
+
+
+def test_positions_seldom_drafted_cost_little():
+    """Prompt lookup finds a match one step in ten, and then its continuation: the verify cost of
+    a long cap is paid only on that step, so the full cap is best. Charging every allowed position
+    as verified (ignoring rho) would choose 0."""
+    alpha, rho = [0.9] * 4, [0.1, 1.0, 1.0, 1.0]
+    assert math.isclose(expected_drafted(rho, 4), 0.4)
+    cost = StepCost(fixed=1.0, per_verified=0.3, per_drafted=0.0)
+    assert best_length(alpha, rho, cost, cap=4, floor=0) == 4
+
+    def charging_every_allowed_position(k: int) -> float:
+        return expected_tokens(alpha, rho, k) / (cost.fixed + cost.per_verified * (1 + k))
+    assert max(range(5), key=charging_every_allowed_position) == 0
+
+
+def test_fit_line_uses_medians_so_a_preempted_step_does_not_bend_it():
+    samples = {2: deque([0.012, 0.012, 0.5]), 6: deque([0.016, 0.016, 0.016])}
+    line = fit_line(samples)
+    assert math.isclose(line.slope, 0.001) and math.isclose(line.intercept, 0.010)
+    assert fit_line({5: deque([0.1, 0.1])}) is None  # one size: no slope
+    assert fit_line({2: deque([0.1]), 5: deque([0.2, 0.2])}, min_samples=2) is None
+    assert fit_line({2: deque([0.3]), 5: deque([0.1])}).slope == 0.0  # noise never makes tokens free
+
+
+# -- what the model learns ---------------------------------------------------------------------
+def feed(model: DraftLengthModel, alpha_hits: list[int], drafted: int, verify=(0.010, 0.001), draft=0.002):
+    """Steps that each draft `drafted` tokens (capped by the model's choice) and accept a given count."""
+    for accepted in alpha_hits:
+        cap = model.choose(drafted)
+        d = min(cap, drafted)
+        model.observe(cap, d, min(accepted, d), draft * d, verify[0] + verify[1] * (d + 1))
+
+
+def test_warm_up_uses_the_drafters_k_then_explores_a_short_draft():
+    model = DraftLengthModel(6)
+    assert model.choose(10) == 6 and model.choose(3) == 3  # no data: the drafter's own k
+    model.observe(6, 6, 2, 0.01, 0.02)
+    model.observe(6, 6, 3, 0.01, 0.02)
+    assert model.cost() is None
+    assert model.choose(10) == 1  # one verify size seen twice: try two verified tokens
+    model.observe(1, 1, 1, 0.002, 0.011)
+    model.observe(1, 1, 1, 0.002, 0.011)
+    cost = model.cost()
+    assert math.isclose(cost.per_verified, 0.009 / 5) and cost.fixed > 0
+
+
+def test_observed_acceptance_and_production_per_position():
+    model = DraftLengthModel(4)
+    model.observe(4, 4, 2, 0.0, 0.0)  # positions 1, 2 accepted, 3 rejected, 4 not judged
+    model.observe(4, 1, 1, 0.0, 0.0)  # drafted only 1 of 4 allowed (a short match), accepted
+    alpha = model.acceptance()
+    assert math.isclose(alpha[0], (2 + 1) / (2 + 2))  # 2 of 2, Laplace
+    assert math.isclose(alpha[1], (1 + 2 * alpha[0]) / (1 + 2))  # 1 of 1, shrunk toward alpha_1
+    assert math.isclose(alpha[2], (0 + 2 * alpha[1]) / (1 + 2))  # 0 of 1
+    assert math.isclose(alpha[3], alpha[2])  # never judged: its neighbour's rate
+    rho = model.production()
+    assert rho[0] == 1.0  # both steps drafted position 1
+    assert math.isclose(rho[1], (1 + 1.0) / (2 + 1))  # 1 of 2 steps went on to position 2
+
+
+@pytest.mark.parametrize("alpha,expect", [(1, lambda k: k == 8), (0, lambda k: k == 1)])
+def test_model_converges_on_extremes(alpha, expect):
+    """Every draft accepted with a cheap verify: the drafter's full k; every draft rejected: 1."""
+    model = DraftLengthModel(8, probe_every=0)
+    feed(model, [8 * alpha] * 12, drafted=8)
+    assert expect(model.choose(20))
+
+
+# -- the engine with the flag on ---------------------------------------------------------------
+ADAPTIVE_CASES = [
+    ("static-skip", {"skip": "alternate", "k": 6}),
+    ("early-exit", {"exit_layer": 2, "k": 6}),
+    ("early-exit", {"exit_layer": 4, "k": 8, "threshold": 0.3}),
+    ("prompt-lookup", {"k": 6, "max_ngram": 3}),
+    ("draft-model", {"k": 5}),
+    ("clasp", {"skip_ratio": 0.34, "k": 5, "threshold": 0.0}),
+    ("hispec", {"d": 2, "v": 4, "n": 6, "k": 3}),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name,options", ADAPTIVE_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ADAPTIVE_CASES)])
+def test_greedy_matches_generate_with_adaptive_length(arch, name, options):
+    target, draft, engine = model_for(arch, 0)
+    caps = set()
+    for repeat in (False, True):
+        prompt = random_prompt(11 + repeat, length=10, repeat=repeat)
+        ref = reference_greedy(target, prompt, 48)
+        trace = engine.generate(prompt, build(name, options, target, draft),
+                                GenerationConfig(max_new_tokens=48, adaptive_length=True))
+        assert_lossless(target, prompt, trace.generated, ref)
+        assert trace.settings["adaptive_length"] is True
+        caps |= {s.draft_cap for s in trace.steps[1:]}
+        assert trace.steps[0].draft_cap is None  # the prefill drafts nothing
+    assert None not in caps and len(caps) > 1, f"the cost model never changed the length: {caps}"
+
+
+def test_flag_off_leaves_the_trace_as_before():
+    target, draft, engine = model_for("llama", 0)
+    trace = engine.generate(random_prompt(1), make_drafter("static-skip", target, k=4), GenerationConfig(max_new_tokens=12))
+    assert "adaptive_length" not in trace.settings and all(s.draft_cap is None for s in trace.steps)
+
+
+def test_ar_ignores_the_flag():
+    target, draft, engine = model_for("llama", 0)
+    generation = engine.start(random_prompt(1), make_drafter("ar", target), GenerationConfig(12, adaptive_length=True))
+    assert generation.length_model is None
+
+
+def test_draft_cap_round_trips_and_old_traces_load():
+    trace = Trace("early-exit", {"k": 4}, "m", 4, [1], steps=[
+        StepEvent(0, [], 0, 5, [5]), StepEvent(1, [3, 4], 1, 6, [3, 6], draft_cap=2)])
+    again = Trace.from_json(trace.to_json())
+    assert again == trace and again.steps[1].draft_cap == 2
+    old = trace.to_dict()
+    for step in old["steps"]:
+        del step["draft_cap"]
+    assert Trace.from_dict(old).steps[1].draft_cap is None
+
+
+# -- sampling stays exact ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sampling_setup():
+    """test_engine's sampling model: early exit at layer 1 of 3 drafts from a q far from p."""
+    target = tiny_model("llama", seed=4, num_layers=3, vocab=V, hidden=32, damp={1: 0.5, 2: 0.5})
+    with torch.no_grad():
+        target.lm_head.weight.mul_(0.5)
+    target.generation_config.eos_token_id = None
+    target.config.eos_token_id = None
+    prompt = [3, 1, 0, 1, 2]
+    sampling = {"temperature": 1.0}
+    return target, prompt, sampling, exact_joint(target, prompt, SamplingConfig(**sampling), 3)
+
+
+def history_driven_model() -> DraftLengthModel:
+    """The real model acting from the first step on a fixed cost, so each step's length follows
+    the acceptances before it: 2 on the prior, 1 right after a rejection at position 1."""
+    model = DraftLengthModel(2, warmup_steps=0, probe_every=0)
+    model.cost = lambda: StepCost(0.010, 0.0005, 0.0005)
+    return model
+
+
+def adaptive_counts(engine, target, prompt, sampling, runs, accept_rule=None):
+    counts, caps = {}, set()
+    for seed in range(runs):
+        config = GenerationConfig(max_new_tokens=6, sampling=SamplingConfig(seed=seed, **sampling), adaptive_length=True)
+        generation = engine.start(prompt, make_drafter("early-exit", target, exit_layer=1, k=2), config,
+                                  accept_rule=accept_rule)
+        generation.length_model = history_driven_model()
+        for _ in generation:
+            pass
+        key = tuple(generation.generated[:3])
+        counts[key] = counts.get(key, 0) + 1
+        caps |= {(s.index, s.draft_cap) for s in generation.trace.steps[1:3]}
+    return counts, caps
+
+
+RUNS = 2000
+
+
+def test_sampling_stays_exact_with_adaptive_length_and_the_test_has_teeth(sampling_setup):
+    target, prompt, sampling, exact = sampling_setup
+    engine = Engine(target)
+    counts, caps = adaptive_counts(engine, target, prompt, sampling, RUNS)
+    assert {(1, 2), (2, 1), (2, 2)} <= caps, f"the length should follow the history: {caps}"
+    p = chi_square_p(counts, exact, RUNS)
+    assert p > 0.01, f"adaptive length changed the sampled distribution (chi-square p={p:.2g})"
+    wrong, _ = adaptive_counts(engine, target, prompt, sampling, RUNS, accept_rule=resample_from_target)
+    p_wrong = chi_square_p(wrong, exact, RUNS)
+    assert p_wrong < 1e-3, f"resampling from p went unnoticed with adaptive length (p={p_wrong:.2g})"
