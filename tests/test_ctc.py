@@ -190,7 +190,13 @@ def test_trace_info_keys():
     frame_ids = [f["token"] if not f["blank"] else BLANK for f in info["frames"]]
     assert ctc_collapse(frame_ids, BLANK)[0] == info["collapsed"]
     assert step.draft_tokens == info["collapsed"][: len(step.draft_tokens)]
-    assert all(set(f) == {"token", "blank", "p", "alt", "kept"} for f in info["frames"])
+    assert all(set(f) == {"token", "blank", "p", "alt", "kept", "used"} for f in info["frames"])
+    # "used" marks exactly the frames whose token the (k-cut) draft proposed; the rest were cut
+    assert sum(f["used"] for f in info["frames"]) == len(step.draft_tokens)
+    assert [f["token"] for f in info["frames"] if f["used"]] == step.draft_tokens
+    # the frame probability of each proposed token, shown next to the one-hot q = 1
+    assert step.draft_probs == [1.0] * len(step.draft_tokens)
+    assert info["token_frame_p"] == [f["p"] for f in info["frames"] if f["used"]]
     json.dumps(trace.to_dict())  # plain data
     quiet = engine.generate(random_prompt(1), make_drafter("ctc", model, random_head=True),
                             GenerationConfig(max_new_tokens=6, record=False))
