@@ -40,6 +40,9 @@ from .text import CSS, INTRO, LEARN_MD
 Components = dict[str, Any]  # the page's components by role ("model", "prompt", "tokens", ...)
 
 PRIVATE = dict(api_visibility="private", show_progress="hidden")  # UI-only events: not in the API
+# Instant feedback on Stop (the server answers once the run has ended): textContent, no HTML
+STOP_JS = """() => { const el = document.querySelector('#sv-progress .sv-progress');
+  if (el && document.querySelector('#sv-tokens .sv-caret')) el.textContent = 'Stopping…'; }"""
 
 
 def build_app(model_names: Sequence[str] | None = None, *, default_model: str | None = None,
@@ -234,9 +237,10 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                    show_progress_on=near_run, **model_event)
     c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="minimal",
                     show_progress_on=near_run, **model_event)
-    # Stop's answer goes to the progress line, which the run's next update replaces ("stopped")
+    # Stop answers on the progress line once the run has ended; its JS says "Stopping…" at once
     c["stop"].click(handlers.stop, [session], [c["progress"], session], api_name="stop", concurrency_limit=None,
                     queue=False)
+    c["stop"].click(None, None, None, js=STOP_JS, **PRIVATE)
     compare_inputs = [c[k] for k in ("model", "prompt", "max_new", "temperature", "top_p", "top_k", "seed",
                                      "compare_choice")] + [session]
     compare_event = dict(model_event, inputs_kwargs={**run_kwargs, "compare_rounds": c["compare_rounds"]})
