@@ -40,9 +40,10 @@ from .text import CSS, INTRO, LEARN_MD
 Components = dict[str, Any]  # the page's components by role ("model", "prompt", "tokens", ...)
 
 PRIVATE = dict(api_visibility="private", show_progress="hidden")  # UI-only events: not in the API
-# Instant feedback on Stop (the server answers once the run has ended): textContent, no HTML
-STOP_JS = """() => { const el = document.querySelector('#sv-progress .sv-progress');
-  if (el && document.querySelector('#sv-tokens .sv-caret')) el.textContent = 'Stopping…'; }"""
+# Instant feedback on Stop (the server answers once the run has ended): a mark on the progress
+# line's wrapper that CSS shows while the run still streams; the DOM Gradio renders is left alone
+STOP_JS = "() => { document.querySelector('#sv-progress')?.setAttribute('data-stopping', ''); }"
+RUN_JS = "() => { document.querySelector('#sv-progress')?.removeAttribute('data-stopping'); }"
 
 
 def build_app(model_names: Sequence[str] | None = None, *, default_model: str | None = None,
@@ -241,6 +242,8 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
     c["stop"].click(handlers.stop, [session], [c["progress"], session], api_name="stop", concurrency_limit=None,
                     queue=False)
     c["stop"].click(None, None, None, js=STOP_JS, **PRIVATE)
+    for button in (c["run"], c["step"]):
+        button.click(None, None, None, js=RUN_JS, **PRIVATE)
     compare_inputs = [c[k] for k in ("model", "prompt", "max_new", "temperature", "top_p", "top_k", "seed",
                                      "compare_choice")] + [session]
     compare_event = dict(model_event, inputs_kwargs={**run_kwargs, "compare_rounds": c["compare_rounds"]})
