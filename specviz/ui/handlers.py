@@ -280,10 +280,24 @@ def rerender_tokens(show_rejected, session) -> str:
 
 # -- control changes -----------------------------------------------------------------------------
 
+# The results tab that shows what a drafter does: its layers for the layer-skip drafters; for the
+# others (whose layer panels would be empty) what was accepted, and for plain decoding its speed.
+LAYER_DRAFTERS = ("static-skip", "early-exit", "clasp", "hispec")
+
+
+def first_tab(drafter: str) -> str:
+    """The id of the tab (layout's `TAB_IDS`) to show first for `drafter`."""
+    if drafter in LAYER_DRAFTERS:
+        return "skip"
+    return "speed" if drafter == "ar" else "acceptance"
+
+
 def on_drafter(config: AppConfig, name, model) -> list:
-    """The drafter's note and, of the drafter panels, only its own visible."""
+    """The drafter's note, of the drafter panels only its own visible, and the results tab that
+    fits it (prompt lookup opened on two empty layer panels)."""
     note = drafter_note_text(name, config.known_model(model))
-    return [gr.update(value=note)] + [gr.update(visible=(d == name)) for d in config.drafters]
+    return ([gr.update(value=note)] + [gr.update(visible=(d == name)) for d in config.drafters]
+            + [gr.Tabs(selected=first_tab(name))])
 
 
 def on_model(config: AppConfig, model, drafter, prompt) -> list:

@@ -175,16 +175,17 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
     gr.HTML(figures.legend_html())
     c["tokens"] = gr.HTML(figures.token_html(None), elem_id="sv-tokens")
     c["show_rejected"] = gr.Checkbox(value=True, label="show rejected drafts inline (struck through)")
-    with gr.Tabs():
-        with gr.Tab("Skip layers", elem_id="sv-tab-skip"):
+    with gr.Tabs(selected=handlers.first_tab(initial_drafter(config.default_model, config.drafters)),
+                 elem_id="sv-tabs") as c["tabs"]:
+        with gr.Tab("Skip layers", id="skip", elem_id="sv-tab-skip"):
             c["heatmap"] = gr.Plot(label="skipped layers per step", elem_id="sv-heatmap")
             c["step_sel"] = gr.Slider(0, 1, value=0, step=1, label="step (DP grid and details)")
             c["dp"] = gr.Plot(label="CLaSp DP table", elem_id="sv-dp")
             c["details"] = gr.HTML(figures.step_details_html(None, None))
-        with gr.Tab("Speed", elem_id="sv-tab-speed"):
+        with gr.Tab("Speed", id="speed", elem_id="sv-tab-speed"):
             c["speed"] = gr.Plot(label="tokens vs time", elem_id="sv-speed")
             c["speedup"] = gr.Plot(label="speedup over time", elem_id="sv-speedup")
-        with gr.Tab("Acceptance", elem_id="sv-tab-acc"):
+        with gr.Tab("Acceptance", id="acceptance", elem_id="sv-tab-acc"):
             c["accpos"] = gr.Plot(label="acceptance per draft position")
             c["hist"] = gr.Plot(label="accepted length")
         with gr.Tab("Compare", elem_id="sv-tab-compare"):
@@ -259,7 +260,7 @@ def _wire_view_events(config: AppConfig, c: Components, demo: gr.Blocks) -> None
     c["show_rejected"].change(handlers.rerender_tokens, [c["show_rejected"], session], [c["tokens"]],
                               concurrency_limit=4, **PRIVATE)
     on_drafter = bind(handlers.on_drafter, config)
-    drafter_outputs = [c["drafter_note"]] + c["groups"]
+    drafter_outputs = [c["drafter_note"]] + c["groups"] + [c["tabs"]]
     c["drafter"].change(on_drafter, [c["drafter"], c["model"]], drafter_outputs, concurrency_limit=4, **PRIVATE)
     control_outputs = [c["controls"][param_name(d, k.kwarg)] for d, k in config.control_keys()]
     c["model"].change(bind(handlers.on_model, config), [c["model"], c["drafter"], c["prompt"]],
