@@ -253,3 +253,17 @@ def test_the_first_results_tab_fits_the_drafter():
     demo = build_app(["specviz-tiny"], default_model="specviz-tiny")
     tabs = [b for b in demo.blocks.values() if type(b).__name__ == "Tab"]
     assert {"skip", "speed", "acceptance"} <= {t.id for t in tabs}
+
+
+def test_a_queued_visitor_sees_the_queue_by_the_run_button():
+    """The minimal tracker only faded the cards' "No run yet." while a visitor waited in the queue;
+    the full one on the line under Run says "queue: 2/3" (checked in the browser, see the note)."""
+    from specviz.ui import build_app
+
+    demo = build_app(["specviz-tiny"], default_model="specviz-tiny")
+    progress = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sv-progress")
+    events = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("run", "step")}
+    assert set(events) == {"run", "step"}
+    for fn in events.values():
+        assert fn.show_progress == "full"
+        assert [getattr(b, "_id", b) for b in fn.show_progress_on] in ([progress._id], [progress])

@@ -234,10 +234,12 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                              "extra")] + [session]
     run_kwargs = {**c["controls"], "chat": c["chat"]}
     model_event = dict(inputs_kwargs=run_kwargs, concurrency_id="model", concurrency_limit=1)
-    near_run = [c["cards"], c["progress"]]  # queue position and progress show by the button too
-    c["run"].click(gpu(bind(handlers.run, config)), common, outputs, api_name="run", show_progress="minimal",
+    # Gradio's full tracker on the line under Run says "queue: 2/3" to a waiting visitor (the
+    # minimal one only faded the cards' "No run yet."), then the progress; nothing else fades
+    near_run = [c["progress"]]
+    c["run"].click(gpu(bind(handlers.run, config)), common, outputs, api_name="run", show_progress="full",
                    show_progress_on=near_run, **model_event)
-    c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="minimal",
+    c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="full",
                     show_progress_on=near_run, **model_event)
     # Stop answers on the progress line once the run has ended; its JS says "Stopping…" at once
     c["stop"].click(handlers.stop, [session], [c["progress"], session], api_name="stop", concurrency_limit=None,
