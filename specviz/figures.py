@@ -267,6 +267,14 @@ TOKEN_CSS = f"""
 .sv-rej {{ color: {VERMILLION}; text-decoration: line-through; text-decoration-thickness: 1.5px; opacity: .7;
   font-size: .9em; }}
 .sv-nl {{ opacity: .45; font-size: .85em; }}
+.sv-tok {{ cursor: pointer; }}
+.sv-tok:focus {{ outline: 2px solid {BLUE}; outline-offset: 1px; }}
+/* a tap (or Tab) pins the token's details at the bottom of the screen: touch has no hover; the
+   text comes from the title attribute, so it is the same escaped text and is never copied */
+.sv-tok:focus::after {{ content: attr(title); position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 1000;
+  max-width: 560px; margin: 0 auto; padding: 8px 10px; border-radius: 8px; white-space: pre-wrap;
+  font: 12.5px/1.4 system-ui, sans-serif; color: #fff; background: rgba(20,20,30,.93);
+  text-decoration: none; opacity: 1; box-shadow: 0 2px 10px rgba(0,0,0,.3); pointer-events: none; }}
 .sv-caret {{ display:inline-block; width:.55em; height:1.1em; vertical-align:text-bottom;
   background: {GREY}; opacity:.5; animation: sv-blink 1s steps(1) infinite; }}
 @keyframes sv-blink {{ 50% {{ opacity: 0; }} }}
@@ -282,7 +290,36 @@ def _span(cls: str, piece: str, title: str, inline_newlines: bool = True) -> str
         text = text.replace("\n", marker + ("\n" if inline_newlines else ""))
     if text == "":
         text = "∅"
-    return f'<span class="{cls}" title="{html.escape(title, quote=True)}">{text}</span>'
+    # focusable, so that a tap pins the details (CSS :focus) where there is no hover
+    return f'<span class="{cls} sv-tok" tabindex="0" title="{html.escape(title, quote=True)}">{text}</span>'
+
+
+def _ranges(layers: Sequence[int]) -> str:
+    """0, 1, 2, 5, 7, 8 -> '0–2, 5, 7–8'."""
+    out, run = [], []
+    for i in sorted(layers):
+        if run and i != run[-1] + 1:
+            out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def layers_line(s, j: int, num_layers: int) -> str:
+    """For a layer-skip draft token: the layers its draft ran ('' for other drafters)."""
+    info = s.info or {}
+    source = _get(info.get("tentative_source"), j)
+    if source is not None:  # HiSpec: an exit-d draft checked at exit v, or exit v's own token
+        d, v = int(info.get("exit_layer", 0)), int(info.get("verify_exit", 0))
+        return (f"\nlayers 0–{d - 1} drafted it, layers {d}–{v - 1} checked it (exit v)" if source == "draft"
+                else f"\nlayers 0–{v - 1} produced it (exit v)")
+    plan = layer_plan(info, num_layers)
+    if plan is None:
+        return ""
+    ran = [i for i, x in enumerate(plan) if x == 0]
+    return f"\ndraft ran layers {_ranges(ran)} ({len(ran)} of {num_layers}), skipped {_ranges([i for i, x in enumerate(plan) if x])}"
 
 
 @failsafe("html")
@@ -294,7 +331,7 @@ def legend_html() -> str:
         '<span><span class="sv-sw sv-tgt">target</span> the target\'s own token: correction or bonus (orange)</span>'
         '<span><span class="sv-sw sv-rej">rejected</span> draft the target refused (struck through)</span>'
         '<span><span class="sv-sw sv-prompt">prompt</span></span>'
-        "<span>hover a token for step, position, p and q</span>"
+        "<span>hover or tap a token for step, position, p, q and the layers it ran</span>"
         "</div>"
     )
 
@@ -321,7 +358,8 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                 source = _get(s.info.get("tentative_source") if s.info else None, j)
                 origin = {"draft": " (HiSpec: exit-d draft)", "verify": " (HiSpec: exit-v intermediate token)"}.get(source, "")
                 title = (f"step {s.index} · draft position {j + 1} · accepted{origin}\n"
-                         f"p (target) = {_fmt_p(_get(s.target_probs, j))} · {q_header(s)} = {q_text(s, j)}")
+                         f"p (target) = {_fmt_p(_get(s.target_probs, j))} · {q_header(s)} = {q_text(s, j)}"
+                         + layers_line(s, j, trace.num_layers))
                 parts.append(_span("sv-acc", piece, title))
             else:
                 if show_rejected and s.rejected and j == len(s.committed) - 1:
@@ -334,7 +372,8 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                         else:
                             why = "discarded: comes after a rejected token"
                         title = (f"step {s.index} · draft position {pos + 1} · {why}\n"
-                                 f"p (target) = {_fmt_p(_get(s.target_probs, pos))} · {q_header(s)} = {q_text(s, pos)}")
+                                 f"p (target) = {_fmt_p(_get(s.target_probs, pos))} · {q_header(s)} = {q_text(s, pos)}"
+                                 + layers_line(s, pos, trace.num_layers))
                         parts.append(_span("sv-rej", rp, title, inline_newlines=False))
                 if s.index == 0:
                     title = "step 0 (prefill) · the target's own first token"
@@ -344,7 +383,7 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                     title = f"step {s.index} · the target's correction at draft position {acc + 1} ({acc} of {len(s.draft_tokens)} accepted)"
                 else:
                     title = f"step {s.index} · bonus token: all {len(s.draft_tokens)} drafts accepted"
-                parts.append(_span("sv-tgt", piece, title))
+                parts.append(_span("sv-tgt", piece, title + f"\nthe target ran all {trace.num_layers} layers"))
             context.append(int(tok))
     if streaming:
         parts.append('<span class="sv-caret"></span>')

@@ -54,9 +54,9 @@ def annotations_text(fig: go.Figure) -> str:
 def test_token_html_classes_titles_and_escaping():
     trace = make_trace()
     out = figures.token_html(trace, decode, prompt_text="<prompt>")
-    assert out.count('class="sv-acc"') == 4  # 2 + 2 accepted drafts
-    assert out.count('class="sv-tgt"') == 4  # prefill + one per verification
-    assert out.count('class="sv-rej"') == 3  # 13, then 17 and 18
+    assert out.count('class="sv-acc sv-tok"') == 4  # 2 + 2 accepted drafts
+    assert out.count('class="sv-tgt sv-tok"') == 4  # prefill + one per verification
+    assert out.count('class="sv-rej sv-tok"') == 3  # 13, then 17 and 18
     assert "&lt;prompt&gt;" in out and "<prompt>" not in out
     assert "&lt;b&gt;&amp;" in out and "<b>&" not in out  # rejected draft text escaped
     assert "p (target) = 0.950 · q (draft) = 0.900" in out
@@ -70,7 +70,7 @@ def test_token_html_classes_titles_and_escaping():
 def test_token_html_without_rejected_and_plain_text_order():
     trace = make_trace()
     out = figures.token_html(trace, decode, show_rejected=False, prompt_text="")
-    assert 'class="sv-rej"' not in out
+    assert 'class="sv-rej sv-tok"' not in out
     text = re.sub(r"<style>.*?</style>", "", out, flags=re.S)
     text = re.sub(r'<span class="sv-nl">↵</span>', "", text)
     text = re.sub(r"<[^>]+>", "", text)
@@ -497,3 +497,19 @@ def test_time_with_nothing_drafted_is_explained():
     out = figures.step_details_html(trace, 3, decode)
     assert "nothing drafted, yet drafting took time" in out and "confidence threshold" in out
     assert "nothing drafted" not in figures.step_details_html(trace, 2, decode)
+
+
+def test_a_tap_pins_token_details_with_the_layers_it_ran():
+    """The details were a `title` only (hover, no touch): every token is focusable, CSS :focus pins
+    the same escaped text, and layer-skip tokens say which layers their draft ran."""
+    trace = make_trace("static-skip", 4, info=lambda i: {"skipped_layers": [1, 2]})
+    out = figures.token_html(trace, decode)
+    tokens = re.findall(r'<span class="sv-(?:acc|tgt|rej) sv-tok" tabindex="0" title="([^"]*)">', out)
+    assert len(tokens) == 11 and ".sv-tok:focus::after" in out and "content: attr(title)" in out
+    assert "draft ran layers 0, 3 (2 of 4), skipped 1–2" in tokens[1]  # step 1's first accepted draft
+    assert "the target ran all 4 layers" in tokens[0]
+    hispec = figures.token_html(hispec_trace(), decode)
+    assert "layers 0–0 drafted it, layers 1–1 checked it (exit v)" in hispec
+    assert "layers 0–1 produced it (exit v)" in hispec
+    assert "draft ran" not in figures.token_html(make_trace("ctc", info=lambda i: {"head": "ctc"}), decode)
+    assert figures._ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"
