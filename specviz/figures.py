@@ -724,9 +724,9 @@ def step_times_text(trace: Trace, s) -> str:
     if s.index == 0:
         return f"prefill {1000 * trace.t_prefill:.1f} ms"
     text = f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
-    if not s.draft_tokens and s.t_draft > 0 and trace.drafter != "ar":
-        text += (" (nothing drafted, yet drafting took time: the drafter ran its first draft pass and stopped, e.g. "
-                 "its top token was below the confidence threshold; the target then added its own token)")
+    if not s.draft_tokens and s.t_draft >= 0.0005 and trace.drafter != "ar":  # below 0.5 ms: bookkeeping only
+        text += (" (nothing drafted, yet drafting took time: the drafter ran a draft pass and stopped before its "
+                 "first token, e.g. its confidence was below the threshold; the target then added its own token)")
     if (s.info or {}).get("dp_ran"):
         text += " (search: the layer DP whose skip set this step drafts with, run right before it)"
     return text
