@@ -148,15 +148,18 @@ def test_lossless_with_accepted_drafts_and_exact_state_window(head):
     for event in generation:
         if generation.done:
             break
-        # the drafter's window holds the exact last-layer states of the last committed tokens,
-        # each paired with the token after it
-        tokens = generation.tokens
+        if event.index == 0:  # the engine runs the drafter's start() right before the first proposal
+            continue
+        # the drafter's window, as this step's proposal saw it (the engine runs observe() right
+        # before the proposal it prepares), holds the exact last-layer states of the tokens
+        # committed before this step, each paired with the token after it
+        tokens = generation.tokens[: len(generation.tokens) - len(event.committed)]
         n = drafter.states.shape[0]
         expected = last_layer_states(model, tokens[:-1])[-n:]
         torch.testing.assert_close(drafter.states, expected, rtol=1e-4, atol=1e-4)
         assert drafter.next_tokens == tokens[len(tokens) - n:]
         if event.draft_tokens:
-            pending_before = len(tokens) - len(event.committed) - 1
+            pending_before = len(tokens) - 1
             assert event.info["positions"] == draft_positions(pending_before, len(event.draft_tokens))
     trace = generation.trace
     assert_lossless(model, prompt, trace.generated, ref)
