@@ -177,7 +177,8 @@ def test_sampling_runs_reproducibly_with_one_hot_q():
     assert runs[0] == runs[1] and len(runs[0]) == 24
     drafter = make_drafter("ctc", model, random_head=True)
     gen = engine.start(prompt, drafter, config)
-    next(iter(gen))
+    steps = iter(gen)
+    next(steps), next(steps)  # the prefill, then the first proposal (start() runs right before it)
     draft = drafter.propose(gen._state())
     assert draft.probs is None  # deterministic picks: q is one-hot, exactly lossless
 
