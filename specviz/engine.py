@@ -8,6 +8,12 @@
         commit     accepted drafts + the target's own token; crop the cache to the commit
         drafter.observe(result)                           # e.g. CLaSp's layer search
 
+`observe()` (and `start()` after the prefill) runs at the beginning of the *next* step, right
+before the proposal it prepares, and is timed as that step's `t_search`: the step that drafts with
+a freshly searched skip set is the one that shows the search's time, and a generation that ends
+never pays for a search no draft would use. Nothing touches the cache in between, so the drafter
+sees exactly the state it would have seen right after the commit.
+
 Plain autoregressive decoding is the same loop with an empty draft. The cache holds every
 committed token except the pending one (the last), whose KV the next verification writes.
 """
@@ -128,6 +134,7 @@ class Generation:
         )
         self.done = False
         self._t0 = 0.0
+        self._adapt: Callable[[], None] | None = None  # the drafter's start()/observe(), run before the next proposal
 
     def _length_model(self) -> DraftLengthModel | None:
         """A cost model bounded by the drafter's own draft length, None for a drafter without one
@@ -193,7 +200,8 @@ class Generation:
         verdict = self._accept([], None, runner.head(out.hidden[:, -1:])[0])
         committed = self._commit([verdict.next_token])
         states = [s[0, -1:] for s in out.states] if wants else None
-        self.drafter.start(self._state(), states)
+        state = self._state()
+        self._adapt = lambda: self.drafter.start(state, states)
         now = _clock(runner.device)
         self.trace.t_prefill = now - self._t0
         return self._event([], verdict, committed, None, 0.0, 0.0, 0.0, now)
@@ -201,6 +209,10 @@ class Generation:
     def _speculate(self) -> StepEvent:
         runner = self.runner
         t_start = _clock(runner.device)
+        if self._adapt is not None:  # the previous step's observe() (or start()): prepares this draft
+            self._adapt()
+            self._adapt = None
+        t_adapted = _clock(runner.device)
         state = self._state()
         cap = None
         if self.length_model is not None:  # from finished steps only: the draft cannot sway it
@@ -210,14 +222,12 @@ class Generation:
         logits, states = self._verify(draft)
         verdict = self._accept(draft.tokens, draft.probs, logits)
         committed = self._commit(draft.tokens[: verdict.accepted] + [verdict.next_token])
-        t_verified = _clock(runner.device)
-        self.drafter.observe(VerifyResult(
-            draft=draft, accepted=verdict.accepted, target_token=verdict.next_token,
-            tokens=self.tokens, runner=runner, cache=self.cache, states=states,
-        ))
+        result = VerifyResult(draft=draft, accepted=verdict.accepted, target_token=verdict.next_token,
+                              tokens=self.tokens, runner=runner, cache=self.cache, states=states)
+        self._adapt = lambda: self.drafter.observe(result)
         now = _clock(runner.device)
         event = self._event(draft.tokens, verdict, committed, (draft, logits),
-                            t_drafted - t_start, t_verified - t_drafted, now - t_verified, now)
+                            t_drafted - t_adapted, now - t_drafted, t_adapted - t_start, now)
         if cap is not None:
             event.draft_cap = cap
             self.length_model.observe(cap, len(draft.tokens), verdict.accepted, event.t_draft, event.t_verify,

@@ -137,6 +137,35 @@ def _get(seq, i):
     return seq[i] if seq is not None and 0 <= i < len(seq) else None
 
 
+LEVEL_NAMES = {"draft": "exit-d draft", "verify": "exit-v token"}  # HiSpec's tentative sources
+
+
+def q_header(s) -> str:
+    """What a step's q is: the draft's probability, HiSpec's exit-v probability (the q its full
+    check uses), or CTC's one-hot q beside the head's frame probability."""
+    info = s.info or {}
+    if "token_frame_p" in info:
+        return "q (one-hot) · frame p"
+    if "tentative_source" in info:
+        return "q (exit v)"
+    return "q (draft)"
+
+
+def q_text(s, j: int) -> str:
+    q = _fmt_p(_get(s.draft_probs, j))
+    frame_p = _get((s.info or {}).get("token_frame_p"), j)
+    return q if frame_p is None else f"{q} · {_fmt_p(frame_p)}"
+
+
+def q_note(s) -> str:
+    """Why CTC's q is 1 for every token while its p may be 0 (else nothing)."""
+    if "token_frame_p" not in (s.info or {}):
+        return ""
+    return ("<div style='font-size:11.5px;opacity:.8'>q = 1 for every CTC token: the draft is the frames' argmax, "
+            "collapsed, so it is deterministic and the accept rule uses a one-hot q (accept with probability p). "
+            "The frame p is the head's own confidence in the token, shown for comparison.</div>")
+
+
 def busy_times(trace: Trace) -> list[float]:
     """Cumulative engine time at the end of each step (prefill + draft + verify + search),
     without the time spent between steps (e.g. between Step clicks)."""
@@ -164,6 +193,65 @@ def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs) -> go.Figur
     return fig
 
 
+# -- HiSpec's levels ------------------------------------------------------------------------------
+
+@dataclass
+class LevelCounts:
+    """HiSpec's three levels counted apart (its tentative tokens are not all "drafts"): exit-d
+    drafts proposed and how many passed exit v; tokens exit v produced itself (corrections and
+    bonus tokens); and how many of each kind the full model then accepted."""
+
+    drafted_d: int = 0  # tokens the exit-d draft proposed
+    passed_v: int = 0  # of them, accepted at exit v (they became tentative)
+    from_v: int = 0  # tentative tokens exit v produced (correction or bonus)
+    full_from_d: int = 0  # of the tentative exit-d tokens, accepted by the full model
+    full_from_v: int = 0  # of the tentative exit-v tokens, accepted by the full model
+
+    @property
+    def tentative(self) -> int:
+        return self.passed_v + self.from_v
+
+    def add(self, other: "LevelCounts") -> None:
+        for name in ("drafted_d", "passed_v", "from_v", "full_from_d", "full_from_v"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def step_levels(s) -> LevelCounts | None:
+    """One step's level counts, or None when its info is not HiSpec's (no tentative sources)."""
+    sources = (s.info or {}).get("tentative_source")
+    if sources is None:
+        return None
+    rounds = s.info.get("rounds") or []
+    c = LevelCounts(drafted_d=sum(len(r.get("drafts") or []) for r in rounds))
+    for j, source in enumerate(sources[: len(s.draft_tokens)]):
+        full = j < s.accepted
+        if source == "draft":
+            c.passed_v += 1
+            c.full_from_d += full
+        else:
+            c.from_v += 1
+            c.full_from_v += full
+    return c
+
+
+def hispec_levels(trace: Trace) -> LevelCounts | None:
+    """The run's level counts (None when no step came from HiSpec)."""
+    total, seen = LevelCounts(), False
+    for s in trace.steps:
+        c = step_levels(s)
+        if c is not None:
+            total.add(c)
+            seen = True
+    return total if seen else None
+
+
+def levels_text(c: LevelCounts) -> str:
+    """One sentence: each level's tokens, then what the full model kept of each kind."""
+    return (f"exit d drafted {c.drafted_d}, {c.passed_v} passed exit v; exit v produced {c.from_v} itself "
+            f"(corrections and bonus tokens); the full model accepted {c.full_from_d} of {c.passed_v} exit-d "
+            f"and {c.full_from_v} of {c.from_v} exit-v tokens")
+
+
 # -- coloured tokens ------------------------------------------------------------------------------
 
 TOKEN_CSS = f"""
@@ -179,6 +267,14 @@ TOKEN_CSS = f"""
 .sv-rej {{ color: {VERMILLION}; text-decoration: line-through; text-decoration-thickness: 1.5px; opacity: .7;
   font-size: .9em; }}
 .sv-nl {{ opacity: .45; font-size: .85em; }}
+.sv-tok {{ cursor: pointer; }}
+.sv-tok:focus {{ outline: 2px solid {BLUE}; outline-offset: 1px; }}
+/* a tap (or Tab) pins the token's details at the bottom of the screen: touch has no hover; the
+   text comes from the title attribute, so it is the same escaped text and is never copied */
+.sv-tok:focus::after {{ content: attr(title); position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 1000;
+  max-width: 560px; margin: 0 auto; padding: 8px 10px; border-radius: 8px; white-space: pre-wrap;
+  font: 12.5px/1.4 system-ui, sans-serif; color: #fff; background: rgba(20,20,30,.93);
+  text-decoration: none; opacity: 1; box-shadow: 0 2px 10px rgba(0,0,0,.3); pointer-events: none; }}
 .sv-caret {{ display:inline-block; width:.55em; height:1.1em; vertical-align:text-bottom;
   background: {GREY}; opacity:.5; animation: sv-blink 1s steps(1) infinite; }}
 @keyframes sv-blink {{ 50% {{ opacity: 0; }} }}
@@ -194,7 +290,36 @@ def _span(cls: str, piece: str, title: str, inline_newlines: bool = True) -> str
         text = text.replace("\n", marker + ("\n" if inline_newlines else ""))
     if text == "":
         text = "∅"
-    return f'<span class="{cls}" title="{html.escape(title, quote=True)}">{text}</span>'
+    # focusable, so that a tap pins the details (CSS :focus) where there is no hover
+    return f'<span class="{cls} sv-tok" tabindex="0" title="{html.escape(title, quote=True)}">{text}</span>'
+
+
+def _ranges(layers: Sequence[int]) -> str:
+    """0, 1, 2, 5, 7, 8 -> '0–2, 5, 7–8'."""
+    out, run = [], []
+    for i in sorted(layers):
+        if run and i != run[-1] + 1:
+            out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def layers_line(s, j: int, num_layers: int) -> str:
+    """For a layer-skip draft token: the layers its draft ran ('' for other drafters)."""
+    info = s.info or {}
+    source = _get(info.get("tentative_source"), j)
+    if source is not None:  # HiSpec: an exit-d draft checked at exit v, or exit v's own token
+        d, v = int(info.get("exit_layer", 0)), int(info.get("verify_exit", 0))
+        return (f"\nlayers 0–{d - 1} drafted it, layers {d}–{v - 1} checked it (exit v)" if source == "draft"
+                else f"\nlayers 0–{v - 1} produced it (exit v)")
+    plan = layer_plan(info, num_layers)
+    if plan is None:
+        return ""
+    ran = [i for i, x in enumerate(plan) if x == 0]
+    return f"\ndraft ran layers {_ranges(ran)} ({len(ran)} of {num_layers}), skipped {_ranges([i for i, x in enumerate(plan) if x])}"
 
 
 @failsafe("html")
@@ -206,7 +331,7 @@ def legend_html() -> str:
         '<span><span class="sv-sw sv-tgt">target</span> the target\'s own token: correction or bonus (orange)</span>'
         '<span><span class="sv-sw sv-rej">rejected</span> draft the target refused (struck through)</span>'
         '<span><span class="sv-sw sv-prompt">prompt</span></span>'
-        "<span>hover a token for step, position, p and q</span>"
+        "<span>hover or tap a token for step, position, p, q and the layers it ran</span>"
         "</div>"
     )
 
@@ -233,7 +358,8 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                 source = _get(s.info.get("tentative_source") if s.info else None, j)
                 origin = {"draft": " (HiSpec: exit-d draft)", "verify": " (HiSpec: exit-v intermediate token)"}.get(source, "")
                 title = (f"step {s.index} · draft position {j + 1} · accepted{origin}\n"
-                         f"p (target) = {_fmt_p(_get(s.target_probs, j))} · q (draft) = {_fmt_p(_get(s.draft_probs, j))}")
+                         f"p (target) = {_fmt_p(_get(s.target_probs, j))} · {q_header(s)} = {q_text(s, j)}"
+                         + layers_line(s, j, trace.num_layers))
                 parts.append(_span("sv-acc", piece, title))
             else:
                 if show_rejected and s.rejected and j == len(s.committed) - 1:
@@ -246,7 +372,8 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                         else:
                             why = "discarded: comes after a rejected token"
                         title = (f"step {s.index} · draft position {pos + 1} · {why}\n"
-                                 f"p (target) = {_fmt_p(_get(s.target_probs, pos))} · q (draft) = {_fmt_p(_get(s.draft_probs, pos))}")
+                                 f"p (target) = {_fmt_p(_get(s.target_probs, pos))} · {q_header(s)} = {q_text(s, pos)}"
+                                 + layers_line(s, pos, trace.num_layers))
                         parts.append(_span("sv-rej", rp, title, inline_newlines=False))
                 if s.index == 0:
                     title = "step 0 (prefill) · the target's own first token"
@@ -256,7 +383,7 @@ def token_html(trace: Trace | None, decode: Decode | None = None, show_rejected:
                     title = f"step {s.index} · the target's correction at draft position {acc + 1} ({acc} of {len(s.draft_tokens)} accepted)"
                 else:
                     title = f"step {s.index} · bonus token: all {len(s.draft_tokens)} drafts accepted"
-                parts.append(_span("sv-tgt", piece, title))
+                parts.append(_span("sv-tgt", piece, title + f"\nthe target ran all {trace.num_layers} layers"))
             context.append(int(tok))
     if streaming:
         parts.append('<span class="sv-caret"></span>')
@@ -362,7 +489,10 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
         cards.append(_card("speedup", "…", "plain generate() is timed when the run ends", ORANGE))
     cards.append(_card("τ (tokens / verification)", f"{m.tau:.2f}",
                        f"{m.verifications} verifications after the prefill; plain = 1.00", GREEN))
-    if m.acceptance_rate is None:
+    levels = hispec_levels(trace)
+    if levels is not None:  # HiSpec: its tentative tokens come from two levels, counted apart
+        cards += levels_cards(levels)
+    elif m.acceptance_rate is None:
         cards.append(_card("acceptance", "–", "nothing drafted", SKY))
     else:
         drafted = sum(len(s.draft_tokens) for s in trace.steps)
@@ -393,6 +523,23 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
         status_line += f" · {html.escape(status)}"
     status_line += "</div>"
     return head + status_line + f'<div class="sv-cards">{"".join(cards)}</div><div>{badge}</div>'
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "–"
+
+
+def levels_cards(c: LevelCounts) -> list[str]:
+    """HiSpec's acceptance as two cards: exit v checking the exit-d drafts, and the full model
+    checking the tentative tokens, each split by the level that produced them."""
+    full = c.full_from_d + c.full_from_v
+    return [
+        _card("exit v passed exit-d drafts", _share(c.passed_v, c.drafted_d),
+              f"{c.passed_v} of {c.drafted_d} exit-d drafts; exit v added {c.from_v} tokens of its own", SKY),
+        _card("full model accepted", _share(full, c.tentative),
+              f"{full} of {c.tentative} tentative: {c.full_from_d}/{c.passed_v} from exit d, "
+              f"{c.full_from_v}/{c.from_v} from exit v", SKY),
+    ]
 
 
 # -- skip layers ----------------------------------------------------------------------------------
@@ -544,31 +691,55 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
     context = list(trace.prompt_ids) + [t for x in trace.steps[: s.index] for t in x.committed]
     rows = []
     pieces = token_pieces(decode, context, s.draft_tokens)
+    sources = (s.info or {}).get("tentative_source")
     for j, (tok, piece) in enumerate(zip(s.draft_tokens, pieces)):
         verdict = "accepted" if j < s.accepted else ("rejected" if j == s.accepted else "discarded")
         colour = BLUE if verdict == "accepted" else VERMILLION
+        level = LEVEL_NAMES.get(_get(sources, j), "")
         rows.append(f"<tr><td>{j + 1}</td><td><code>{html.escape(repr(piece))}</code></td><td>{tok}</td>"
-                    f"<td>{_fmt_p(_get(s.draft_probs, j))}</td><td>{_fmt_p(_get(s.target_probs, j))}</td>"
-                    f'<td style="color:{colour}">{verdict}</td></tr>')
+                    f"<td>{html.escape(q_text(s, j))}</td><td>{_fmt_p(_get(s.target_probs, j))}</td>"
+                    f'<td style="color:{colour}">{verdict}{html.escape(level and f" ({level})")}</td></tr>')
     tctx = context + s.draft_tokens[: s.accepted]
     (tpiece,) = token_pieces(decode, tctx, [s.target_token])
     rows.append(f"<tr><td>target</td><td><code>{html.escape(repr(tpiece))}</code></td><td>{s.target_token}</td>"
                 f'<td></td><td></td><td style="color:{ORANGE}">target\'s own token</td></tr>')
     table = ("<div style='overflow-x:auto'><table style='font-size:12.5px;border-collapse:collapse' cellpadding='3'>"
-             "<tr><th>pos</th><th>text</th><th>id</th><th>q (draft)</th><th>p (target)</th><th>verdict</th></tr>"
-             + "".join(rows) + "</table></div>")
-    times = (f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
-             if s.index > 0 else f"prefill {1000 * trace.t_prefill:.1f} ms")
+             f"<tr><th>pos</th><th>text</th><th>id</th><th>{html.escape(q_header(s))}</th><th>p (target)</th>"
+             "<th>verdict</th></tr>" + "".join(rows) + "</table></div>" + q_note(s))
+    times = html.escape(step_times_text(trace, s))
     info_rows = []
     for key, value in (s.info or {}).items():
         if key in ("dp_grid",):
             continue
-        shown = _info_value(key, value, decode)
+        shown = _info_value(key, value, decode, s.info)
         info_rows.append(f"<tr><td><b>{html.escape(str(key))}</b></td><td>{shown}</td></tr>")
     info = ("<div style='overflow-x:auto'><table style='font-size:12.5px' cellpadding='2'>" + "".join(info_rows)
             + "</table></div>") if info_rows else "<i>no drafter info</i>"
-    return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {len(s.draft_tokens)} drafted, {s.accepted} accepted, "
-            f"{len(s.committed)} committed · {times}</div>{table}<div style='margin-top:6px'>{info}</div>")
+    return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {html.escape(step_counts(s))} · {times}</div>"
+            f"{table}<div style='margin-top:6px'>{info}</div>")
+
+
+def step_times_text(trace: Trace, s) -> str:
+    """A step's time split, saying what a draft time with nothing drafted and a search time mean."""
+    if s.index == 0:
+        return f"prefill {1000 * trace.t_prefill:.1f} ms"
+    text = f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
+    if not s.draft_tokens and s.t_draft >= 0.0005 and trace.drafter != "ar":  # below 0.5 ms: bookkeeping only
+        text += (" (nothing drafted, yet drafting took time: the drafter ran a draft pass and stopped before its "
+                 "first token, e.g. its confidence was below the threshold; the target then added its own token)")
+    if (s.info or {}).get("dp_ran"):
+        text += " (search: the layer DP whose skip set this step drafts with, run right before it)"
+    return text
+
+
+def step_counts(s) -> str:
+    """A step's header counts: drafted / accepted / committed, or HiSpec's tokens per level."""
+    c = step_levels(s)
+    if c is None:
+        return f"{len(s.draft_tokens)} drafted, {s.accepted} accepted, {len(s.committed)} committed"
+    return (f"{c.tentative} tentative: {c.passed_v} exit-d drafts that passed exit v (of {c.drafted_d} drafted) "
+            f"+ {c.from_v} from exit v; the full model accepted {c.full_from_d} + {c.full_from_v}, "
+            f"{len(s.committed)} committed")
 
 
 def _piece(decode: Decode | None, tok) -> str:
@@ -592,22 +763,46 @@ def _plain_value(value: Any) -> str | None:
     return None
 
 
-def _info_value(key: str, value: Any, decode: Decode | None) -> str:
+CUT_REASONS = {"k": "the draft length k", "eos": "an end-of-sequence token", "threshold": "the confidence threshold",
+               "frames": "the last frame"}
+
+
+def frame_cells(frames: list[dict], cut: str | None, decode: Decode | None) -> str:
+    """CTC's frames as cells: solid = a token the draft proposed, dotted = a token the collapse
+    kept but the draft cut (k, EOS or threshold), dashed = a merged repeat or a blank."""
+    cells, n_cut = [], 0
+    for i, f in enumerate(frames):
+        blank = bool(f.get("blank"))
+        text = "∅" if blank else _piece(decode, f.get("token"))
+        kept = f.get("kept") is not None
+        used = bool(f.get("used", kept))  # traces made before "used" existed: every kept token
+        n_cut += kept and not used
+        if used:
+            border, verdict = f"2px solid {BLUE}", f", draft token {f.get('kept') + 1}"
+        elif kept:
+            border, verdict = f"2px dotted {VERMILLION}", f", collapsed token {f.get('kept') + 1}: cut by {CUT_REASONS.get(cut, 'the draft limit')}"
+        else:
+            border, verdict = f"1px dashed {GREY}", ("" if blank else ", merged repeat (dropped by the collapse)")
+        title = (f"frame {i}: " + ("blank" if blank else f"token {f.get('token')}") + f", p = {_fmt_p(f.get('p'))}"
+                 + (f", best non-blank: {_piece(decode, f.get('alt'))!s}" if blank and f.get("alt") is not None else "")
+                 + verdict)
+        cells.append(f'<span title="{html.escape(title, quote=True)}" style="border:{border};border-radius:3px;'
+                     f'padding:0 3px;font-family:ui-monospace,monospace;white-space:pre">{html.escape(text)}</span>')
+    note = "∅ blank · solid = in the draft · dashed = merged repeat or blank"
+    if n_cut:
+        note += f" · dotted = cut by {CUT_REASONS.get(cut, 'the draft limit')} ({n_cut} of the collapsed tokens)"
+    return ('<div style="display:flex;flex-wrap:wrap;gap:3px">' + "".join(cells) +
+            f"</div><div style='font-size:11px;opacity:.7'>{html.escape(note)}</div>")
+
+
+def _info_value(key: str, value: Any, decode: Decode | None, info: dict | None = None) -> str:
     """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round."""
     if key == "frames" and isinstance(value, list) and value and isinstance(value[0], dict):
-        cells = []
-        for i, f in enumerate(value):
-            blank = bool(f.get("blank"))
-            text = "∅" if blank else _piece(decode, f.get("token"))
-            kept = f.get("kept") is not None
-            border = f"2px solid {BLUE}" if kept else f"1px dashed {GREY}"
-            title = (f"frame {i}: " + ("blank" if blank else f"token {f.get('token')}") + f", p = {_fmt_p(f.get('p'))}"
-                     + (f", best non-blank: {_piece(decode, f.get('alt'))!s}" if blank and f.get("alt") is not None else "")
-                     + (f", kept as draft token {f.get('kept') + 1}" if kept else (", merged/dropped" if not blank else "")))
-            cells.append(f'<span title="{html.escape(title, quote=True)}" style="border:{border};border-radius:3px;'
-                         f'padding:0 3px;font-family:ui-monospace,monospace;white-space:pre">{html.escape(text)}</span>')
-        return ('<div style="display:flex;flex-wrap:wrap;gap:3px">' + "".join(cells) +
-                "</div><div style='font-size:11px;opacity:.7'>∅ blank · solid = kept in the draft · dashed = merged repeat</div>")
+        return frame_cells(value, (info or {}).get("cut"), decode)
+    if key == "token_frame_p":
+        return "<i>see the q · frame p column</i>"
+    if key == "cut" and value in CUT_REASONS:
+        return html.escape(f"the draft ended at {CUT_REASONS[value]}")
     if key in ("collapsed", "tentative") and isinstance(value, list) and all(isinstance(t, int) for t in value):
         return "<code>" + html.escape(" | ".join(_piece(decode, t) for t in value)) + "</code>"
     if key == "rounds" and isinstance(value, list) and value and isinstance(value[0], dict):

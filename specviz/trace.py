@@ -24,7 +24,9 @@ class StepEvent:
     target_probs: list[float] = field(default_factory=list)  # p(x_i) of each draft token
     t_draft: float = 0.0  # seconds spent proposing
     t_verify: float = 0.0  # seconds in the target's verification pass and acceptance
-    t_search: float = 0.0  # seconds the drafter spent adapting after the step (CLaSp's DP)
+    # seconds the drafter spent adapting right before this step's draft: its observe() of the
+    # previous verification, or start() after the prefill (CLaSp's DP: the step marked dp_ran)
+    t_search: float = 0.0
     t_end: float = 0.0  # seconds since generation started, at the end of this step
     info: dict[str, Any] = field(default_factory=dict)  # drafter-specific, shown by the UI
     # The acceptance rule's own numbers (rejection sampling only), so the app can replay it:

@@ -148,15 +148,18 @@ def test_lossless_with_accepted_drafts_and_exact_state_window(head):
     for event in generation:
         if generation.done:
             break
-        # the drafter's window holds the exact last-layer states of the last committed tokens,
-        # each paired with the token after it
-        tokens = generation.tokens
+        if event.index == 0:  # the engine runs the drafter's start() right before the first proposal
+            continue
+        # the drafter's window, as this step's proposal saw it (the engine runs observe() right
+        # before the proposal it prepares), holds the exact last-layer states of the tokens
+        # committed before this step, each paired with the token after it
+        tokens = generation.tokens[: len(generation.tokens) - len(event.committed)]
         n = drafter.states.shape[0]
         expected = last_layer_states(model, tokens[:-1])[-n:]
         torch.testing.assert_close(drafter.states, expected, rtol=1e-4, atol=1e-4)
         assert drafter.next_tokens == tokens[len(tokens) - n:]
         if event.draft_tokens:
-            pending_before = len(tokens) - len(event.committed) - 1
+            pending_before = len(tokens) - 1
             assert event.info["positions"] == draft_positions(pending_before, len(event.draft_tokens))
     trace = generation.trace
     assert_lossless(model, prompt, trace.generated, ref)
@@ -174,7 +177,8 @@ def test_sampling_runs_reproducibly_with_one_hot_q():
     assert runs[0] == runs[1] and len(runs[0]) == 24
     drafter = make_drafter("ctc", model, random_head=True)
     gen = engine.start(prompt, drafter, config)
-    next(iter(gen))
+    steps = iter(gen)
+    next(steps), next(steps)  # the prefill, then the first proposal (start() runs right before it)
     draft = drafter.propose(gen._state())
     assert draft.probs is None  # deterministic picks: q is one-hot, exactly lossless
 
@@ -190,7 +194,13 @@ def test_trace_info_keys():
     frame_ids = [f["token"] if not f["blank"] else BLANK for f in info["frames"]]
     assert ctc_collapse(frame_ids, BLANK)[0] == info["collapsed"]
     assert step.draft_tokens == info["collapsed"][: len(step.draft_tokens)]
-    assert all(set(f) == {"token", "blank", "p", "alt", "kept"} for f in info["frames"])
+    assert all(set(f) == {"token", "blank", "p", "alt", "kept", "used"} for f in info["frames"])
+    # "used" marks exactly the frames whose token the (k-cut) draft proposed; the rest were cut
+    assert sum(f["used"] for f in info["frames"]) == len(step.draft_tokens)
+    assert [f["token"] for f in info["frames"] if f["used"]] == step.draft_tokens
+    # the frame probability of each proposed token, shown next to the one-hot q = 1
+    assert step.draft_probs == [1.0] * len(step.draft_tokens)
+    assert info["token_frame_p"] == [f["p"] for f in info["frames"] if f["used"]]
     json.dumps(trace.to_dict())  # plain data
     quiet = engine.generate(random_prompt(1), make_drafter("ctc", model, random_head=True),
                             GenerationConfig(max_new_tokens=6, record=False))

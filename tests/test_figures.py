@@ -54,9 +54,9 @@ def annotations_text(fig: go.Figure) -> str:
 def test_token_html_classes_titles_and_escaping():
     trace = make_trace()
     out = figures.token_html(trace, decode, prompt_text="<prompt>")
-    assert out.count('class="sv-acc"') == 4  # 2 + 2 accepted drafts
-    assert out.count('class="sv-tgt"') == 4  # prefill + one per verification
-    assert out.count('class="sv-rej"') == 3  # 13, then 17 and 18
+    assert out.count('class="sv-acc sv-tok"') == 4  # 2 + 2 accepted drafts
+    assert out.count('class="sv-tgt sv-tok"') == 4  # prefill + one per verification
+    assert out.count('class="sv-rej sv-tok"') == 3  # 13, then 17 and 18
     assert "&lt;prompt&gt;" in out and "<prompt>" not in out
     assert "&lt;b&gt;&amp;" in out and "<b>&" not in out  # rejected draft text escaped
     assert "p (target) = 0.950 · q (draft) = 0.900" in out
@@ -70,7 +70,7 @@ def test_token_html_classes_titles_and_escaping():
 def test_token_html_without_rejected_and_plain_text_order():
     trace = make_trace()
     out = figures.token_html(trace, decode, show_rejected=False, prompt_text="")
-    assert 'class="sv-rej"' not in out
+    assert 'class="sv-rej sv-tok"' not in out
     text = re.sub(r"<style>.*?</style>", "", out, flags=re.S)
     text = re.sub(r'<span class="sv-nl">↵</span>', "", text)
     text = re.sub(r"<[^>]+>", "", text)
@@ -204,7 +204,7 @@ def test_step_details_ctc_frames_and_hispec_rounds():
               {"token": 15, "blank": False, "p": 0.6, "alt": 15, "kept": 1}]
     trace = make_trace("ctc", info=lambda i: {"head": "ctc", "frames": frames, "collapsed": [14, 15], "cut": "k"})
     out = figures.step_details_html(trace, 2, decode)
-    assert "∅" in out and "kept as draft token 1" in out and "merged/dropped" in out
+    assert "∅" in out and "draft token 1" in out and "merged repeat" in out
     assert "\\n |     return" in out  # collapsed draft shown as text
     rounds = [{"drafts": [14, 15], "accepted": 1, "correction": 16, "bonus": False}]
     trace = make_trace("hispec", 8, info=lambda i: {"exit_layer": 1, "verify_exit": 2, "rounds": rounds,
@@ -429,3 +429,89 @@ def test_compare_shows_the_spread_over_rounds():
     assert list(bar.error_y.array) == pytest.approx([0.04, 0.1]) and list(bar.error_y.arrayminus) == pytest.approx([0.05, 0.1])
     single = [figures.CompareRow("ar", 20.0, 1.0, 1.0, None, 16, 0.8, "yes")]
     assert figures.compare_table(single)[0][2] == "1.00" and figures.compare_figure(single).data[0].error_y.array is None
+
+
+# -- issue 14 items 1 and 6: HiSpec's levels, CTC's q and frames, time with nothing drafted -----------------
+
+def hispec_trace() -> Trace:
+    """make_trace's steps as HiSpec's: step 1's tentative [11 12 13] = exit-d draft, exit-v token,
+    exit-d draft (3 exit-d drafts, 2 passed); step 2's [14 15] = two exit-v tokens (2 drafts, none
+    passed); step 3's [17 18] = exit-d draft + exit-v token (1 drafted, 1 passed)."""
+    plan = {1: ([[11, 99], [13]], [1, 1], ["draft", "verify", "draft"]),
+            2: ([[7, 8]], [0], ["verify", "verify"]),
+            3: ([[17]], [1], ["draft", "verify"])}
+
+    def info(i):
+        drafts, accepted, sources = plan[i]
+        rounds = [{"drafts": d, "accepted": a, "correction": None, "bonus": False} for d, a in zip(drafts, accepted)]
+        return {"exit_layer": 1, "verify_exit": 2, "rounds": rounds, "tentative_source": sources}
+
+    return make_trace("hispec", 8, info=info)
+
+
+def test_hispec_counts_each_level_apart():
+    """The header and the acceptance card counted every tentative token as "drafted"."""
+    trace = hispec_trace()
+    c = figures.hispec_levels(trace)
+    # step 1: accepted 2 of [d, v, d]; step 2: 2 of [v, v]; step 3: 0 of [d, v]
+    assert (c.drafted_d, c.passed_v, c.from_v) == (6, 3, 4)
+    assert (c.full_from_d, c.full_from_v) == (1, 3)
+    cards = figures.cards_html(trace, plain_for(trace))
+    assert "3 of 6 exit-d drafts" in cards and "exit v added 4 tokens" in cards
+    assert "4 of 7 tentative: 1/3 from exit d, 3/4 from exit v" in cards
+    assert "of 7 drafts" not in cards  # no longer counted as drafts
+    head = figures.step_details_html(trace, 1, decode)
+    assert "3 tentative: 2 exit-d drafts that passed exit v (of 3 drafted) + 1 from exit v" in head
+    assert "the full model accepted 1 + 1" in head and "3 drafted, 2 accepted" not in head
+    assert "accepted (exit-d draft)" in head and "accepted (exit-v token)" in head and "q (exit v)" in head
+    # other drafters keep the plain counts
+    assert "3 drafted, 2 accepted, 3 committed" in figures.step_details_html(make_trace(), 1, decode)
+    assert "2 of 7 drafts" not in figures.cards_html(make_trace(), None) and figures.hispec_levels(make_trace()) is None
+
+
+def test_ctc_q_is_explained_and_frames_cut_by_k_are_marked():
+    """CTC's q read 1.000 beside p = 0 with no word why, and 10 frames showed as if k were 10."""
+    frames = [{"token": 14, "blank": False, "p": 0.9, "alt": 14, "kept": 0, "used": True},
+              {"token": None, "blank": True, "p": 0.7, "alt": 15, "kept": None, "used": False},
+              {"token": 15, "blank": False, "p": 0.43, "alt": 15, "kept": 1, "used": True},
+              {"token": 16, "blank": False, "p": 0.3, "alt": 16, "kept": 2, "used": False}]
+    trace = make_trace("ctc", info=lambda i: {"head": "ctc", "frames": frames, "collapsed": [14, 15, 16], "cut": "k",
+                                              "token_frame_p": [0.9, 0.43]})
+    for s in trace.steps[1:]:
+        s.draft_probs = [1.0] * len(s.draft_tokens)
+    out = figures.step_details_html(trace, 2, decode)
+    assert "q (one-hot) · frame p" in out and "1.000 · 0.430" in out
+    assert "deterministic" in out and "one-hot q" in out
+    assert "collapsed token 3: cut by the draft length k" in out and "dotted = cut by the draft length k (1 of" in out
+    assert out.count("solid") == 2 or out.count("2px solid") == 2
+    assert "q (one-hot) · frame p = 1.000 · 0.900" in figures.token_html(trace, decode)
+    # a trace made before "used" existed reads every kept frame as used
+    old = [{k: v for k, v in f.items() if k != "used"} for f in frames]
+    assert "cut by" not in figures.frame_cells(old, "k", decode)
+
+
+def test_time_with_nothing_drafted_is_explained():
+    trace = make_trace("clasp")
+    s = trace.steps[3]
+    s.draft_tokens, s.accepted, s.draft_probs, s.target_probs = [], 0, [], []
+    out = figures.step_details_html(trace, 3, decode)
+    assert "nothing drafted, yet drafting took time" in out and "below the threshold" in out
+    s.t_draft = 0.00002  # a draft budget of 0 at the end: bookkeeping, nothing to explain
+    assert "nothing drafted" not in figures.step_details_html(trace, 3, decode)
+    assert "nothing drafted" not in figures.step_details_html(trace, 2, decode)
+
+
+def test_a_tap_pins_token_details_with_the_layers_it_ran():
+    """The details were a `title` only (hover, no touch): every token is focusable, CSS :focus pins
+    the same escaped text, and layer-skip tokens say which layers their draft ran."""
+    trace = make_trace("static-skip", 4, info=lambda i: {"skipped_layers": [1, 2]})
+    out = figures.token_html(trace, decode)
+    tokens = re.findall(r'<span class="sv-(?:acc|tgt|rej) sv-tok" tabindex="0" title="([^"]*)">', out)
+    assert len(tokens) == 11 and ".sv-tok:focus::after" in out and "content: attr(title)" in out
+    assert "draft ran layers 0, 3 (2 of 4), skipped 1–2" in tokens[1]  # step 1's first accepted draft
+    assert "the target ran all 4 layers" in tokens[0]
+    hispec = figures.token_html(hispec_trace(), decode)
+    assert "layers 0–0 drafted it, layers 1–1 checked it (exit v)" in hispec
+    assert "layers 0–1 produced it (exit v)" in hispec
+    assert "draft ran" not in figures.token_html(make_trace("ctc", info=lambda i: {"head": "ctc"}), decode)
+    assert figures._ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"

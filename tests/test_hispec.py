@@ -428,3 +428,29 @@ def test_bundled_model_greedy_matches_generate():
         trace = engine.generate(prompt, make_drafter("hispec", model, **options), GenerationConfig(max_new_tokens=32))
         assert_lossless(model, prompt, trace.generated, ref)
         assert sum(s.accepted for s in trace.steps) > 0  # a trained early-exit model accepts tentative tokens
+
+
+@pytest.mark.skipif(not list(BUNDLED.glob("*.safetensors")),
+                    reason="bundled model assets/models/specviz-tiny is not trained yet")
+def test_bundled_defaults_keep_all_three_levels_at_work():
+    """At the old defaults (d = L/8) the exit-d draft was barely used: rounds read "0/0 passed exit
+    v". On the example prompts every level must contribute: exit-d drafts that pass exit v, exit-v
+    tokens, and full checks accepting tokens of both kinds."""
+    from specviz import figures
+    from specviz.models import load_model
+    from specviz.ui import spec_for
+
+    ui_n = {c.kwarg: c.default for c in spec_for("hispec").controls}.get("n")
+    assert ui_n == hispec_module.DEFAULT_N  # the panel starts at the measured default too (it read 8)
+    loaded = load_model("specviz-tiny")
+    engine = Engine(loaded.model)
+    examples = (BUNDLED.parent.parent / "prompts" / "code.jsonl").read_text().splitlines()[:3]
+    for line in examples:
+        prompt = list(loaded.tokenizer(json.loads(line)["prompt"])["input_ids"])
+        trace = engine.generate(prompt, make_drafter("hispec", loaded.model), GenerationConfig(max_new_tokens=48))
+        steps = trace.steps[1:]
+        with_d = sum(1 for s in steps if "draft" in s.info["tentative_source"])
+        c = figures.hispec_levels(trace)
+        assert with_d >= len(steps) / 4, (json.loads(line)["id"], with_d, len(steps))
+        assert c.passed_v >= c.drafted_d / 2 > 0 and c.from_v > 0
+        assert c.full_from_d > 0 and c.full_from_v > 0

@@ -238,3 +238,32 @@ def test_compare_repeats_in_rounds_each_with_its_own_reference(monkeypatch, tiny
     assert "(" in rows["ar"][2] and "–" in rows["ar"][2]  # median (min–max)
     with pytest.raises(gr.Error, match="compare_rounds must be between 1 and 5"):
         next(handlers.compare(config, tiny_model_dir, "x", 6, 0.0, 1.0, 0, 0, ["ar"], Session(), compare_rounds=9))
+
+
+def test_the_first_results_tab_fits_the_drafter():
+    """Prompt lookup opened on the skip-layer tab: two empty layer panels."""
+    from specviz.ui import build_app, handlers
+    from specviz.ui.config import AppConfig
+
+    config = AppConfig(["specviz-tiny"], "specviz-tiny")
+    selected = {d: handlers.on_drafter(config, d, "specviz-tiny")[-1] for d in config.drafters}
+    assert {d: u.get("selected") if isinstance(u, dict) else u.selected for d, u in selected.items()} == {
+        d: ("skip" if d in ("static-skip", "early-exit", "clasp", "hispec") else "speed" if d == "ar" else "acceptance")
+        for d in config.drafters}
+    demo = build_app(["specviz-tiny"], default_model="specviz-tiny")
+    tabs = [b for b in demo.blocks.values() if type(b).__name__ == "Tab"]
+    assert {"skip", "speed", "acceptance"} <= {t.id for t in tabs}
+
+
+def test_a_queued_visitor_sees_the_queue_by_the_run_button():
+    """The minimal tracker only faded the cards' "No run yet." while a visitor waited in the queue;
+    the full one on the line under Run says "queue: 2/3" (checked in the browser, see the note)."""
+    from specviz.ui import build_app
+
+    demo = build_app(["specviz-tiny"], default_model="specviz-tiny")
+    progress = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sv-progress")
+    events = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("run", "step")}
+    assert set(events) == {"run", "step"}
+    for fn in events.values():
+        assert fn.show_progress == "full"
+        assert [getattr(b, "_id", b) for b in fn.show_progress_on] in ([progress._id], [progress])

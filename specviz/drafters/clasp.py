@@ -29,7 +29,8 @@ Trace info (`Draft.info`, when `state.record`), stable keys for the UI:
 * ``skipped_layers`` list[int]: the skip set this draft used (0-based layer indices).
 * ``dp_ran`` bool: a DP ran between the previous proposal and this one, i.e. in `observe()` of
   the previous step (or in `start()` after the prefill, for the first proposal), and its result is
-  the skip set this draft used. The engine timed that DP as the *previous* step's ``t_search``.
+  the skip set this draft used. The engine runs observe() (and start()) right before the
+  proposal it prepares, so that DP's time is this same step's ``t_search``.
 * ``dp_grid`` list[list[float | None]] of shape (L+1) x (M+1), or None when ``dp_ran`` is False:
   ``dp_grid[i][j]`` = cos(g[i][j], x_i). None marks cells that are not part of any path from
   (0, 0) to (L, M) (not computed; JSON-safe, no NaN).
@@ -76,8 +77,8 @@ Design choices the paper leaves open (UNVERIFIED in ALGORITHMS.md §5), and why:
 10. Sampling: drafts are drawn from q (same temperature/top-k/top-p as the target) and returned
    in `Draft.probs`, so the engine's rejection sampling keeps the output distribution exact (the
    third-party code's independent-sample comparison is not lossless and is not used).
-11. Wasted work: the DP in the last verification's `observe()` may never be used (the drafter
-   cannot know the generation ends); with dp_interval > 1 that is rarely a full DP.
+11. No wasted work at the end: the engine runs observe() only before a next proposal, so a
+   generation that ends never runs a DP that no draft would use.
 """
 
 from __future__ import annotations

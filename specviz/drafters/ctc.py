@@ -55,7 +55,10 @@ Trace info (`Draft.info` when `state.record`):
 * `head`: "ctc" or "medusa"
 * `frames`: one dict per frame: `{"token": id or None (blank), "blank": bool, "p": top probability,
   "alt": best non-blank token id, "kept": index in `collapsed` or None}` (`kept` is set on the
-  first frame of each surviving run)
+  first frame of each surviving run), `"used"`: whether that token is in the proposed draft (False
+  for tokens past the cut: k, EOS or the threshold)
+* `token_frame_p`: per proposed token, the frame probability it came from (the UI shows it next
+  to the one-hot q, so that q = 1 beside p = 0 reads as what it is)
 * `collapsed`: the collapsed draft before truncation to k (and before the EOS / threshold cuts)
 * `positions`: absolute positions of the proposed draft tokens
 * `cut`: why the draft ended: "k" (length limit), "eos", "threshold" or "frames" (all used)
@@ -458,9 +461,11 @@ class CTCDrafter:
                 "head": self.kind,
                 "frames": [
                     {"token": None if blank_frame else t, "blank": blank_frame, "p": round(p, 4),
-                     "alt": a, "kept": kept.get(i)}
+                     "alt": a, "kept": kept.get(i), "used": kept.get(i) is not None and kept[i] < len(tokens)}
                     for i, (t, blank_frame, p, a) in enumerate(zip(frame_tokens, is_blank, frame_p, alt))
                 ],
+                # the head's confidence in each proposed token (q itself is one-hot, see above)
+                "token_frame_p": [round(frame_p[sources[i]], 4) for i in range(len(tokens))],
                 "collapsed": collapsed,
                 "positions": draft_positions(state.pending_position, len(tokens)),
                 "cut": cut,

@@ -23,7 +23,12 @@ from .settings import RunSettings
 log = logging.getLogger(__name__)
 
 HTML_INTERVAL = 0.25  # seconds between streamed token updates (more often slows the engine: GIL)
-PLOT_INTERVAL = 1.5  # and at least this many seconds between plot updates (plots cost ~40 ms each to build)
+# The speed charts redraw by time alone, so they move at least once a second however long a step
+# takes or however many steps pass (a step-count throttle left them still for seconds on slow steps):
+# an update goes out on the first token update at least SPEED_INTERVAL after the last, i.e. within
+# SPEED_INTERVAL + HTML_INTERVAL = 1 s.
+SPEED_INTERVAL = 0.75
+PLOT_INTERVAL = 1.5  # and at least this many seconds between the other plots (~40 ms each to build)
 POLL = 0.25  # seconds between checks that the worker thread is still alive
 
 
@@ -135,18 +140,25 @@ class GenerationWorker:
                 except queue.Empty:
                     return not ended
 
-    def updates(self, plot_every: int) -> Iterator[set[str]]:
+    def updates(self, plot_every: int, stopping: Callable[[], bool] = lambda: False) -> Iterator[set[str]]:
         """The parts worth redrawing as the generation advances: the tokens at most every
-        HTML_INTERVAL seconds, the plots too once `plot_every` more steps and PLOT_INTERVAL
-        seconds have passed. Ends with the generation."""
-        last_html = last_plot = 0.0
+        HTML_INTERVAL seconds, the speed charts every SPEED_INTERVAL seconds, the other plots
+        once `plot_every` more steps and PLOT_INTERVAL seconds have passed. Ends with the
+        generation, or at once when `stopping()` says a stop was requested: an update sent then
+        would only delay the final one in the browser, which draws updates in order."""
+        last_html = last_speed = last_plot = 0.0
         plotted_steps = 0
         while self._advanced():
+            if stopping():
+                return
             now = time.perf_counter()
             if now - last_html < HTML_INTERVAL:
                 continue
             last_html = now
             parts = {"tokens"}
+            if now - last_speed >= SPEED_INTERVAL:
+                parts.add("speed")
+                last_speed = now
             n = len(self.gen.trace.steps)
             if n - plotted_steps >= plot_every and now - last_plot >= PLOT_INTERVAL:
                 parts.add("plots")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -60,7 +61,7 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
         worker = GenerationWorker(gen)
         worker.start()
         yield (*render(session, {"tokens"}, streaming=True, status="starting…"), session)
-        for parts in worker.updates(config.plot_every):
+        for parts in worker.updates(config.plot_every, stopping=lambda: flags.stop_requested):
             progress((len(gen.trace.generated), s.max_new_tokens), desc="decoding", unit="tokens")
             yield (*render(session, parts, streaming=True), session)
         worker.join()
@@ -127,17 +128,33 @@ def step_generation(config: AppConfig, session: Session, s: RunSettings):
     return gen
 
 
-def stop(session) -> tuple[str, Any]:
+STOP_WAIT = 3.0  # seconds Stop waits for the run to end, to answer with its final state
+
+
+def stop(session, wait: float = STOP_WAIT) -> tuple[str, Any]:
     """Stop this session's running generation (and drop its Step generation). Runs in the
-    main process: it reaches a generation in a ZeroGPU worker through the session's flag file."""
+    main process: it reaches a generation in a ZeroGPU worker through the session's flag file.
+
+    It answers once the run has ended (the engine stops at its next step): an answer sent at
+    once could reach the browser after the run's final update and leave "Stopping…" on the
+    progress line for good. The button's own JS shows "Stopping…" meanwhile."""
     if not isinstance(session, Session):
-        return "Nothing is running.", session
+        return figures.progress_html(None, None, "Nothing is running."), session
     flags = session.flags
-    was = flags.running or session.gen is not None or session.mode == "step" and session.key is not None
-    if flags.running:
+    running = flags.running
+    stepping = session.gen is not None or session.mode == "step" and session.key is not None
+    if running:
         flags.request_stop()
     session.gen, session.key = None, None
-    return ("Stopping…" if was else "Nothing is running."), session
+    if running:
+        deadline = time.monotonic() + wait
+        while flags.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = "stopping… (the current step finishes first)" if flags.running else "stopped"
+        return figures.progress_html(session.trace if session.mode == "run" else None, session.plain, status), session
+    if stepping:
+        return figures.progress_html(None, None, "Step mode ended: the next Step starts over."), session
+    return figures.progress_html(None, None, "Nothing is running."), session
 
 
 COMPARE_ROUNDS = 3  # default repetitions: a spread from one run on a shared machine is noise
@@ -263,10 +280,24 @@ def rerender_tokens(show_rejected, session) -> str:
 
 # -- control changes -----------------------------------------------------------------------------
 
+# The results tab that shows what a drafter does: its layers for the layer-skip drafters; for the
+# others (whose layer panels would be empty) what was accepted, and for plain decoding its speed.
+LAYER_DRAFTERS = ("static-skip", "early-exit", "clasp", "hispec")
+
+
+def first_tab(drafter: str) -> str:
+    """The id of the tab (layout's `TAB_IDS`) to show first for `drafter`."""
+    if drafter in LAYER_DRAFTERS:
+        return "skip"
+    return "speed" if drafter == "ar" else "acceptance"
+
+
 def on_drafter(config: AppConfig, name, model) -> list:
-    """The drafter's note and, of the drafter panels, only its own visible."""
+    """The drafter's note, of the drafter panels only its own visible, and the results tab that
+    fits it (prompt lookup opened on two empty layer panels)."""
     note = drafter_note_text(name, config.known_model(model))
-    return [gr.update(value=note)] + [gr.update(visible=(d == name)) for d in config.drafters]
+    return ([gr.update(value=note)] + [gr.update(visible=(d == name)) for d in config.drafters]
+            + [gr.Tabs(selected=first_tab(name))])
 
 
 def on_model(config: AppConfig, model, drafter, prompt) -> list:

@@ -41,6 +41,10 @@ from .text import CSS, INTRO, LEARN_MD
 Components = dict[str, Any]  # the page's components by role ("model", "prompt", "tokens", ...)
 
 PRIVATE = dict(api_visibility="private", show_progress="hidden")  # UI-only events: not in the API
+# Instant feedback on Stop (the server answers once the run has ended): a mark on the progress
+# line's wrapper that CSS shows while the run still streams; the DOM Gradio renders is left alone
+STOP_JS = "() => { document.querySelector('#sv-progress')?.setAttribute('data-stopping', ''); }"
+RUN_JS = "() => { document.querySelector('#sv-progress')?.removeAttribute('data-stopping'); }"
 
 
 def build_app(model_names: Sequence[str] | None = None, *, default_model: str | None = None,
@@ -175,18 +179,19 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
     # above the tabs: the step picked here is the one the Skip layers and Explain step tabs show
     c["step_sel"] = gr.Slider(0, 1, value=0, step=1, label="step to inspect (DP table, details, Explain step)",
                               elem_id="sv-step-sel")
-    with gr.Tabs():
-        with gr.Tab("Skip layers", elem_id="sv-tab-skip"):
+    with gr.Tabs(selected=handlers.first_tab(initial_drafter(config.default_model, config.drafters)),
+                 elem_id="sv-tabs") as c["tabs"]:
+        with gr.Tab("Skip layers", id="skip", elem_id="sv-tab-skip"):
             c["heatmap"] = gr.Plot(label="skipped layers per step", elem_id="sv-heatmap")
             c["dp"] = gr.Plot(label="CLaSp DP table", elem_id="sv-dp")
             _dp_cell_picker(c)
             c["details"] = gr.HTML(figures.step_details_html(None, None))
-        with gr.Tab("Explain step", elem_id="sv-tab-explain"):
+        with gr.Tab("Explain step", id="explain", elem_id="sv-tab-explain"):
             _explain_tab(c)
-        with gr.Tab("Speed", elem_id="sv-tab-speed"):
+        with gr.Tab("Speed", id="speed", elem_id="sv-tab-speed"):
             c["speed"] = gr.Plot(label="tokens vs time", elem_id="sv-speed")
             c["speedup"] = gr.Plot(label="speedup over time", elem_id="sv-speedup")
-        with gr.Tab("Acceptance", elem_id="sv-tab-acc"):
+        with gr.Tab("Acceptance", id="acceptance", elem_id="sv-tab-acc"):
             c["accpos"] = gr.Plot(label="acceptance per draft position")
             c["hist"] = gr.Plot(label="accepted length")
         with gr.Tab("Compare", elem_id="sv-tab-compare"):
@@ -257,14 +262,19 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
                              "extra")] + [session]
     run_kwargs = {**c["controls"], "chat": c["chat"]}
     model_event = dict(inputs_kwargs=run_kwargs, concurrency_id="model", concurrency_limit=1)
-    near_run = [c["cards"], c["progress"]]  # queue position and progress show by the button too
-    c["run"].click(gpu(bind(handlers.run, config)), common, outputs, api_name="run", show_progress="minimal",
+    # Gradio's full tracker on the line under Run says "queue: 2/3" to a waiting visitor (the
+    # minimal one only faded the cards' "No run yet."), then the progress; nothing else fades
+    near_run = [c["progress"]]
+    c["run"].click(gpu(bind(handlers.run, config)), common, outputs, api_name="run", show_progress="full",
                    show_progress_on=near_run, **model_event)
-    c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="minimal",
+    c["step"].click(gpu(bind(handlers.step, config)), common, outputs, api_name="step", show_progress="full",
                     show_progress_on=near_run, **model_event)
-    # Stop's answer goes to the progress line, which the run's next update replaces ("stopped")
+    # Stop answers on the progress line once the run has ended; its JS says "Stopping…" at once
     c["stop"].click(handlers.stop, [session], [c["progress"], session], api_name="stop", concurrency_limit=None,
                     queue=False)
+    c["stop"].click(None, None, None, js=STOP_JS, **PRIVATE)
+    for button in (c["run"], c["step"]):
+        button.click(None, None, None, js=RUN_JS, **PRIVATE)
     compare_inputs = [c[k] for k in ("model", "prompt", "max_new", "temperature", "top_p", "top_k", "seed",
                                      "compare_choice")] + [session]
     compare_event = dict(model_event, inputs_kwargs={**run_kwargs, "compare_rounds": c["compare_rounds"]})
@@ -294,7 +304,7 @@ def _wire_view_events(config: AppConfig, c: Components, demo: gr.Blocks) -> None
     c["show_rejected"].change(handlers.rerender_tokens, [c["show_rejected"], session], [c["tokens"]],
                               concurrency_limit=4, **PRIVATE)
     on_drafter = bind(handlers.on_drafter, config)
-    drafter_outputs = [c["drafter_note"]] + c["groups"]
+    drafter_outputs = [c["drafter_note"]] + c["groups"] + [c["tabs"]]
     c["drafter"].change(on_drafter, [c["drafter"], c["model"]], drafter_outputs, concurrency_limit=4, **PRIVATE)
     control_outputs = [c["controls"][param_name(d, k.kwarg)] for d, k in config.control_keys()]
     c["model"].change(bind(handlers.on_model, config), [c["model"], c["drafter"], c["prompt"]],

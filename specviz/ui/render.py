@@ -32,30 +32,37 @@ def outputs(parts: dict[str, Any]) -> tuple:
 
 def _token_parts(session: Session, decode: Decode | None, streaming: bool, status: str, clock: str) -> dict[str, Any]:
     trace = session.trace
-    return {"tokens": figures.token_html(trace, decode, True, session.prompt_text, streaming=streaming),
-            "cards": figures.cards_html(trace, session.plain, clock, status),
-            "progress": figures.progress_html(trace, session.plain, status),
-            "text": (decode or figures._default_decode)(trace.generated) if trace else ""}
+    parts = {"tokens": figures.token_html(trace, decode, True, session.prompt_text, streaming=streaming),
+             "cards": figures.cards_html(trace, session.plain, clock, status),
+             "progress": figures.progress_html(trace, session.plain, status)}
+    if not (streaming and session.mode == "run"):  # a Run's plain text once, at the end: streamed copies only add browser work
+        parts["text"] = (decode or figures._default_decode)(trace.generated) if trace else ""
+    return parts
+
+
+def _speed_parts(session: Session, clock: str) -> dict[str, Any]:
+    return {"speed": figures.speed_figure(session.trace, session.plain, clock),
+            "speedup": figures.speedup_figure(session.trace, session.plain, clock)}
 
 
 def _plot_parts(session: Session, decode: Decode | None, clock: str) -> dict[str, Any]:
-    trace, plain = session.trace, session.plain
+    trace = session.trace
     last = max(0, (len(trace.steps) if trace else 0) - 1)
     return {"heatmap": figures.skip_heatmap(trace, last if session.mode == "step" else None),
             "dp": figures.dp_grid_figure(trace, last),
             "step_sel": gr.update(maximum=max(1, last), value=last),
             "details": figures.step_details_html(trace, last, decode),
-            "speed": figures.speed_figure(trace, plain, clock),
-            "speedup": figures.speedup_figure(trace, plain, clock),
+            **_speed_parts(session, clock),
             "accpos": figures.acceptance_figure(trace),
             "hist": figures.accepted_histogram(trace),
-            "learn_md": figures.leviathan_markdown(trace, plain),
-            "learn_fig": figures.leviathan_figure(trace, plain)}
+            "learn_md": figures.leviathan_markdown(trace, session.plain),
+            "learn_fig": figures.leviathan_figure(trace, session.plain)}
 
 
 def render(session: Session, parts: set[str], export_dir: Path | None = None, streaming: bool = False,
            status: str = "") -> tuple:
-    """All outputs for `parts` ("tokens", "plots", "export"; the export needs `export_dir`)."""
+    """All outputs for `parts` ("tokens", "speed": the speed charts, "plots": every plot, "export":
+    the trace file, which needs `export_dir`)."""
     clock = "busy" if session.mode == "step" else "wall"  # step mode: engine time, not the user's pauses
     decode = session.decoder()
     out: dict[str, Any] = {}
@@ -63,6 +70,8 @@ def render(session: Session, parts: set[str], export_dir: Path | None = None, st
         out.update(_token_parts(session, decode, streaming, status, clock))
     if "plots" in parts:
         out.update(_plot_parts(session, decode, clock))
+    elif "speed" in parts:
+        out.update(_speed_parts(session, clock))
     if "export" in parts and export_dir is not None:
         out["export"] = write_export(session.trace, export_dir) if session.trace else None
     return outputs(out)

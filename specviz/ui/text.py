@@ -10,6 +10,8 @@ CSS = """
 #sv-prompt textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; }
 .sv-progress { font-size: 13px; min-height: 1.2em; }
 .sv-progress a { white-space: nowrap; }
+/* Stop's instant feedback: shown while the stopped run still streams (its caret), gone with its final update */
+body:has(#sv-tokens .sv-caret) #sv-progress[data-stopping] .sv-progress::before { content: "Stopping… · "; font-weight: 600; }
 """
 
 LEARN_MD = r"""

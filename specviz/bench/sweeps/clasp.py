@@ -132,11 +132,8 @@ def _trace_summary(traces: list[Trace]) -> dict[str, Any]:
     steps = sum(len(t.steps) - 1 for t in traces)
     new = sum(len(t.generated) - 1 for t in traces)  # the prefill's token is not a verification's
     wall = sum(t.wall_time for t in traces)
-    # DP time: observe()'s (the engine's t_search) + start()'s after the prefill (timed inside
-    # t_prefill by the engine; the first proposal's info reports it)
+    # DP time: the engine's t_search (start()'s DP after the prefill is step 1's, observe()'s the next step's)
     search = sum(s.t_search for t in traces for s in t.steps)
-    search += sum(t.steps[1].info.get("dp_time") or 0.0 for t in traces
-                  if len(t.steps) > 1 and t.steps[1].info.get("dp_ran"))
     drafted = sum(len(s.draft_tokens) for t in traces for s in t.steps)
     accepted = sum(s.accepted for t in traces for s in t.steps)
     sets = Counter(tuple(s.info["skipped_layers"]) for t in traces for s in t.steps[1:]
