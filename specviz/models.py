@@ -109,6 +109,9 @@ REGISTRY: dict[str, ModelInfo] = {
         label="SmolLM2-135M-Instruct (chat, 30 layers)",
         gguf=SMOLLM2_GGUF, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30,
+        # trained by specviz for it (assets/models/smollm2-135m-instruct/DRAFT_PARTS.md): exit adapters,
+        # the CTC head and its Medusa control; its draft model is the entry below
+        parts=frozenset({"early-exit", "ctc-head", "medusa-head"}),
         # on a CPU only prompt lookup beats generate() on this model (see its card): a first-time
         # visitor should see drafting pay, on the first example (answer from notes, ~1.4x)
         default_drafter="prompt-lookup", draft_model=f"{SMOLLM2}-draft"),

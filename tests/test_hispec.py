@@ -396,7 +396,7 @@ def test_defaults_and_settings():
     model = engine_for("llama").model  # 6 layers
     drafter = make_drafter("hispec", model)
     assert 1 <= drafter.d < drafter.v < model.config.num_hidden_layers
-    assert set(drafter.settings()) == {"d", "v", "n", "k", "threshold"}
+    assert set(drafter.settings()) == {"d", "v", "n", "k", "threshold", "draft_adapter", "verify_adapter", "draft_vocab"}
     engine = engine_for("llama")
     prompt = random_prompt(9)
     trace = engine.generate(prompt, drafter, GenerationConfig(max_new_tokens=24))

@@ -292,10 +292,11 @@ class HiSpec:
 
 def build(target, adapter: str = "auto", draft_vocab: int = 0, **options) -> HiSpec:
     """make_drafter("hispec", model, d=..., v=..., n=..., k=..., threshold=..., adapter=..., draft_vocab=...).
-    The vocabulary subset applies to the draft level only: exit v's verdict is over every token."""
+    The vocabulary subset serves both exits (the adapters were trained over it); only the full
+    check, which the engine runs with the whole head, decides what is committed."""
     drafter = HiSpec(target.config.num_hidden_layers, **options)
     drafter.draft_head = build_head(target, drafter.d, adapter, draft_vocab, NAME)
-    drafter.verify_head = build_head(target, drafter.v, adapter, 0, NAME)
+    drafter.verify_head = build_head(target, drafter.v, adapter, draft_vocab, NAME)
     return drafter
 
 
