@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -420,6 +421,21 @@ def check_architecture(config) -> None:
         )
 
 
+@contextmanager
+def _quiet_missing_embeddings(info: ModelInfo | None):
+    """A draft model stored without embeddings / head (they come from its target, see
+    `ModelInfo.embeddings_from`) makes transformers report them missing: expected, so unsaid."""
+    if info is None or info.embeddings_from is None:
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None,
                attn_implementation: str = "sdpa", progress: Progress | None = None) -> LoadedModel:
     """Load model + tokenizer the same way for bundled, converted, local and hub sources.
@@ -435,10 +451,11 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
         try:
             config = AutoConfig.from_pretrained(found, trust_remote_code=False, local_files_only=offline)
             check_architecture(config)
-            model = AutoModelForCausalLM.from_pretrained(
-                found, dtype=torch_dtype, trust_remote_code=False, local_files_only=offline,
-                attn_implementation=attn_implementation,
-            ).to(target).eval()
+            with _quiet_missing_embeddings(REGISTRY.get(name)):
+                model = AutoModelForCausalLM.from_pretrained(
+                    found, dtype=torch_dtype, trust_remote_code=False, local_files_only=offline,
+                    attn_implementation=attn_implementation,
+                ).to(target).eval()
             tokenizer = AutoTokenizer.from_pretrained(found, trust_remote_code=False, local_files_only=offline)
         except OSError as err:  # missing weights, a failed download: name the model, no traceback
             raise ModelUnavailable(f"could not load model {name!r} from {source}: {err}") from None

@@ -39,11 +39,12 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "static-skip": [dict(skip="alternate", k=3), dict(skip="ratio", skip_ratio=0.1, k=3),
                     dict(skip="ratio", skip_ratio=0.2, k=3)],
     "prompt-lookup": [dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))],
-    # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft head)
-    "early-exit": [dict(exit_layer=e, k=k, draft_vocab=8192) for e, k in itertools.product((4, 8), (3, 5))],
-    "hispec": [dict(d=4, v=v, n=n, k=3, threshold=0.0, draft_vocab=8192) for v, n in itertools.product((8, 15), (6, 10))],
-    "draft-model": [dict(k=k, draft_vocab=v) for k, v in itertools.product((3, 5), (0, 8192))],
-    "ctc": [dict(head=h, k=k) for h, k in itertools.product(("ctc", "medusa"), (3, 5))],
+    # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft heads)
+    "early-exit": [dict(exit_layer=e, k=3, draft_vocab=8192) for e in (4, 8)],
+    "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
+               dict(d=4, v=8, n=4, k=2, threshold=0.0, draft_vocab=8192)],
+    "draft-model": [dict(k=k, draft_vocab=8192) for k in (3, 5)],
+    "ctc": [dict(head="ctc", k=k) for k in (4, 6)],  # the CTC drafter keeps its CTC head; Medusa is the control
 }
 
 
