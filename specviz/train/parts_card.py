@@ -114,7 +114,8 @@ def write(model: str) -> Path:
              "task templates x topics and from passages of the Python standard library's docstrings "
              "(`specviz.train.instructions`). Held out, never trained on: the categories `poem` and `code`, ten "
              "topics in every category, some passages' modules, and the project's example prompts.", "",
-             f"Reproduce: `{DATA_COMMAND}` (and `--split heldout --limit 144`).", ""]
+             f"Reproduce: `{DATA_COMMAND}` (and `--split heldout --limit 144`). Each part below names the "
+             "command of its last training sitting; `specviz/train/README.md` lists every sitting in order.", ""]
     for section in (adapters_section(folder), vocab_section(folder), heads_section(folder), draft_section(model)):
         if section:
             lines += section + [""]

@@ -83,16 +83,18 @@ def subset_index(subset: torch.Tensor, vocab: int) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, target, rank: torch.Tensor, train_vocab: int):
+        self.device = target.lm_head.weight.device
         self.norm = target.model.norm
         self.eps = target.config.rms_norm_eps
         for p in target.parameters():
             p.requires_grad_(False)
-        self.subset = rank[:train_vocab].long()
+        self.subset = rank[:train_vocab].long().to(self.device)
         self.weight = target.lm_head.weight[self.subset].detach().float()
-        self.index = subset_index(self.subset, target.lm_head.weight.shape[0])
+        self.index = subset_index(self.subset.cpu(), target.lm_head.weight.shape[0]).to(self.device)
         self.full_weight = target.lm_head.weight.detach().float()
 
     def loss(self, adapter: ExitAdapter, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hidden, labels = hidden.to(self.device), labels.to(self.device).long()
         logits = F.linear(self.norm(adapter(hidden)), self.weight)
         return F.cross_entropy(logits, self.index[labels], ignore_index=-100)
 
@@ -101,21 +103,21 @@ class Trainer:
                   batch: int = 4096) -> float:
         hits = 0
         for i in range(0, hidden.shape[0], batch):
-            h = hidden[i:i + batch].float()
+            h = hidden[i:i + batch].float().to(self.device)
             h = adapter(h) if adapter is not None else h
             n = self.norm(h)
             if subset is None:
                 pred = F.linear(n, self.full_weight).argmax(-1)
             else:
                 pred = subset[F.linear(n, self.full_weight[subset]).argmax(-1)]
-            hits += int((pred == labels[i:i + batch].long()).sum())
+            hits += int((pred.cpu() == labels[i:i + batch].long()).sum())
         return hits / max(1, hidden.shape[0])
 
 
 def train_exit(exit_layer: int, trainer: Trainer, train: dict, held: dict, args, ckpt: dict) -> tuple[ExitAdapter, dict]:
     key = f"layer{exit_layer}"
     torch.manual_seed(args.seed + exit_layer)
-    adapter = ExitAdapter(train[key].shape[1], args.inner, trainer.eps)
+    adapter = ExitAdapter(train[key].shape[1], args.inner, trainer.eps).to(trainer.device)
     opt = torch.optim.AdamW(adapter.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     step0 = 0
     if str(exit_layer) in ckpt:
@@ -173,6 +175,7 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget per exit")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--vocab-only", action="store_true")
@@ -183,7 +186,7 @@ def main(argv=None) -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     from .. import api
 
-    target = api.get_model(args.model).model
+    target = api.get_model(args.model, device=args.device, dtype="float32").model
     vocab = target.lm_head.weight.shape[0]
     rank = vocab_rank(args.data, vocab)
     if args.vocab_only:

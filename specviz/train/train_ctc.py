@@ -675,7 +675,6 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 labels as on CPU
     model_dir = Path(args.model)
-    args.export_dir = args.export_dir or str(model_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fh = open(out / "data.log", "a")
@@ -684,6 +683,7 @@ def main(argv=None):
 
     if args.shards:
         return main_shards(args, device, command, fh)
+    args.export_dir = args.export_dir or str(model_dir)
     loaded = load_model(str(model_dir), device=str(device), dtype="float32")
     model = loaded.model
     fingerprint = base_fingerprint(model_dir)
@@ -728,7 +728,7 @@ def main_shards(args, device, command: str, fh) -> None:
     from ..models import REGISTRY
     from .train_adapters import subset_index
 
-    loaded = api.get_model(args.model)
+    loaded = api.get_model(args.model, device=str(device), dtype="float32")
     model = loaded.model.requires_grad_(False)
     assets = REGISTRY[args.model].assets
     vocab = model.lm_head.weight.shape[0]

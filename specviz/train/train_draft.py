@@ -90,6 +90,7 @@ def pad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
 
 
 def subset_logits(draft, ids, mask, weight) -> torch.Tensor:
+    ids, mask = ids.to(weight.device), mask.to(weight.device)
     hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state  # after the final norm
     return F.linear(hidden, weight)
 
@@ -100,7 +101,7 @@ def agreement(draft, seqs: list, weight: torch.Tensor, subset: torch.Tensor) -> 
     hits = total = 0
     for batch in batches(seqs, 8192, torch.Generator().manual_seed(0)):
         ids, labels, mask, answer = pad(batch)
-        pred = subset[subset_logits(draft, ids, mask, weight).argmax(-1)]
+        pred = subset[subset_logits(draft, ids, mask, weight).argmax(-1).cpu()]
         hits += int(((pred == labels) & answer).sum())
         total += int(answer.sum())
     draft.train()
@@ -133,6 +134,7 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
@@ -140,7 +142,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     from .. import api
 
-    loaded = api.get_model(args.model)
+    loaded = api.get_model(args.model, device=args.device, dtype="float32")
     target = loaded.model
     for p in target.parameters():
         p.requires_grad_(False)
@@ -149,7 +151,7 @@ def main(argv=None) -> None:
     index = subset_index(subset, vocab)
     weight = target.lm_head.weight[subset].detach()
     init = [int(x) for x in args.init.split(",")]
-    draft = make_draft(target, args.layers, init)
+    draft = make_draft(target, args.layers, init).to(target.device)
     train_seqs, held_seqs = load_sequences(args.data / "train"), load_sequences(args.data / "heldout")
     n_tokens = sum(s[0].numel() for s in train_seqs)
     log(f"{len(train_seqs)} training sequences ({n_tokens} tokens), {len(held_seqs)} held out")
@@ -164,7 +166,8 @@ def main(argv=None) -> None:
         opt.load_state_dict(ckpt["opt"])
         step, spent = ckpt["step"], ckpt["spent"]
     best = {"agreement": agreement(draft, held_seqs, weight, subset), "step": step}
-    log(f"start: held-out agreement {best['agreement']:.4f} (layers {init} of the target as they are)")
+    log(f"start (step {step}): held-out agreement {best['agreement']:.4f}"
+        + ("" if step else f" (layers {init} of the target as they are)"))
     start = time.time() - spent
     epoch = 0
     while step < total and time.time() - start < args.minutes * 60:
@@ -175,6 +178,7 @@ def main(argv=None) -> None:
                 group["lr"] = lr
             logits = subset_logits(draft, ids, mask, weight)
             target_index = torch.where(labels >= 0, index[labels.clamp(min=0)], torch.full_like(labels, -100))
+            target_index = target_index.to(logits.device)
             loss = F.cross_entropy(logits.flatten(0, 1), target_index.flatten(), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
             loss.backward()

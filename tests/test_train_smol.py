@@ -1,0 +1,66 @@
+"""The self-distillation pipeline behind SmolLM2's drafting parts runs end to end (tiny sizes): data,
+vocabulary ranking, exit adapters, draft model, CTC head, and the card; and its data are what the
+parts are trained to predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specviz.drafters.ctc import load_head
+from specviz.drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE, adapter_meta, load_vocab_rank
+from specviz.train import selfdistill, train_adapters, train_ctc, train_draft
+from specviz.train.instructions import HELDOUT_CATEGORIES, HELDOUT_TOPICS, TEMPLATES, TOPICS, build
+
+
+def test_instructions_hold_out_categories_and_topics():
+    items = build()
+    train = [i for i in items if i.split == "train"]
+    held = [i for i in items if i.split == "heldout"]
+    assert len(train) > 1000 and len(held) > 100
+    assert not {i.category for i in train} & HELDOUT_CATEGORIES
+    templated = [i for i in train if i.category in TEMPLATES]
+    assert templated and not {TOPICS[int(i.id.rsplit("-", 1)[1])] for i in templated} & HELDOUT_TOPICS
+    assert build() == items  # seeded: the same set every time
+
+
+@pytest.fixture(scope="module")
+def shards(smollm2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smol")
+    for split in ("train", "heldout"):
+        selfdistill.main(["--out", str(out), "--split", split, "--limit", "3", "--batch", "3", "--max-new", "12",
+                          "--layers", "4,15", "--threads", "2"])
+    return out
+
+
+def test_shards_hold_the_models_own_greedy_answers(shards):
+    shard = torch.load(next((shards / "train").glob("shard_*.pt")), weights_only=False)
+    offset = 0
+    for length, prompt in zip(shard["lengths"].tolist(), shard["prompt_lengths"].tolist()):
+        answer = shard["ids"][offset + prompt: offset + length]
+        predicted = shard["argmax"][offset + prompt - 1: offset + length - 1]
+        assert torch.equal(answer, predicted)  # each answer token is the model's argmax before it
+        offset += length
+    assert shard["layer4"].shape == shard["last"].shape == (offset, 576)
+
+
+def test_the_pipeline_trains_every_part(shards, tmp_path):
+    parts = tmp_path / "parts"
+    train_adapters.main(["--data", str(shards), "--run", str(tmp_path / "run"), "--out", str(parts),
+                         "--exits", "4", "--minutes", "0.05", "--batch", "64", "--train-vocab", "2048"])
+    meta = adapter_meta(parts / ADAPTER_FILE)
+    assert set(meta["exits"]) == {"4"} and meta["exits"]["4"]["steps"] >= 1
+    train_adapters.main(["--data", str(shards), "--out", str(parts), "--vocab-only"])
+    rank = load_vocab_rank(parts / VOCAB_FILE)
+    assert sorted(rank.tolist()) == list(range(49152))
+    train_draft.main(["--data", str(shards), "--run", str(tmp_path / "draft_run"), "--out", str(tmp_path / "draft"),
+                      "--minutes", "0.05", "--batch-tokens", "256", "--train-vocab", "2048"])
+    stored = json.loads((tmp_path / "draft" / "training_meta.json").read_text())
+    assert stored["layers"] == 2 and "command" in stored
+    train_ctc.main(["--shards", str(shards), "--model", "smollm2-135m-instruct", "--head", "medusa", "--steps", "2",
+                    "--batch-size", "4", "--eval-every", "1", "--val-samples", "4", "--heldout-samples", "4",
+                    "--out", str(tmp_path / "heads"), "--export-dir", str(parts), "--threads", "2"])
+    head, meta = load_head(parts / "medusa_head.safetensors")
+    assert head.cfg.subset == 8192 and meta["steps"] == 2
