@@ -80,9 +80,9 @@ def test_swept_defaults_build_and_run(smollm2):
 
 
 TRAINED = [
-    ("early-exit", {"exit_layer": 4, "k": 4, "adapter": "on", "draft_vocab": 8192}),
+    ("early-exit", {"exit_layer": 4, "k": 4}),  # auto: the trained adapter over its 8192-token vocabulary
     ("hispec", {"d": 4, "v": 15, "n": 6, "k": 3, "adapter": "on", "draft_vocab": 8192, "threshold": 0.0}),
-    ("draft-model", {"k": 4, "draft_vocab": 8192}),
+    ("draft-model", {"k": 4}),  # auto: the vocabulary it was distilled over
     ("ctc", {"head": "ctc", "k": 5}),
     ("ctc", {"head": "medusa", "k": 5}),
 ]
@@ -94,6 +94,9 @@ def test_trained_parts_are_lossless_and_accept_on_smollm2(smollm2, drafter, opti
     trained part makes (an untrained exit accepts ~4 %, a random head ~0 %)."""
     engine = Engine(smollm2.model)
     drafted = accepted = 0
+    settings = api.build_drafter(drafter, smollm2, options).settings()
+    if drafter != "ctc":
+        assert settings["draft_vocab"] == 8192, settings  # parts trained over a subset draft over it
     for prompt in CHAT_PROMPTS:
         ids = api.encode(smollm2, prompt)
         trace = engine.generate(ids, api.build_drafter(drafter, smollm2, options), GenerationConfig(max_new_tokens=24))

@@ -90,6 +90,13 @@ def adapter_meta(path: Path) -> dict[str, Any]:
         return json.loads(fh.metadata().get("meta", "{}"))
 
 
+def draft_model_vocab(draft_model: nn.Module) -> int:
+    """The vocabulary size a draft model was distilled over (its `training_meta.json`), 0 if unknown:
+    a draft trained over a subset must draft over that subset (its other logits were never trained)."""
+    meta = Path(getattr(draft_model.config, "_name_or_path", "") or "") / "training_meta.json"
+    return int(json.loads(meta.read_text()).get("train_vocab", 0)) if meta.is_file() else 0
+
+
 def load_vocab_rank(path: Path) -> torch.Tensor:
     """Token ids, most frequent first."""
     return load_file(str(path))["rank"].long()
@@ -128,14 +135,16 @@ class DraftHead:
 
 def check_draft_vocab(size: Any, vocab: int) -> int:
     if not isinstance(size, int) or isinstance(size, bool) or not (size == 0 or 1 <= size <= vocab):
-        raise ValueError(f"draft_vocab must be 0 (the full vocabulary) or an integer in [1, {vocab}], got {size!r}")
+        raise ValueError(f"draft_vocab must be 0 (auto: what the drafting part was trained over, else every token) "
+                         f"or an integer in [1, {vocab}], got {size!r}")
     return size
 
 
 def vocab_subset(target: nn.Module, draft_vocab: int, drafter: str) -> torch.Tensor | None:
-    """The `draft_vocab` tokens `target` emits most (None for 0: the full vocabulary)."""
-    check_draft_vocab(draft_vocab, target.lm_head.weight.shape[0])
-    if not draft_vocab:
+    """The `draft_vocab` tokens `target` emits most (None for 0 or the whole vocabulary)."""
+    vocab = target.lm_head.weight.shape[0]
+    check_draft_vocab(draft_vocab, vocab)
+    if draft_vocab in (0, vocab):
         return None
     path = find_part(target, VOCAB_FILE)
     if path is None:
@@ -165,6 +174,8 @@ def build_head(target: nn.Module, exit_layer: int, adapter: str, draft_vocab: in
                 f"{drafter}: no trained exit adapter for exit layer {exit_layer} (this model has: {have}); "
                 f"pick a layer that has one, set adapter off, or train one with `{TRAIN_ADAPTERS}`")
         module = adapters[exit_layer]
+    if draft_vocab == 0 and module is not None:  # auto: the vocabulary the adapter was trained over
+        draft_vocab = int(adapter_meta(path).get("train_vocab", 0))
     return DraftHead(target, module, vocab_subset(target, draft_vocab, drafter))
 
 
@@ -188,8 +199,9 @@ def adapter_option(default: str = "auto") -> Option:
 
 def draft_vocab_option(default: int = 0) -> Option:
     return Option("draft_vocab", "int", default,
-                  "score only the N tokens this model emits most (FR-Spec); 0 = the full vocabulary",
-                  flag="--draft-vocab", label="draft vocabulary (most frequent N tokens; 0 = all)",
+                  "score only the N tokens this model emits most (FR-Spec); 0 = auto: the vocabulary the "
+                  "drafting part was trained over (every token when none)",
+                  flag="--draft-vocab", label="draft vocabulary: the N most frequent tokens (0 = auto)",
                   minimum=0, maximum=65536, step=1024)
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layers import LayerRunner
-from .draft_heads import DraftHead, draft_vocab_option, vocab_subset
+from .draft_heads import DraftHead, draft_model_vocab, draft_vocab_option, vocab_subset
 from .base import DecodeState, Draft, DraftBuilder, VerifyResult, check_draft_length, check_threshold, choose
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -70,10 +70,11 @@ class DraftModel:
 
 def build(target, draft_model: PreTrainedModel | None = None, draft_vocab: int = 0, **options) -> DraftModel:
     """`draft_model` is the loaded model; `specviz.api` resolves the `draft_model_name` option to it.
-    `draft_vocab` N > 0: the draft scores only the target's N most frequent tokens (its ranking)."""
+    `draft_vocab` N > 0: the draft scores only the target's N most frequent tokens (its ranking);
+    0: the vocabulary the draft model was distilled over (every token when it says none)."""
     if draft_model is None:
         raise ValueError("drafter 'draft-model' needs a draft model (--draft-model NAME)")
-    subset = vocab_subset(target, draft_vocab, DraftModel.name)
+    subset = vocab_subset(target, draft_vocab or draft_model_vocab(draft_model), DraftModel.name)
     head = None if subset is None else DraftHead(draft_model, None, subset)
     return DraftModel(draft_model, target.config.vocab_size, head=head, **options)
 
