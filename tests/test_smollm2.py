@@ -89,11 +89,9 @@ TRAINED = [
 
 
 @pytest.mark.parametrize("drafter, options", TRAINED, ids=[f"{d}-{i}" for i, (d, _) in enumerate(TRAINED)])
-def test_trained_parts_are_lossless_and_accept_on_smollm2(smollm2, drafter, options):
-    """The shipped adapters, heads and draft model: output equal to generate(), and drafts that a
-    trained part makes (an untrained exit accepts ~4 %, a random head ~0 %)."""
+def test_trained_parts_are_lossless_on_smollm2(smollm2, drafter, options):
+    """The shipped adapters, heads and draft model: output equal to generate()."""
     engine = Engine(smollm2.model)
-    drafted = accepted = 0
     settings = api.build_drafter(drafter, smollm2, options).settings()
     if drafter != "ctc":
         assert settings["draft_vocab"] == 8192, settings  # parts trained over a subset draft over it
@@ -101,9 +99,37 @@ def test_trained_parts_are_lossless_and_accept_on_smollm2(smollm2, drafter, opti
         ids = api.encode(smollm2, prompt)
         trace = engine.generate(ids, api.build_drafter(drafter, smollm2, options), GenerationConfig(max_new_tokens=24))
         assert trace.generated == reference(smollm2.model, ids, 24), (drafter, prompt)
-        drafted += sum(len(s.draft_tokens) for s in trace.steps)
-        accepted += sum(s.accepted for s in trace.steps)
-    assert drafted and accepted / drafted > 0.15, f"{drafter}: acceptance {accepted}/{drafted}"
+
+
+@torch.no_grad()
+def test_trained_parts_predict_the_model_better_than_untrained_ones(smollm2):
+    """On the model's own answer (teacher-forced), the shipped exit adapters and draft model agree
+    with the full model's next token more often than the same exits / layers without training."""
+    from specviz.drafters.draft_heads import DraftHead, trained_adapters, vocab_subset
+    from specviz.train.train_draft import make_draft
+
+    model = smollm2.model
+    ids = api.encode(smollm2, "Give me three tips for staying focused while studying.")
+    answer = reference(model, ids, 48)
+    tokens = torch.tensor([ids + answer])
+    out = model(tokens, output_hidden_states=True)
+    target = out.logits[0, len(ids) - 1:-1].argmax(-1)  # the model's choice at each answer position
+    subset = vocab_subset(model, 8192, "test")
+
+    def agreement(logits):
+        return float((logits.argmax(-1) == target).float().mean())
+
+    for exit_layer, adapter in trained_adapters(model).items():
+        hidden = out.hidden_states[exit_layer][0, len(ids) - 1:-1]
+        trained, plain = DraftHead(model, adapter, subset)(hidden), DraftHead(model, None, subset)(hidden)
+        assert agreement(trained) > agreement(plain) + 0.05, exit_layer
+    draft = api.build_drafter("draft-model", smollm2, {}).runner.model
+    untrained = make_draft(model, 2, [0, 1])
+    scores = []
+    for m in (draft, untrained):
+        logits = m(tokens).logits[0, len(ids) - 1:-1]
+        scores.append(float((subset[logits[:, subset].argmax(-1)] == target).float().mean()))
+    assert scores[0] > scores[1] + 0.05, scores
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ accepts."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 import pytest
 
-from specviz import api, ui
+from specviz import api, models, ui
 from specviz.models import DEFAULT_MODEL, SMOLLM2
 
 
@@ -39,9 +41,12 @@ def test_panel_values_use_the_models_swept_defaults():
 
 
 @pytest.mark.parametrize("drafter", ["early-exit", "hispec", "ctc", "draft-model"])
-def test_drafter_note_says_what_the_model_lacks(drafter):
-    assert "does not have yet" in ui.drafter_note_text(drafter, SMOLLM2)
+def test_drafter_note_says_what_the_model_lacks(drafter, monkeypatch):
+    assert "does not have yet" not in ui.drafter_note_text(drafter, SMOLLM2)  # it ships its trained parts
     assert "does not have yet" not in ui.drafter_note_text(drafter, "specviz-tiny")
+    bare = dataclasses.replace(models.REGISTRY[SMOLLM2], parts=frozenset(), draft_model=None)
+    monkeypatch.setitem(models.REGISTRY, SMOLLM2, bare)
+    assert "does not have yet" in ui.drafter_note_text(drafter, SMOLLM2)
 
 
 def test_initial_drafter_fits_the_model():
