@@ -10,8 +10,8 @@ from specviz.drafters import make_drafter
 from specviz.drafters.draft_heads import DraftHead, ExitAdapter, build_head
 from specviz.engine import Engine, GenerationConfig
 from specviz.sampling import SamplingConfig
-from tests.test_engine import V, chi_square_p, exact_joint, sampled_counts
-from tests.test_sampling_power import PROMPT, RUNS, acceptance, resample_from_p
+from tests.test_engine import V, exact_joint
+from tests.test_sampling_power import PROMPT, assert_samples_exactly_with_teeth
 from tests.tiny import ARCHS, random_draft_parts, random_prompt, reference_greedy, tiny_model
 
 DAMP = {2: 0.05, 3: 0.3, 4: 0.05, 5: 0.3}
@@ -116,12 +116,5 @@ def test_adapter_drafts_sample_exactly_and_the_test_has_teeth(sampling_setup, ca
     target, sampling, exact = sampling_setup
     options = dict(SAMPLING_CASES[case])
     name = options.pop("name")
-    engine = Engine(target)
-    factory = lambda: make_drafter(name, target, **options)  # noqa: E731
-    rate, drafted = acceptance(engine, factory, sampling)
-    assert drafted >= 200 and rate < 0.8, f"{case}: acceptance {rate:.2f} over {drafted} drafts leaves the test weak"
-    right = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS), exact, RUNS)
-    assert right > 1e-3, f"{case}: speculative sampling deviates from the target (p={right:.2g})"
-    wrong = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS, accept_rule=resample_from_p),
-                         exact, RUNS)
-    assert wrong < 1e-3, f"{case}: resampling from p instead of the residual went unnoticed (p={wrong:.2g})"
+    assert_samples_exactly_with_teeth(Engine(target), lambda: make_drafter(name, target, **options), sampling,
+                                      exact, case)

@@ -64,15 +64,19 @@ def acceptance(engine, factory, sampling) -> tuple[float, int]:
     return accepted / max(1, drafted), drafted
 
 
+def assert_samples_exactly_with_teeth(engine, factory, sampling, exact, label: str) -> None:
+    """The drafter keeps the target's distribution (chi-square on the exact joint), the acceptance
+    leaves enough rejections for the test to see a wrong rule, and the planted rule is caught."""
+    rate, drafted = acceptance(engine, factory, sampling)
+    assert drafted >= 200 and rate < 0.8, f"{label}: acceptance {rate:.2f} over {drafted} drafts leaves the test weak"
+    right = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS), exact, RUNS)
+    assert right > 1e-3, f"{label}: speculative sampling deviates from the target (p={right:.2g})"
+    wrong = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS, accept_rule=resample_from_p),
+                         exact, RUNS)
+    assert wrong < 1e-3, f"{label}: resampling from p instead of the residual went unnoticed (p={wrong:.2g}, acceptance {rate:.2f})"
+
+
 @pytest.mark.parametrize("name", list(DRAFTERS))
 def test_every_drafter_samples_exactly_and_the_test_has_teeth(setup, name):
     target, draft, sampling, exact = setup
-    engine = Engine(target)
-    factory = lambda: DRAFTERS[name](target, draft)  # noqa: E731
-    rate, drafted = acceptance(engine, factory, sampling)
-    assert drafted >= 200 and rate < 0.8, f"{name}: acceptance {rate:.2f} over {drafted} drafts leaves the test weak"
-    right = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS), exact, RUNS)
-    assert right > 1e-3, f"{name}: speculative sampling deviates from the target (p={right:.2g})"
-    wrong = chi_square_p(sampled_counts(engine, factory, PROMPT, sampling, RUNS, accept_rule=resample_from_p),
-                         exact, RUNS)
-    assert wrong < 1e-3, f"{name}: resampling from p instead of the residual went unnoticed (p={wrong:.2g}, acceptance {rate:.2f})"
+    assert_samples_exactly_with_teeth(Engine(target), lambda: DRAFTERS[name](target, draft), sampling, exact, name)
