@@ -121,6 +121,11 @@ def write(model: str) -> Path:
             lines += section + [""]
     out = folder / "DRAFT_PARTS.md"
     out.write_text("\n".join(lines), encoding="utf-8")
+    draft_folder = MODELS_DIR / f"{model}-draft"
+    if draft_folder.is_dir():  # the draft model's own card: the same section, pointing back
+        card = [f"# {model}-draft", "", f"The draft model of {model}; see [DRAFT_PARTS.md](../{model}/DRAFT_PARTS.md) "
+                "for the data and the other parts.", ""] + draft_section(model)[1:]
+        (draft_folder / "MODEL_CARD.md").write_text("\n".join(card) + "\n", encoding="utf-8")
     return out
 
 
