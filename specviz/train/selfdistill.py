@@ -108,11 +108,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from .. import api
+    from ..engine import eos_ids
 
     loaded = api.get_model(args.model)
     model, tok = loaded.model.eval(), loaded.tokenizer
     layers = [int(x) for x in args.layers.split(",")]
-    eos = set(loaded.eos_token_ids) if hasattr(loaded, "eos_token_ids") else {tok.eos_token_id}
+    eos = set(eos_ids(model)) or {tok.eos_token_id}  # where generate() stops
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     items = [it for it in build(args.seed) if it.split == args.split]
