@@ -4,7 +4,9 @@ Exit e (1 <= e <= L) reads the residual stream after the first e layers and appl
 own final norm and LM head, exactly as an early-exit draft at E = e does. Exit L is the model
 itself. A model never trained to exit early gives poor predictions at low exits; that is why
 early exit needs an early-exit-trained model or a trained exit adapter, which `adapters` shows
-as an extra row ({exit e: callable(hidden) -> hidden}, applied before the norm).
+as an extra row ({exit e: callable(hidden) -> hidden}, applied before the norm). `exit_heads`
+({exit e: callable(hidden) -> logits}) shows a whole draft head instead, e.g. an adapter that
+scores only the vocabulary it was trained over, exactly as the drafter uses it.
 
 The model part is `logit_lens`; `specviz.teach.lens_figure` draws its plain-data result.
 """
@@ -17,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 Adapter = Callable[[torch.Tensor], torch.Tensor]
+ExitHead = Callable[[torch.Tensor], torch.Tensor]  # hidden [d] -> logits [V] (-inf: not scored)
 
 
 @dataclass
@@ -45,22 +48,25 @@ def _row(logits: torch.Tensor, exit_layer: int, label: str, chosen: int, top: in
     values, ids = torch.topk(probs, min(top, probs.shape[-1]))
     p_chosen = probs[chosen]
     rank = int((probs > p_chosen).sum()) + 1
-    return LensRow(exit_layer, label, [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())],
-                   float(p_chosen), rank, adapted)
+    # a head over a vocabulary subset gives the rest probability 0: those are not predictions
+    top_list = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist()) if v > 0]
+    return LensRow(exit_layer, label, top_list, float(p_chosen), rank, adapted)
 
 
 @torch.inference_mode()
 def logit_lens(model, token_ids: Sequence[int], chosen: int, position: int = 0, top: int = 5,
-               adapters: Mapping[int, Adapter] | None = None, exits: Sequence[int] | None = None) -> LensResult:
+               adapters: Mapping[int, Adapter] | None = None, exits: Sequence[int] | None = None,
+               exit_heads: Mapping[int, tuple[str, ExitHead]] | None = None) -> LensResult:
     """Each exit's prediction for the token after `token_ids` (which the run chose as `chosen`,
     the `position`-th generated token). One forward pass with output_hidden_states; exit e < L
     is lm_head(norm(hidden_states[e])), exit L the model's own logits (hidden_states[L] is
-    already normed). `adapters` {e: f} adds a row lm_head(norm(f(hidden_states[e]))) for 1 <= e < L."""
+    already normed). `adapters` {e: f} adds a row lm_head(norm(f(hidden_states[e]))) for 1 <= e < L;
+    `exit_heads` {e: (label, head)} adds a row head(hidden_states[e]) labelled "e + label"."""
     if not token_ids:
         raise ValueError("the logit lens needs at least one token of context")
     num_layers = int(model.config.num_hidden_layers)
-    adapters = dict(adapters or {})
-    for e in adapters:
+    adapters, exit_heads = dict(adapters or {}), dict(exit_heads or {})
+    for e in [*adapters, *exit_heads]:
         if not 1 <= int(e) < num_layers:
             raise ValueError(f"an exit adapter's layer must be in [1, {num_layers - 1}], got {e}")
     device = next(model.parameters()).device
@@ -78,4 +84,7 @@ def logit_lens(model, token_ids: Sequence[int], chosen: int, position: int = 0, 
         if e in adapters:
             adapted = adapters[e](hidden[e].unsqueeze(0)).reshape(hidden[e].shape)
             result.rows.append(_row(head(norm(adapted)), e, f"{e} + adapter", chosen, top, True))
+        if e in exit_heads:
+            label, exit_head = exit_heads[e]
+            result.rows.append(_row(exit_head(hidden[e]), e, f"{e} + {label}", chosen, top, True))
     return result

@@ -577,6 +577,11 @@ def _visible(piece: str) -> str:
 
 
 @failsafe("figure")
+def _plotly_escape(text: str) -> str:
+    """Plotly renders <, > and & as markup but shows entities such as &quot; literally: escape only those."""
+    return html.escape(text, quote=False)
+
+
 def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go.Figure:
     """One row per exit (and per adapted exit): its top tokens coloured by probability, and the
     probability and rank of the token the run actually chose."""
@@ -595,17 +600,17 @@ def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go
                 piece = _visible(show([tok]))
                 mark = " ✓" if tok == result.chosen else ""
                 zr.append(p)
-                tr.append(html.escape(piece[:10]) + mark)
-                hr.append(f"{html.escape(r.label)} · top {c + 1}: {html.escape(repr(piece))} p = {p:.3f}")
+                tr.append(_plotly_escape(piece[:10]) + mark)
+                hr.append(f"{_plotly_escape(r.label)} · top {c + 1}: {_plotly_escape(repr(piece))} p = {p:.3f}")
             else:
                 zr.append(None); tr.append(""); hr.append("")
         chosen_piece = _visible(show([result.chosen]))
         zr.append(r.chosen_p)
         tr.append(f"{r.chosen_p:.2f} #{r.chosen_rank}")
-        hr.append(f"{html.escape(r.label)} · the chosen token {html.escape(repr(chosen_piece))}: p = {r.chosen_p:.3f}, "
-                  f"rank {r.chosen_rank}")
+        hr.append(f"{_plotly_escape(r.label)} · the chosen token {_plotly_escape(repr(chosen_piece))}: "
+                  f"p = {r.chosen_p:.3f}, rank {r.chosen_rank}")
         z.append(zr); text.append(tr); hover.append(hr)
-    chosen = html.escape(_visible(show([result.chosen])))
+    chosen = _plotly_escape(_visible(show([result.chosen])))
     xs = [f"top {c + 1}" for c in range(top)] + [f"p('{chosen}')"]
     # no colour bar and a fixed text size: on a 390 px phone every pixel goes to the cells
     fig = go.Figure(go.Heatmap(z=z, x=xs, y=labels, text=text, texttemplate="%{text}", customdata=hover,

@@ -330,3 +330,18 @@ def test_lens_figure_one_row_per_exit_and_escapes(lens_model):
     assert heat.x[-1] == "p('&lt;i&gt;')"
     assert "could not be drawn" not in str(fig.layout.annotations)
     assert "Pick a position" in str(teach.lens_figure(None).layout.annotations[0].text)
+
+
+def test_exit_heads_show_a_draft_head_over_its_vocabulary(lens_model, tmp_path):
+    """A trained adapter is shown as the drafter uses it: over its vocabulary subset only."""
+    from specviz.drafters.draft_heads import DraftHead, ExitAdapter
+    ids = random_prompt(6, length=7)
+    subset = torch.tensor([3, 7, 11, 19])
+    head = DraftHead(lens_model, ExitAdapter(lens_model.config.hidden_size, 8), subset)
+    result = logit_lens(lens_model, ids, 7, exit_heads={2: ("adapter (4 tokens)", head)})
+    row = next(r for r in result.rows if r.label == "2 + adapter (4 tokens)")
+    assert row.adapted and {t for t, _ in row.top} <= set(subset.tolist())
+    assert math.isclose(sum(p for _, p in logit_lens(lens_model, ids, 7, top=4, exit_heads={2: ("a", head)})
+                            .rows[2].top), 1.0, rel_tol=1e-5)  # all probability inside the subset
+    with pytest.raises(ValueError, match="exit adapter"):
+        logit_lens(lens_model, ids, 7, exit_heads={0: ("a", head)})

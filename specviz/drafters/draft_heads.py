@@ -194,7 +194,8 @@ def load_cached_adapters(path: Path, target: nn.Module) -> dict[int, ExitAdapter
 def adapter_option(default: str = "auto") -> Option:
     return Option("adapter", "choice", default,
                   "exit adapter: auto = the model's trained adapter for this exit when it has one; on = require; off",
-                  flag="--adapter", label="exit adapter (trained; auto = when the model has one)", choices=ADAPTER_CHOICES)
+                  flag="--adapter", label="exit adapter (trained; auto = when the model has one)",
+                  choices=ADAPTER_CHOICES)
 
 
 def draft_vocab_option(default: int = 0) -> Option:

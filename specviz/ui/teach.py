@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from .. import api, teach
-from ..drafters.draft_heads import trained_adapters
+from ..drafters.draft_heads import build_head, trained_adapters
 from ..lens import logit_lens
 from .config import AppConfig
 from .errors import user_error
@@ -64,6 +64,17 @@ def on_step(step_index, layer_i, skipped_j, session) -> tuple:
             gr.update(maximum=max(1, n)))
 
 
+def adapter_heads(model) -> dict[int, tuple[str, Any]]:
+    """The model's trained exit adapters, each as the draft head an early exit uses (adapter, then
+    the vocabulary it was trained over): what an adapter changes at its exit."""
+    heads = {}
+    for exit_layer in trained_adapters(model):
+        head = build_head(model, exit_layer, "on", 0, "logit lens")
+        vocab = head.describe()["draft_vocab"]
+        heads[exit_layer] = (f"adapter ({vocab} tokens)" if vocab else "adapter", head)
+    return heads
+
+
 def lens(config: AppConfig, position, session) -> Any:
     """The logit lens at generated token `position` (1-based) of the session's last run: one
     forward pass of the run's own tokens through its model."""
@@ -76,9 +87,8 @@ def lens(config: AppConfig, position, session) -> Any:
         raise user_error(f"Pick a generated token between 1 and {len(generated)}.")
     try:
         loaded = api.get_model(*session.model_ref)
-        # the model's trained exit adapters get a row each: what an adapter changes at its exit
         result = logit_lens(loaded.model, list(trace.prompt_ids) + generated[: p - 1], generated[p - 1],
-                            position=p - 1, top=LENS_TOP, adapters=trained_adapters(loaded.model))
+                            position=p - 1, top=LENS_TOP, exit_heads=adapter_heads(loaded.model))
     except Exception as err:  # noqa: BLE001 - say what failed on the page, not in a dead component
         log.exception("logit lens failed")
         raise user_error(f"The logit lens failed: {type(err).__name__}: {err}") from None
