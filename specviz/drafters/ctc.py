@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
-from .draft_heads import find_part, vocab_subset
+from .draft_heads import find_part, subset_head, vocab_subset
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
 NAME = "ctc"
@@ -191,15 +191,6 @@ class DraftHead(nn.Module):
         if self.blank is not None:
             logits = torch.cat([logits, self.blank(out).to(logits.dtype)], dim=-1)
         return logits
-
-
-def subset_head(lm_head: nn.Module, tokens: torch.Tensor) -> nn.Linear:
-    """The LM head's rows for `tokens` only (shared storage is not needed: a copy of N rows)."""
-    small = nn.Linear(lm_head.in_features, tokens.numel(), bias=False,
-                      device=lm_head.weight.device, dtype=lm_head.weight.dtype)
-    with torch.no_grad():
-        small.weight.copy_(lm_head.weight[tokens.to(lm_head.weight.device)])
-    return small.requires_grad_(False)
 
 
 def default_config(kind: str, hidden: int, vocab: int, **overrides) -> HeadConfig:

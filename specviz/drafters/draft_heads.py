@@ -102,6 +102,18 @@ def load_vocab_rank(path: Path) -> torch.Tensor:
     return load_file(str(path))["rank"].long()
 
 
+def subset_head(lm_head: nn.Module, tokens: torch.Tensor) -> nn.Linear:
+    """The LM head's rows for `tokens` only (a frozen copy): one small matmul instead of the full head."""
+    small = nn.Linear(lm_head.in_features, tokens.numel(), bias=lm_head.bias is not None,
+                      device=lm_head.weight.device, dtype=lm_head.weight.dtype)
+    index = tokens.to(lm_head.weight.device)
+    with torch.no_grad():
+        small.weight.copy_(lm_head.weight[index])
+        if lm_head.bias is not None:
+            small.bias.copy_(lm_head.bias[index])
+    return small.requires_grad_(False)
+
+
 class DraftHead:
     """hidden state at an exit -> draft logits [.., V] through the target's final norm and LM head,
     after an optional exit adapter, over an optional vocabulary subset (-inf elsewhere)."""
@@ -112,9 +124,7 @@ class DraftHead:
         device = lm_head.weight.device
         self.vocab = lm_head.weight.shape[0]
         self.subset = None if subset is None else subset.to(device)
-        # a contiguous copy of the subset's rows: one small matmul instead of the full head
-        self.weight = None if subset is None else lm_head.weight[self.subset].detach().contiguous()
-        self.bias = None if (subset is None or lm_head.bias is None) else lm_head.bias[self.subset].detach()
+        self.small_head = None if subset is None else subset_head(lm_head, self.subset)
         if adapter is not None:
             self.adapter = adapter.to(device=device, dtype=lm_head.weight.dtype)
 
@@ -123,7 +133,7 @@ class DraftHead:
             hidden = self.adapter(hidden)
         if self.subset is None:
             return self.lm_head(self.norm(hidden))
-        small = nn.functional.linear(self.norm(hidden), self.weight, self.bias)
+        small = self.small_head(self.norm(hidden))
         logits = small.new_full((*small.shape[:-1], self.vocab), float("-inf"))
         logits[..., self.subset] = small
         return logits

@@ -723,8 +723,7 @@ def main_shards(args, device, command: str, fh) -> None:
     frequent tokens (the classes index `vocab_rank.safetensors`, which must exist: build it with
     `python -m specviz.train.train_adapters --vocab-only`)."""
     from .. import api
-    from ..drafters.ctc import subset_head
-    from ..drafters.draft_heads import VOCAB_FILE, load_vocab_rank
+    from ..drafters.draft_heads import VOCAB_FILE, load_vocab_rank, subset_head
     from ..models import REGISTRY
     from .train_adapters import subset_index
 
