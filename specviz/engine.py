@@ -240,10 +240,11 @@ class Generation:
         start = len(self.tokens) - 1  # position of the pending token
         inputs = torch.tensor([[self.tokens[-1], *draft.tokens]], device=runner.device)
         wants = self.drafter.wants_states
-        reuse = draft.reuse
+        reuse, riders = draft.reuse, draft.riders
         if reuse is None:
             runner.crop(cache, start)
-            out = runner.forward(runner.embed(inputs), range(runner.num_layers), start, cache, capture=wants)
+            out = runner.forward(runner.embed(inputs), range(runner.num_layers), start, cache, capture=wants,
+                                 riders=riders)
             states = [s[0] for s in out.states] if wants else None
             return runner.head(out.hidden)[0], states
 
@@ -253,10 +254,11 @@ class Generation:
         runner.crop(cache, start + j, range(e))
         runner.crop(cache, start, range(e, runner.num_layers))
         lower = PassOutput(reuse.hidden[:, :0], None)
-        if j < inputs.shape[1]:
-            lower = runner.forward(runner.embed(inputs[:, j:]), range(e), start + j, cache, capture=wants)
+        if j < inputs.shape[1] or riders is not None:  # riders go through every layer
+            lower = runner.forward(runner.embed(inputs[:, j:]), range(e), start + j, cache, capture=wants,
+                                   riders=riders)
         hidden_e = torch.cat([reuse.hidden, lower.hidden], dim=1)
-        upper = runner.forward(hidden_e, range(e, runner.num_layers), start, cache, capture=wants)
+        upper = runner.forward(hidden_e, range(e, runner.num_layers), start, cache, capture=wants, riders=riders)
         states = None
         if wants:
             if reuse.states is None:

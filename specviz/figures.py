@@ -656,11 +656,15 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
     note = "" if found == step or step is None else f"; still in force at step {step}"
     dp_time = s.info.get("dp_time")
     extra = f", {1000 * float(dp_time):.1f} ms" if dp_time is not None else ""
+    searched = f"searched after {when}"
+    if s.info.get("dp_rode_verify"):
+        searched = f"searched during the verify pass of step {found - 1}"
+        extra = f" (its layer calls rode that pass; {1000 * float(dp_time or 0):.1f} ms of bookkeeping)"
     fig.update_xaxes(title_text="layers skipped so far (j) · blank cells: never evaluated (no path reaches them)",
                      dtick=1 if cols <= 20 else None, range=[-0.5, cols - 0.5])
     fig.update_yaxes(title_text="after layer i (row i = the first i layers)", dtick=1 if rows <= 20 else None,
                      range=[-0.5, rows - 0.5])
-    return _layout(fig, f"CLaSp DP table: searched after {when}, used from step {found}{note}{extra}", height=380)
+    return _layout(fig, f"CLaSp DP table: {searched}, used from step {found}{note}{extra}", height=380)
 
 
 @failsafe("html")
@@ -727,7 +731,10 @@ def step_times_text(trace: Trace, s) -> str:
     if not s.draft_tokens and s.t_draft >= 0.0005 and trace.drafter != "ar":  # below 0.5 ms: bookkeeping only
         text += (" (nothing drafted, yet drafting took time: the drafter ran a draft pass and stopped before its "
                  "first token, e.g. its confidence was below the threshold; the target then added its own token)")
-    if (s.info or {}).get("dp_ran"):
+    if (s.info or {}).get("dp_rode_verify"):
+        text += (" (the layer DP whose skip set this step drafts with rode the previous step's verify pass: "
+                 "its layer work is in that step's verify time)")
+    elif (s.info or {}).get("dp_ran"):
         text += " (search: the layer DP whose skip set this step drafts with, run right before it)"
     return text
 

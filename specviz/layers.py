@@ -18,7 +18,7 @@ transformers docstring asks for caches whose layers hold different lengths.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -53,6 +53,23 @@ class PassOutput:
 
     hidden: torch.Tensor  # [1, T, d] residual stream after the last layer run (pre final norm)
     states: list[torch.Tensor] | None = None  # input, then output of each layer run ([1, T, d])
+
+
+class Riders(Protocol):
+    """Extra rows that ride along a pass (CLaSp's DP candidates): copies of the token at absolute
+    `position`, each attending to the keys of positions [0, position) plus only itself. They
+    share the pass's weight reads, write nothing to the cache, and are not part of its output.
+
+    Before each layer the runner asks `inputs(layer)` ([R, d] or None); after it, it hands
+    `after(layer, outputs, real)` the riders' outputs ([R, d] or None) and the pass's own rows
+    after that layer ([T, d]), every layer in order.
+    """
+
+    position: int
+
+    def inputs(self, layer: int) -> torch.Tensor | None: ...
+
+    def after(self, layer: int, outputs: torch.Tensor | None, real: torch.Tensor) -> None: ...
 
 
 class _PrefixOnlyCache:
@@ -91,6 +108,11 @@ class LayerRunner:
         sliding = getattr(self.config, "sliding_window", None)
         return ["sliding_attention" if sliding else "full_attention"] * self.num_layers
 
+    @property
+    def takes_riders(self) -> bool:
+        """Whether passes can carry `Riders` (every layer attends to the full prefix)."""
+        return not self._sliding
+
     def new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self.config)
         if self._sliding:
@@ -116,12 +138,16 @@ class LayerRunner:
         start: int,
         cache: DynamicCache,
         capture: bool = False,
+        riders: Riders | None = None,
     ) -> PassOutput:
         """Run `layers` (ascending) on `hidden` whose first token sits at absolute position `start`.
 
         Every layer run must hold exactly `start` cached tokens; each appends its KV to its own
-        slot of `cache`. With `capture`, the input and each layer's output are kept.
+        slot of `cache`. With `capture`, the input and each layer's output are kept. `riders`
+        (see `Riders`) add rows to the layer calls that need them; `hidden` may then hold no rows.
         """
+        if riders is not None:
+            return self._forward_with_riders(hidden, layers, start, cache, capture, riders)
         states = [hidden] if capture else None
         if not layers:
             return PassOutput(hidden, states)
@@ -143,6 +169,55 @@ class LayerRunner:
             if capture:
                 states.append(hidden)
         return PassOutput(hidden, states)
+
+    def _forward_with_riders(self, hidden: torch.Tensor, layers: Sequence[int], start: int, cache: DynamicCache,
+                             capture: bool, riders: Riders) -> PassOutput:
+        """`forward` with riders appended after the pass's T rows in the layers that take them.
+        A separate loop because each such layer call needs its own mask (R varies by layer) and a
+        cache crop afterwards (attention appends the riders' KV, which must not stay)."""
+        states = [hidden] if capture else None
+        n_real = hidden.shape[1]
+        pos = self.positions(start, n_real)
+        plain: dict[str, object] = {}  # mask and rope of the layers without riders (built once)
+        for i in layers:
+            if self._layer_types[i] == "sliding_attention":
+                raise ValueError("riders need full-attention layers (a sliding window would hide their prefix)")
+            rows = riders.inputs(i)
+            if rows is None:
+                if n_real:
+                    if not plain:
+                        plain["mask"] = create_causal_mask(
+                            config=self.config, inputs_embeds=hidden, attention_mask=None,
+                            past_key_values=cache, position_ids=pos, layer_idx=i)
+                        plain["rope"] = self.base.rotary_emb(hidden, position_ids=pos)
+                    hidden = self.base.layers[i](hidden, attention_mask=plain["mask"], position_embeddings=plain["rope"],
+                                                 position_ids=pos, past_key_values=cache, use_cache=True)
+                riders.after(i, None, hidden[0])
+            else:
+                joined = torch.cat([hidden, rows.unsqueeze(0).to(hidden.dtype)], dim=1)
+                n_riders = rows.shape[0]
+                both = torch.cat([pos, torch.full((1, n_riders), riders.position, device=self.device)], dim=1)
+                out = self.base.layers[i](
+                    joined, attention_mask=self._rider_mask(start, n_real, n_riders, riders.position),
+                    position_embeddings=self.base.rotary_emb(joined, position_ids=both), position_ids=both,
+                    past_key_values=cache, use_cache=True)
+                self.crop(cache, start + n_real, [i])  # drop the riders' keys and values
+                hidden = out[:, :n_real]
+                riders.after(i, out[0, n_real:], hidden[0])
+            if capture:
+                states.append(hidden)
+        return PassOutput(hidden, states)
+
+    def _rider_mask(self, cached: int, n_real: int, n_riders: int, position: int) -> torch.Tensor:
+        """Keys: `cached` tokens, then the pass's rows, then the riders. Real rows are causal (they
+        never reach the riders' columns); a rider sees positions < `position` and itself."""
+        keys = cached + n_real + n_riders
+        column = torch.arange(keys, device=self.device)
+        real = column[None, :] <= (cached + torch.arange(n_real, device=self.device))[:, None]
+        rider = column[None, :] < position
+        rider = rider.expand(n_riders, keys).clone()
+        rider[:, cached + n_real:] = torch.eye(n_riders, dtype=torch.bool, device=self.device)
+        return self._as_mask(torch.cat([real, rider], dim=0))
 
     # -- CLaSp's DP: many candidates through one layer, no cache write ---------------------
     def layer_on_candidates(

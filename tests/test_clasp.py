@@ -212,10 +212,11 @@ def test_acceptance_is_nonzero():
     assert accepted > 0, "the damped layers should make skip drafts acceptable"
 
 
-def test_trace_info_keys_and_dp_schedule():
+@pytest.mark.parametrize("ride", [True, False], ids=["rides-verify", "own-calls"])
+def test_trace_info_keys_and_dp_schedule(ride):
     model = model_for("qwen2")
     L = model.config.num_hidden_layers
-    drafter = make_drafter("clasp", model, skip_ratio=0.4, dp_interval=3, k=3, threshold=0.0)
+    drafter = make_drafter("clasp", model, skip_ratio=0.4, dp_interval=3, k=3, threshold=0.0, ride_verify=ride)
     trace = Engine(model).generate(random_prompt(8), drafter, GenerationConfig(max_new_tokens=30))
     json.dumps(trace.to_dict(), allow_nan=False)
     proposals = trace.steps[1:]  # step 0 is the prefill
@@ -236,12 +237,20 @@ def test_trace_info_keys_and_dp_schedule():
             assert info["dp_time"] > 0 and info["dp_score"] == grid[L][M]
         else:
             assert info["dp_grid"] is None and info["dp_path"] is None and info["dp_time"] == 0.0
-    # the engine runs observe() (start() for the first) right before the proposal it prepares, so
-    # a DP's time is the t_search of the very step marked dp_ran (it read on the step before)
     ran = [s for s in proposals if s.info["dp_ran"]]
-    assert len(ran) >= 2
+    assert len(ran) >= 3
+    # start()'s DP (after the prefill) always makes its own layer calls
+    assert not ran[0].info["dp_rode_verify"] and ran[0].t_search >= ran[0].info["dp_time"] > 0
+    if ride:
+        # later DPs rode the previous step's verify pass: their time is part of that verification
+        for s in ran[1:]:
+            assert s.info["dp_rode_verify"], s.index
+            assert trace.steps[s.index - 1].t_verify > s.info["dp_time"] > 0, s.index
+        return
+    # the engine runs observe() right before the proposal it prepares, so a DP's time is the
+    # t_search of the very step marked dp_ran (it read on the step before)
     for s in ran:
-        assert s.t_search >= s.info["dp_time"] > 0, s.index
+        assert not s.info["dp_rode_verify"] and s.t_search >= s.info["dp_time"] > 0, s.index
     assert all(s.t_search < 0.5 * min(r.info["dp_time"] for r in ran) for s in proposals if not s.info["dp_ran"])
 
 
@@ -268,3 +277,70 @@ def test_sampling_completes_with_valid_tokens():
 def test_bad_options(option, value, needle):
     with pytest.raises(ValueError, match=needle):
         make_drafter("clasp", model_for("llama"), **{option: value})
+
+
+class _CheckRider:
+    """Wraps CLaSp.observe: for every DP that rode a verify pass, rerun the DP on its own (one
+    layer call per layer, `layer_dp`) on the same token, its states from that same pass."""
+
+    def __init__(self, drafter):
+        self.drafter, self.pairs = drafter, []
+        inner = drafter.observe
+
+        def observe(result):
+            rider = result.draft.riders
+            if rider is not None:
+                alone = layer_dp(result.runner, result.cache, [s[0] for s in result.states], rider.position,
+                                 drafter.budget, drafter.skippable)
+                self.pairs.append((rider.dp.result(), alone))
+            inner(result)
+
+        drafter.observe = observe
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("ratio,k", [(0.4, 3), (0.25, 1), (0.6, 5)])
+def test_dp_riding_the_verify_pass_equals_the_dp_on_its_own(arch, ratio, k):
+    """Same table, same skip set: the riders saw exactly the prefix [0, position) plus themselves.
+    (A mask that let them see the pass's own rows, or a cache that kept their keys, fails this.)"""
+    model = model_for(arch)
+    drafter = make_drafter("clasp", model, skip_ratio=ratio, dp_interval=1, k=k, threshold=0.0)
+    check = _CheckRider(drafter)
+    prompt = random_prompt(11)
+    trace = Engine(model).generate(prompt, drafter, GenerationConfig(max_new_tokens=40))
+    assert trace.generated == reference_greedy(model, prompt, 40)
+    assert len(check.pairs) >= 3
+    for rode, alone in check.pairs:
+        assert rode.skip == alone.skip
+        assert torch.allclose(rode.grid, alone.grid, atol=1e-5, equal_nan=True)
+
+
+def test_riders_need_full_attention():
+    """Sliding-window models (mistral here) fall back to the DP's own layer calls, still lossless."""
+    model = model_for("mistral")
+    drafter = make_drafter("clasp", model, skip_ratio=0.4, dp_interval=1, k=3, threshold=0.0)
+    prompt = random_prompt(5)
+    trace = Engine(model).generate(prompt, drafter, GenerationConfig(max_new_tokens=20))
+    assert trace.generated == reference_greedy(model, prompt, 20)
+    assert not any(s.info.get("dp_rode_verify") for s in trace.steps[1:])
+    assert sum(bool(s.info.get("dp_ran")) for s in trace.steps[1:]) >= 3
+
+
+def test_rider_check_catches_a_rider_that_sees_the_pass(monkeypatch):
+    """Planted wrong mask: riders also see the pass's own rows (the real pending token among
+    them). The DP then scores different states, and the comparison above must notice."""
+    def leaky(self, cached, n_real, n_riders, position):
+        keys = cached + n_real + n_riders
+        column = torch.arange(keys)
+        real = column[None, :] <= (cached + torch.arange(n_real))[:, None]
+        rider = (column[None, :] < cached + n_real).expand(n_riders, keys).clone()
+        rider[:, cached + n_real:] = torch.eye(n_riders, dtype=torch.bool)
+        return self._as_mask(torch.cat([real, rider], dim=0))
+
+    monkeypatch.setattr(LayerRunner, "_rider_mask", leaky)
+    model = model_for("llama")
+    drafter = make_drafter("clasp", model, skip_ratio=0.4, dp_interval=1, k=3, threshold=0.0)
+    check = _CheckRider(drafter)
+    Engine(model).generate(random_prompt(11), drafter, GenerationConfig(max_new_tokens=40))
+    assert check.pairs
+    assert any(not torch.allclose(r.grid, a.grid, atol=1e-5, equal_nan=True) for r, a in check.pairs)

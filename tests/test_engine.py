@@ -242,3 +242,24 @@ def test_prompt_lookup_prefers_a_match_with_a_full_continuation():
     assert find_continuation([1, 2, 3, 4, 1, 2, 5, 6, 1, 2], max_ngram=2, min_ngram=1, k=2) == ([5, 6], 2, 4)
     # longest n-gram first; no match at all -> empty draft
     assert find_continuation([1, 2, 3], max_ngram=3, min_ngram=1, k=2) == ([], 0, -1)
+
+
+def _choice(token: int, confidence: float):
+    from specviz.drafters.base import DraftChoice
+    return DraftChoice(token, torch.zeros(4), confidence, confidence)
+
+
+def test_confidence_stop_keeps_the_unsure_token_it_already_paid_for():
+    """The draft ends after (not before) a token below the threshold: that token's draft pass is
+    spent, and verifying it costs one row. The old rule (drop it) must fail this."""
+    from specviz.drafters.base import DraftBuilder
+    builder = DraftBuilder(limit=5, threshold=0.5, eos=frozenset())
+    assert builder.offer(_choice(7, 0.9))
+    assert not builder.offer(_choice(8, 0.2))  # unsure: kept, drafting ends
+    assert builder.tokens == [7, 8] and builder.done
+    assert not builder.offer(_choice(9, 0.99))  # nothing after the stop
+    assert builder.tokens == [7, 8]
+    first = DraftBuilder(limit=5, threshold=0.5, eos=frozenset())
+    assert not first.offer(_choice(3, 0.1)) and first.tokens == [3]  # an unsure first token is verified too
+    off = DraftBuilder(limit=2, threshold=0.0, eos=frozenset({2}))
+    assert off.offer(_choice(5, 0.01)) and not off.offer(_choice(2, 0.9)) and off.tokens == [5, 2]

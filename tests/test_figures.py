@@ -195,6 +195,10 @@ def test_dp_grid_figure_path_and_persistence():
     assert "No DP search had run yet at step 0" in annotations_text(figures.dp_grid_figure(trace, 0))
     assert "DP ran" in [t.name for t in figures.skip_heatmap(trace).data]
     assert "runs no layer search" in annotations_text(figures.dp_grid_figure(make_trace(), 2))
+    trace.steps[3].info["dp_rode_verify"] = True
+    title = figures.dp_grid_figure(trace, 3).layout.title.text
+    assert "searched during the verify pass of step 2, used from step 3" in title and "rode that pass" in title
+    assert "rode the previous step's verify pass" in figures.step_times_text(trace, trace.steps[3])
 
 
 def test_step_details_ctc_frames_and_hispec_rounds():

@@ -7,8 +7,10 @@ Loop per step::
               layers below min(S*) are exact, so verification reuses their KV and states
     verify    the engine's full pass; it hands us x_0..x_L, the inputs of layers 0..L-1 and the
               last layer's output (pre final norm), for every verify position
-    observe   every `dp_interval`-th verification: run the DP on x_0..x_L of the last accepted
-              token and replace S* (sparse persistence: reuse S* in between)
+    observe   every `dp_interval`-th verification: replace S* by the DP's choice (sparse
+              persistence: reuse S* in between). By default the DP's layer calls rode that
+              verify pass as extra rows (`ride_verify`, point 12); otherwise the DP runs here, on
+              x_0..x_L of the last accepted token
 
 The DP (`layer_dp`). Row i of the table is "after the first i layers" (layers 0..i-1, 0-based
 layer indices as everywhere in specviz), column j is "j of them skipped". Cell (i, j) keeps one
@@ -72,13 +74,27 @@ Design choices the paper leaves open (UNVERIFIED in ALGORITHMS.md §5), and why:
    verification (verifications 1..: it runs when count % dp_interval == 0); the skip set is kept
    in between. The paper's interval is unverified; the default (4) comes from
    `python -m specviz.bench sweep clasp`.
-9. Draft exit: the shared adaptive rule (`DraftBuilder`): stop at k tokens or before a token whose
-   top-1 probability is below `threshold` (0 disables). The paper's exact rule is unverified.
+9. Draft exit: the shared adaptive rule (`DraftBuilder`): stop at k tokens or after a token whose
+   top-1 probability is below `threshold` (0 disables); that token is still verified, since its
+   draft pass is already paid. The paper's exact rule is unverified.
 10. Sampling: drafts are drawn from q (same temperature/top-k/top-p as the target) and returned
    in `Draft.probs`, so the engine's rejection sampling keeps the output distribution exact (the
    third-party code's independent-sample comparison is not lossless and is not used).
 11. No wasted work at the end: the engine runs observe() only before a next proposal, so a
    generation that ends never runs a DP that no draft would use.
+12. The DP rides the verify pass (`ride_verify`, default on; measured in BENCHMARKS.md). On its
+   own the DP is L sequential single-layer calls: one more read of every layer's weights, which
+   cost ~1.3 target steps on SmolLM2 on a CPU (80 % of it matrix products), about as much as a
+   step on specviz-tiny. The verify pass reads those weights anyway, and on a CPU a pass of 4 + 4
+   rows costs little more than one of 4. So the proposal before a DP verification attaches a
+   `DPRider`: at each layer the DP's candidates join the pass as extra rows that see only the
+   prefix [0, position) and themselves (`LayerRunner._forward_with_riders`; their keys are cropped
+   from the cache right after the layer), and the DP's row i+1 is filled as soon as the layer
+   returns. The DP's token is then the pass's first row, the pending token (its x_i come from the
+   draft's exact layers below the first skipped one, then from the pass), instead of the last
+   accepted token, which is only known after the pass. start()'s DP after the prefill, and every
+   DP on sliding-window models (a window would hide part of the riders' prefix), make their own
+   layer calls. A test checks that a riding DP fills the same table as the DP on its own.
 """
 
 from __future__ import annotations
@@ -122,6 +138,9 @@ class DPResult:
     # the app can show how a cell was decided: "run" = layer i-1 on g[i-1][j], "skip" = g[i-1][j-1]
     run_cos: torch.Tensor | None = None
     skip_cos: torch.Tensor | None = None
+    # its layer calls rode a verify pass (`DPRider`): `time` is then only the DP's own bookkeeping,
+    # and the layer work is in that verification's time
+    rode_verify: bool = False
 
     @property
     def score(self) -> float:
@@ -152,6 +171,93 @@ def _cosine(candidates: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(candidates.float(), target.float().unsqueeze(0), dim=-1)
 
 
+class LayerDP:
+    """The DP of one token, advanced one layer at a time, so that its layer calls can run anywhere:
+    on their own (`layer_dp`) or as extra rows of the verify pass (`DPRider`).
+
+    For each layer in order: `candidates(layer)` gives the states to run through it (or None),
+    then `advance(layer, ran, x_next)` takes their outputs and x_{layer+1}, the full model's input
+    of the next layer, and fills row layer+1 of the table. `result()` backtracks once every layer
+    has advanced.
+    """
+
+    def __init__(self, num_layers: int, budget: int, skippable: Sequence[int], x0: torch.Tensor):
+        self.num_layers, self.budget = num_layers, budget
+        self.skip_set = set(skippable)
+        self.ranges = cell_ranges(num_layers, budget, skippable)
+        self.grid = torch.full((num_layers + 1, budget + 1), float("nan"))
+        self.grid[0, 0] = 1.0
+        self.run_cos, self.skip_cos = torch.full_like(self.grid, float("nan")), torch.full_like(self.grid, float("nan"))
+        self.back: list[dict[int, bool]] = [{}]  # back[i][j]: True = layer i-1 skipped to reach (i, j)
+        self.row: dict[int, torch.Tensor] = {0: x0.reshape(-1)}
+        self.next_layer = 0
+        self.elapsed = 0.0  # seconds spent in this object's own bookkeeping (not in layer calls)
+
+    def _run_cols(self, layer: int) -> list[int]:
+        lo, hi = self.ranges[layer + 1]
+        plo, phi = self.ranges[layer]
+        return [j for j in range(max(lo, 1), hi + 1) if plo <= j <= phi]
+
+    def candidates(self, layer: int) -> torch.Tensor | None:
+        """[C, d]: the cells of row `layer` whose "run" candidate goes through `layer`."""
+        if layer != self.next_layer:
+            raise RuntimeError(f"the DP expects layer {self.next_layer} next, got {layer}")
+        cols = self._run_cols(layer)
+        return torch.stack([self.row[j] for j in cols]) if cols else None
+
+    def advance(self, layer: int, ran: torch.Tensor | None, x_next: torch.Tensor) -> None:
+        """Fill row i = layer + 1 from the outputs `ran` ([C, d], in `candidates` order) and x_i."""
+        t0 = time.perf_counter()
+        i, target = layer + 1, x_next.reshape(-1)
+        lo, hi = self.ranges[i]
+        plo, phi = self.ranges[layer]
+        outputs = dict(zip(self._run_cols(layer), ran)) if ran is not None else {}
+        can_skip = layer in self.skip_set
+        cands, owners = [], []  # score every candidate of the row at once
+        for j in range(max(lo, 1), hi + 1):
+            if j in outputs:
+                cands.append(outputs[j]); owners.append((j, False))
+            if can_skip and plo <= j - 1 <= phi:
+                cands.append(self.row[j - 1]); owners.append((j, True))
+        scores = _cosine(torch.stack(cands), target).tolist() if cands else []
+        best: dict[int, tuple[float, bool, torch.Tensor]] = {}
+        for (j, skipped), score, cand in zip(owners, scores, cands):
+            (self.skip_cos if skipped else self.run_cos)[i, j] = score
+            # "run" is listed first, so a tie keeps it (strictly greater needed to switch)
+            if j not in best or score > best[j][0]:
+                best[j] = (score, skipped, cand)
+        new_row: dict[int, torch.Tensor] = {}
+        pointers: dict[int, bool] = {}
+        if lo == 0:
+            new_row[0], pointers[0] = target, False
+            self.grid[i, 0] = 1.0
+        for j, (score, skipped, cand) in best.items():
+            new_row[j], pointers[j] = cand, skipped
+            self.grid[i, j] = score
+        self.back.append(pointers)
+        self.row = new_row
+        self.next_layer = i
+        self.elapsed += time.perf_counter() - t0
+
+    @property
+    def complete(self) -> bool:
+        return self.next_layer == self.num_layers
+
+    def result(self, seconds: float | None = None) -> DPResult:
+        if not self.complete:
+            raise RuntimeError(f"the DP stopped at layer {self.next_layer} of {self.num_layers}")
+        path, skip = [(self.num_layers, self.budget)], []
+        j = self.budget
+        for i in range(self.num_layers, 0, -1):
+            if self.back[i][j]:
+                skip.append(i - 1)
+                j -= 1
+            path.append((i - 1, j))
+        path.reverse()
+        return DPResult(sorted(skip), self.grid, path, self.elapsed if seconds is None else seconds,
+                        self.run_cos, self.skip_cos)
+
+
 @torch.inference_mode()
 def layer_dp(
     runner: LayerRunner,
@@ -161,71 +267,38 @@ def layer_dp(
     budget: int,
     skippable: Sequence[int],
 ) -> DPResult:
-    """CLaSp's DP (see the module docstring). `states`: x_0..x_L of one token, each [d] (or [1, d]),
-    the token sitting at absolute `position`; `cache` holds the full model's KV of positions
-    [0, position) at every layer (more is allowed, it is ignored). The cache is not modified.
+    """CLaSp's DP on its own (see the module docstring). `states`: x_0..x_L of one token, each [d]
+    (or [1, d]), the token sitting at absolute `position`; `cache` holds the full model's KV of
+    positions [0, position) at every layer (more is allowed, it is ignored). The cache is not
+    modified. Cost: L sequential single-layer calls on <= M+1 tokens.
     """
     t0 = time.perf_counter()
     n_layers = runner.num_layers
     if len(states) != n_layers + 1:
         raise ValueError(f"states must hold L+1={n_layers + 1} vectors, got {len(states)}")
-    xs = [s.reshape(-1) for s in states]
-    skip_set = set(skippable)
-    ranges = cell_ranges(n_layers, budget, skippable)
-    grid = torch.full((n_layers + 1, budget + 1), float("nan"))
-    grid[0, 0] = 1.0
-    run_cos, skip_cos = torch.full_like(grid, float("nan")), torch.full_like(grid, float("nan"))
-    # back[i][j]: True = layer i-1 skipped to reach (i, j)
-    back: list[dict[int, bool]] = [{}]
-    row: dict[int, torch.Tensor] = {0: xs[0]}
-    for i in range(1, n_layers + 1):
-        layer = i - 1
-        lo, hi = ranges[i]
-        plo, phi = ranges[i - 1]
-        can_skip = layer in skip_set
-        run_cols = [j for j in range(max(lo, 1), hi + 1) if plo <= j <= phi]
-        ran: dict[int, torch.Tensor] = {}
-        if run_cols:
-            batch = torch.stack([row[j] for j in run_cols]).unsqueeze(0)
-            out = runner.layer_on_candidates(layer, batch, position, cache)[0]
-            ran = {j: out[n] for n, j in enumerate(run_cols)}
-        new_row: dict[int, torch.Tensor] = {}
-        pointers: dict[int, bool] = {}
-        cols = list(range(lo, hi + 1))
-        # score every candidate of the row at once
-        cands, owners = [], []
-        for j in cols:
-            if j == 0:
-                continue
-            if j in ran:
-                cands.append(ran[j]); owners.append((j, False))
-            if can_skip and plo <= j - 1 <= phi:
-                cands.append(row[j - 1]); owners.append((j, True))
-        scores = _cosine(torch.stack(cands), xs[i]).tolist() if cands else []
-        best: dict[int, tuple[float, bool, torch.Tensor]] = {}
-        for (j, skipped), score, cand in zip(owners, scores, cands):
-            (skip_cos if skipped else run_cos)[i, j] = score
-            # "run" is listed first, so a tie keeps it (strictly greater needed to switch)
-            if j not in best or score > best[j][0]:
-                best[j] = (score, skipped, cand)
-        if lo == 0:
-            new_row[0], pointers[0] = xs[i], False
-            grid[i, 0] = 1.0
-        for j, (score, skipped, cand) in best.items():
-            new_row[j], pointers[j] = cand, skipped
-            grid[i, j] = score
-        back.append(pointers)
-        row = new_row
-    # backtrack
-    path, skip = [(n_layers, budget)], []
-    j = budget
-    for i in range(n_layers, 0, -1):
-        if back[i][j]:
-            skip.append(i - 1)
-            j -= 1
-        path.append((i - 1, j))
-    path.reverse()
-    return DPResult(sorted(skip), grid, path, time.perf_counter() - t0, run_cos, skip_cos)
+    dp = LayerDP(n_layers, budget, skippable, states[0])
+    for layer in range(n_layers):
+        batch = dp.candidates(layer)
+        ran = None if batch is None else runner.layer_on_candidates(layer, batch.unsqueeze(0), position, cache)[0]
+        dp.advance(layer, ran, states[layer + 1])
+    return dp.result(time.perf_counter() - t0)
+
+
+class DPRider:
+    """A `LayerDP` whose layer calls ride the verify pass (`layers.Riders`): the DP's token is the
+    pass's first row, the pending token at `position`, and its x_i are that row's states: from the
+    draft for the layers the draft ran exactly (`known`: x_0..x_e, whose KV the verifier reuses
+    instead of recomputing), from the pass itself above them."""
+
+    def __init__(self, dp: LayerDP, position: int, known: Sequence[torch.Tensor]):
+        self.dp, self.position, self.known = dp, position, list(known)
+
+    def inputs(self, layer: int) -> torch.Tensor | None:
+        return self.dp.candidates(layer)
+
+    def after(self, layer: int, outputs: torch.Tensor | None, real: torch.Tensor) -> None:
+        x_next = self.known[layer + 1] if layer + 1 < len(self.known) else real[0]
+        self.dp.advance(layer, outputs, x_next)
 
 
 def _check_ratio(skip_ratio: Any) -> float:
@@ -247,9 +320,13 @@ class CLaSp:
 
     def __init__(self, num_layers: int, skip_ratio: float = DEFAULT_SKIP_RATIO,
                  dp_interval: int = DEFAULT_DP_INTERVAL, k: int = DEFAULT_K,
-                 threshold: float = DEFAULT_THRESHOLD, protect_ends: bool = True):
+                 threshold: float = DEFAULT_THRESHOLD, protect_ends: bool = True, ride_verify: bool = True):
         if not isinstance(protect_ends, bool):
             raise ValueError(f"protect_ends must be True or False, got {protect_ends!r}")
+        if not isinstance(ride_verify, bool):
+            raise ValueError(f"ride_verify must be True or False, got {ride_verify!r}")
+        self.ride_verify = ride_verify
+        self._riding = ride_verify  # False on models whose passes cannot carry riders (sliding window)
         self.num_layers = num_layers
         self.skip_ratio = _check_ratio(skip_ratio)
         self.dp_interval = _check_interval(dp_interval)
@@ -275,6 +352,7 @@ class CLaSp:
     # -- the protocol ---------------------------------------------------------------------------
     def start(self, state: DecodeState, states: list[torch.Tensor] | None) -> None:
         self._verifications, self._age, self._fresh = 0, 0, None
+        self._riding = self.ride_verify and state.runner.takes_riders
         self.skip = self._fallback_skip()
         if states is not None:
             # the last prompt token sits at pending_position - 1
@@ -290,6 +368,7 @@ class CLaSp:
                 "dp_grid": dp.grid_list() if dp else None,
                 "dp_path": [[i, j] for i, j in dp.path] if dp else None,
                 "dp_time": dp.time if dp else 0.0,
+                "dp_rode_verify": bool(dp and dp.rode_verify),
                 "dp_score": dp.score if dp else None,
                 "dp_age": self._age,
                 "dp_budget": self.budget,
@@ -298,12 +377,26 @@ class CLaSp:
             }
         self._fresh = None
         self._pending = state.pending_position
-        return draft_with_skip(state, self.skip, self.k, self.threshold, capture=True, info=info)
+        draft = draft_with_skip(state, self.skip, self.k, self.threshold, capture=True, info=info)
+        # the coming verification is a DP one: let the DP's layer calls ride it, unless nothing
+        # can be drafted after it (the generation ends there)
+        if self._riding and self._dp_due(self._verifications + 1) and state.max_draft > len(draft.tokens) + 1:
+            known = [s[0, 0] for s in draft.reuse.states] if draft.reuse is not None else [
+                state.runner.embed(torch.tensor([[state.tokens[-1]]], device=state.runner.device))[0, 0]]
+            draft.riders = DPRider(LayerDP(self.num_layers, self.budget, self.skippable, known[0]),
+                                   state.pending_position, known)
+        return draft
 
     def observe(self, result: VerifyResult) -> None:
         self._verifications += 1
         self._age += 1
-        if self._verifications % self.dp_interval or result.states is None:
+        rider = result.draft.riders
+        if isinstance(rider, DPRider):
+            result = rider.dp.result()
+            result.rode_verify = True
+            self._use(result)
+            return
+        if self._riding or not self._dp_due(self._verifications) or result.states is None:
             return
         row = result.accepted
         # position of the last accepted token (robust to an EOS cut of the commit)
@@ -312,11 +405,17 @@ class CLaSp:
 
     def settings(self) -> dict:
         return {"skip_ratio": self.skip_ratio, "budget": self.budget, "dp_interval": self.dp_interval,
-                "k": self.k, "threshold": self.threshold, "protect_ends": self.protect_ends}
+                "k": self.k, "threshold": self.threshold, "protect_ends": self.protect_ends,
+                "ride_verify": self.ride_verify}
 
     # -- internals ------------------------------------------------------------------------------
+    def _dp_due(self, verification: int) -> bool:
+        return verification % self.dp_interval == 0
+
     def _run_dp(self, runner: LayerRunner, cache: DynamicCache, states: list[torch.Tensor], position: int) -> None:
-        result = layer_dp(runner, cache, states, position, self.budget, self.skippable)
+        self._use(layer_dp(runner, cache, states, position, self.budget, self.skippable))
+
+    def _use(self, result: DPResult) -> None:
         self.skip = result.skip
         self.last_dp = result
         self._fresh = result
@@ -324,12 +423,13 @@ class CLaSp:
 
 
 def build(target, skip_ratio: float = DEFAULT_SKIP_RATIO, dp_interval: int = DEFAULT_DP_INTERVAL,
-          k: int = DEFAULT_K, threshold: float = DEFAULT_THRESHOLD, protect_ends: bool = True) -> CLaSp:
+          k: int = DEFAULT_K, threshold: float = DEFAULT_THRESHOLD, protect_ends: bool = True,
+          ride_verify: bool = True) -> CLaSp:
     """CLaSp drafter for `target`. skip_ratio in (0, 1): M = floor(ratio * L) layers skipped
     (clamped to [1, skippable]); dp_interval >= 1: rerun the DP every N verifications; k in [1, 64]:
     max draft length; threshold in [0, 1]: stop drafting below this top-1 probability."""
     return CLaSp(target.config.num_hidden_layers, skip_ratio=skip_ratio, dp_interval=dp_interval,
-                 k=k, threshold=threshold, protect_ends=protect_ends)
+                 k=k, threshold=threshold, protect_ends=protect_ends, ride_verify=ride_verify)
 
 
 DRAFTER = Declaration(
@@ -343,4 +443,7 @@ DRAFTER = Declaration(
             label="DP interval N (rerun the layer search every N verifications)", minimum=1, maximum=32, step=1),
      draft_length(DEFAULT_K, ui_default=6), confidence_threshold(DEFAULT_THRESHOLD, ui_default=0.5),
      Option("protect_ends", "bool", True, "never skip the first and last layer",
-            label="never skip the first and last layer")))
+            label="never skip the first and last layer"),
+     Option("ride_verify", "bool", True,
+            "run the DP's layer calls as extra rows of the verify pass (shares its weight reads) instead of on their own",
+            label="the DP rides the verify pass (off: its own layer calls)")))

@@ -107,7 +107,7 @@ def draft_length(default: int, ui_default: int | None = None, maximum: int = 16,
 def confidence_threshold(default: float, ui_default: float | None = None, in_panel: bool = True) -> Option:
     label = "confidence threshold (stop drafting below; 0 = off)" if in_panel else ""
     return Option("threshold", "float", default, THRESHOLD_HELP, "--threshold", label, ui_default, 0.0, 1.0, 0.05,
-                  info="adaptive draft length: stop before a token whose top-1 probability is below this")
+                  info="adaptive draft length: stop after a token whose top-1 probability is below this")
 
 
 # -- the registry ------------------------------------------------------------------------------
