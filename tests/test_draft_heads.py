@@ -21,6 +21,8 @@ GREEDY_CASES = [
     ("early-exit", {"exit_layer": 2, "k": 3, "adapter": "off", "draft_vocab": 32, "threshold": 0.2}),
     ("hispec", {"d": 2, "v": 3, "n": 6, "k": 3, "adapter": "on", "threshold": 0.0}),
     ("hispec", {"d": 1, "v": 3, "n": 4, "k": 2, "adapter": "on", "draft_vocab": 64, "threshold": 0.0}),
+    ("clasp", {"skip_ratio": 0.4, "dp_interval": 2, "k": 4, "threshold": 0.0, "draft_vocab": 48}),
+    ("static-skip", {"skip": "alternate", "k": 3, "draft_vocab": 80}),
 ]
 
 
@@ -87,6 +89,11 @@ def test_missing_parts_are_named(tmp_path):
     random_draft_parts(model, tmp_path, exits=(1,))
     with pytest.raises(ValueError, match="exit layer 2 \\(this model has: 1\\)"):
         make_drafter("early-exit", model, exit_layer=2, adapter="on")
+    for name in ("clasp", "static-skip"):  # layer skip: the full head by default, a subset on request
+        assert make_drafter(name, model).settings()["draft_vocab"] == 0
+        with pytest.raises(ValueError, match=f"{name}: draft_vocab=64 needs the target.s token ranking"):
+            make_drafter(name, tiny_model("llama", seed=4), draft_vocab=64)
+    assert make_drafter("clasp", model, draft_vocab=64).settings()["draft_vocab"] == 64
     # auto: no adapter for this exit is fine, and the drafter says it drafts without one
     assert make_drafter("early-exit", model, exit_layer=2).settings()["adapter"] is False
     assert make_drafter("early-exit", model, exit_layer=1).settings()["adapter"] is True
@@ -98,6 +105,7 @@ SAMPLING_CASES = {
     "early-exit+adapter": dict(name="early-exit", exit_layer=1, k=2, adapter="on"),
     "early-exit+adapter+subset": dict(name="early-exit", exit_layer=1, k=2, adapter="on", draft_vocab=3),
     "hispec+adapters+subset": dict(name="hispec", d=1, v=2, n=2, k=2, adapter="on", draft_vocab=3),
+    "clasp+subset": dict(name="clasp", skip_ratio=0.34, k=2, threshold=0.0, draft_vocab=3),
 }
 
 

@@ -108,6 +108,7 @@ from transformers import DynamicCache
 
 from ..layers import LayerRunner
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+from .draft_heads import draft_vocab_option, frequent_vocab_head
 from .layer_skip import draft_with_skip
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -326,6 +327,7 @@ class CLaSp:
         if not isinstance(ride_verify, bool):
             raise ValueError(f"ride_verify must be True or False, got {ride_verify!r}")
         self.ride_verify = ride_verify
+        self.head = None  # a DraftHead over the most frequent tokens (`draft_vocab`), None: the target's head
         self._riding = ride_verify  # False on models whose passes cannot carry riders (sliding window)
         self.num_layers = num_layers
         self.skip_ratio = _check_ratio(skip_ratio)
@@ -377,7 +379,7 @@ class CLaSp:
             }
         self._fresh = None
         self._pending = state.pending_position
-        draft = draft_with_skip(state, self.skip, self.k, self.threshold, capture=True, info=info)
+        draft = draft_with_skip(state, self.skip, self.k, self.threshold, capture=True, info=info, head=self.head)
         # the coming verification is a DP one: let the DP's layer calls ride it, unless nothing
         # can be drafted after it (the generation ends there)
         if self._riding and self._dp_due(self._verifications + 1) and state.max_draft > len(draft.tokens) + 1:
@@ -406,7 +408,8 @@ class CLaSp:
     def settings(self) -> dict:
         return {"skip_ratio": self.skip_ratio, "budget": self.budget, "dp_interval": self.dp_interval,
                 "k": self.k, "threshold": self.threshold, "protect_ends": self.protect_ends,
-                "ride_verify": self.ride_verify}
+                "ride_verify": self.ride_verify,
+                "draft_vocab": self.head.describe()["draft_vocab"] if self.head is not None else 0}
 
     # -- internals ------------------------------------------------------------------------------
     def _dp_due(self, verification: int) -> bool:
@@ -424,12 +427,16 @@ class CLaSp:
 
 def build(target, skip_ratio: float = DEFAULT_SKIP_RATIO, dp_interval: int = DEFAULT_DP_INTERVAL,
           k: int = DEFAULT_K, threshold: float = DEFAULT_THRESHOLD, protect_ends: bool = True,
-          ride_verify: bool = True) -> CLaSp:
+          ride_verify: bool = True, draft_vocab: int = 0) -> CLaSp:
     """CLaSp drafter for `target`. skip_ratio in (0, 1): M = floor(ratio * L) layers skipped
     (clamped to [1, skippable]); dp_interval >= 1: rerun the DP every N verifications; k in [1, 64]:
-    max draft length; threshold in [0, 1]: stop drafting below this top-1 probability."""
-    return CLaSp(target.config.num_hidden_layers, skip_ratio=skip_ratio, dp_interval=dp_interval,
-                 k=k, threshold=threshold, protect_ends=protect_ends, ride_verify=ride_verify)
+    max draft length; threshold in [0, 1]: stop drafting after a token below this top-1 probability;
+    ride_verify: the DP's layer calls ride the verify pass; draft_vocab: score only the N most
+    frequent tokens in the draft (0: every token)."""
+    drafter = CLaSp(target.config.num_hidden_layers, skip_ratio=skip_ratio, dp_interval=dp_interval,
+                    k=k, threshold=threshold, protect_ends=protect_ends, ride_verify=ride_verify)
+    drafter.head = frequent_vocab_head(target, draft_vocab, NAME)
+    return drafter
 
 
 DRAFTER = Declaration(
@@ -446,4 +453,5 @@ DRAFTER = Declaration(
             label="never skip the first and last layer"),
      Option("ride_verify", "bool", True,
             "run the DP's layer calls as extra rows of the verify pass (shares its weight reads) instead of on their own",
-            label="the DP rides the verify pass (off: its own layer calls)")))
+            label="the DP rides the verify pass (off: its own layer calls)"),
+     draft_vocab_option()))

@@ -163,6 +163,13 @@ def vocab_subset(target: nn.Module, draft_vocab: int, drafter: str) -> torch.Ten
     return load_vocab_rank(path)[:draft_vocab]
 
 
+def frequent_vocab_head(target: nn.Module, draft_vocab: int, drafter: str) -> DraftHead | None:
+    """The target's own final norm and LM head over its `draft_vocab` most frequent tokens
+    (FR-Spec), for drafters whose draft has no trained part (layer skip); None: every token."""
+    subset = vocab_subset(target, draft_vocab, drafter)
+    return None if subset is None else DraftHead(target, None, subset)
+
+
 ADAPTER_CHOICES = ("auto", "on", "off")
 
 

@@ -15,6 +15,7 @@ import re
 from typing import Any, Sequence
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
+from .draft_heads import draft_vocab_option, frequent_vocab_head
 from .layer_skip import draft_with_skip
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -60,23 +61,27 @@ class StaticSkip:
         self.skip_ratio = skip_ratio
         self.k = check_draft_length(k)
         self.threshold = check_threshold(threshold)
+        self.head = None  # a DraftHead over the most frequent tokens (`draft_vocab`), None: the target's head
 
     def start(self, state: DecodeState, states) -> None:
         pass
 
     def propose(self, state: DecodeState) -> Draft:
         info = {"skipped_layers": self.skip} if state.record else None
-        return draft_with_skip(state, self.skip, self.k, self.threshold, info=info)
+        return draft_with_skip(state, self.skip, self.k, self.threshold, info=info, head=self.head)
 
     def observe(self, result: VerifyResult) -> None:
         pass
 
     def settings(self) -> dict:
-        return {"preset": self.preset, "skip_layers": self.skip, "k": self.k, "threshold": self.threshold}
+        return {"preset": self.preset, "skip_layers": self.skip, "k": self.k, "threshold": self.threshold,
+                "draft_vocab": self.head.describe()["draft_vocab"] if self.head is not None else 0}
 
 
-def build(target, **options) -> StaticSkip:
-    return StaticSkip(target.config.num_hidden_layers, **options)
+def build(target, draft_vocab: int = 0, **options) -> StaticSkip:
+    drafter = StaticSkip(target.config.num_hidden_layers, **options)
+    drafter.head = frequent_vocab_head(target, draft_vocab, StaticSkip.name)
+    return drafter
 
 
 def parse_skip(text: str) -> str | list[int]:
@@ -125,5 +130,5 @@ DRAFTER = Declaration(
      Option("skip_ratio", "float", 0.5, "fraction of the layers preset 'ratio' skips", flag="--skip-ratio",
             label="skip ratio (preset 'ratio')", minimum=0.05, maximum=0.95, step=0.05),
      Option("skip_layers", "text", "", label="layers to skip (preset 'custom'), e.g. 2,4,6", panel_only=True),
-     draft_length(4), confidence_threshold(0.0)),
+     draft_length(4), confidence_threshold(0.0), draft_vocab_option()),
     to_options=panel_to_options, to_panel=options_to_panel)
