@@ -26,7 +26,7 @@ from ...engine import Engine, GenerationConfig
 from ...models import MODELS_DIR, LoadedModel
 from ..baselines import greedy_generate
 from ..harness import cpu_clock, timed
-from ..inputs import load_prompts, prompts_for
+from ..inputs import load_prompts, prompts_for, resolve_prompts
 from .common import BadOption
 
 NAME = "defaults"
@@ -49,7 +49,8 @@ GRID: dict[str, list[dict[str, Any]]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", default=None, help="JSONL prompts (default: the model's example prompts)")
+    p.add_argument("--prompts", default=None,
+                   help="JSONL prompts or a bundled set by name, e.g. grounded (default: the model's example prompts)")
     p.add_argument("--drafters", default=",".join(GRID))
 
 
@@ -114,7 +115,10 @@ def merge_existing(path: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    prompts_file = args.prompts or str(prompts_for(args.model))
+    try:
+        prompts_file = str(resolve_prompts(args.prompts) if args.prompts else prompts_for(args.model))
+    except ValueError as err:
+        raise BadOption(str(err)) from None
     drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
     unknown = [d for d in drafters if d not in GRID]
     if unknown:
