@@ -38,7 +38,9 @@ GRID: dict[str, list[dict[str, Any]]] = {
               for r, n, k, t in itertools.product((0.1, 0.2), (4, 16), (3,), (0.0, 0.6))],
     "static-skip": [dict(skip="alternate", k=3), dict(skip="ratio", skip_ratio=0.1, k=3),
                     dict(skip="ratio", skip_ratio=0.2, k=3)],
-    "prompt-lookup": [dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))],
+    # k drafted tokens per match, or as many as the match is long (length="match"; BENCHMARKS.md)
+    "prompt-lookup": ([dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))]
+                      + [dict(k=k, max_ngram=3, min_ngram=m, length="match") for k, m in ((16, 2), (32, 2), (32, 1))]),
     # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft heads)
     "early-exit": [dict(exit_layer=e, k=3, draft_vocab=8192) for e in (4, 8)],
     "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
