@@ -177,3 +177,63 @@ def test_bench_adaptive_length_runs_each_drafter_both_ways(tiny_model_dir, promp
     pairs = {a["drafter"]: a for a in report["adaptive_length"]}
     assert set(pairs) == {"early-exit", "prompt-lookup"} and all(a["ratio"] > 0 for a in pairs.values())
     assert "cost-model draft length (early-exit)" in capsys.readouterr().out
+
+
+def test_bench_compares_with_transformers_at_settings_it_can_express(tiny_model_dir, prompts_file, tmp_path, capsys):
+    """Ours stops at 2-grams and drafts by match length, which transformers cannot express: it runs
+    at min_ngram 1 / fixed length, and so does a second instance of ours, the one paired with it."""
+    out = tmp_path / "m.json"
+    code = bench.main(["--model", tiny_model_dir, "--prompts", prompts_file, "--drafters", "prompt-lookup",
+                       "--set", "prompt-lookup.min_ngram=2", "--set", "prompt-lookup.max_ngram=3",
+                       "--set", "prompt-lookup.length=match", "--set", "prompt-lookup.k=6",
+                       "--max-new-tokens", "12", "--warmup-tokens", "2", "--quiet", "--threads", "1",
+                       "--trace-overhead", "none", "--json", str(out)])
+    assert code == 0
+    records = {r["drafter"]: r for r in json.loads(out.read_text())["records"]}
+    ours, matched, hf = records["prompt-lookup"], records["prompt-lookup@hf"], records["hf:prompt-lookup"]
+    assert all(r["status"] == "ok" and r["matched_generate"] is True for r in (ours, matched, hf))
+    assert ours["settings"] == {"k": 6, "max_ngram": 3, "min_ngram": 2, "length": "match"}
+    assert matched["settings"] == {"k": 6, "max_ngram": 3, "min_ngram": 1, "length": "fixed"}
+    assert hf["settings"] == {"prompt_lookup_num_tokens": 6, "max_matching_ngram_size": 3}
+    assert ours["vs_transformers"] is None  # different settings: not a comparison of implementations
+    assert matched["vs_transformers"]["method"] == "hf:prompt-lookup" and matched["vs_transformers"]["ratio"] > 0
+    assert "| prompt-lookup@hf vs hf:prompt-lookup |" in capsys.readouterr().out
+
+
+def test_settings_transformers_lacks():
+    from specviz.bench.baselines import NoCounterpart, assisted_generation
+
+    assert bench.settings_transformers_lacks("prompt-lookup", {"k": 4, "max_ngram": 3, "min_ngram": 1}) == {}
+    assert bench.settings_transformers_lacks("prompt-lookup", {"min_ngram": 2, "length": "match"}) == {
+        "min_ngram": 1, "length": "fixed"}
+    assert bench.settings_transformers_lacks("draft-model", {"k": 3}) == {}
+    with pytest.raises(NoCounterpart, match="min_ngram=1"):
+        assisted_generation("prompt-lookup", {"k": 4, "max_ngram": 3, "min_ngram": 2}, {}, None)
+
+
+def test_prompt_sets_by_name(tmp_path, capsys):
+    assert bench.resolve_prompts("grounded") == bench.PROMPTS_DIR / "grounded.jsonl"
+    assert bench.resolve_prompts("chat") == bench.PROMPTS_DIR / "chat.jsonl"
+    own = tmp_path / "grounded"  # an existing file wins over the set of the same name
+    own.write_text('{"prompt": "x"}\n')
+    assert bench.resolve_prompts(str(own)) == own
+    with pytest.raises(ValueError, match="bundled sets: chat, code, grounded"):
+        bench.resolve_prompts("no-such-set")
+    assert bench.main(["--prompts", "no-such-set", "--quiet"]) == 2
+    assert "bundled sets: chat, code, grounded" in capsys.readouterr().err
+
+
+def test_grounded_prompts_are_input_grounded_and_held_out():
+    records = [json.loads(line) for line in (bench.PROMPTS_DIR / "grounded.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and len({r["category"] for r in records}) == 8
+    for r in records:
+        assert set(r) == {"id", "category", "label", "grounded", "prompt"} and r["grounded"] is True
+        passage = r["prompt"].split("\n\n", 1)[1]  # the instruction, then the text to work from
+        assert 60 <= len(passage.split()) <= 250, r["id"]
+    from specviz.train.instructions import GROUNDED, TEMPLATES
+
+    # no prompt's instruction (its first line) is an instance of a training template's first line
+    lines = [t.split("\n")[0] for ts in TEMPLATES.values() for t in ts] + [t.split("\n")[0] for t in GROUNDED.values()]
+    patterns = [re.compile(re.escape(line).replace(r"\{t\}", ".+").replace(r"\{p\}", ".+")) for line in lines]
+    assert patterns[0].fullmatch(TEMPLATES["explain"][0].format(t="tea"))  # the check can match
+    assert not [r["id"] for r in records for p in patterns if p.fullmatch(r["prompt"].split("\n")[0])]

@@ -30,6 +30,7 @@ CASES = [
     ("early-exit", {"exit_layer": 1, "k": 1}),
     ("prompt-lookup", {"k": 5, "max_ngram": 3}),
     ("prompt-lookup", {"k": 2, "max_ngram": 1}),
+    ("prompt-lookup", {"k": 12, "max_ngram": 2, "length": "match"}),
     ("draft-model", {"k": 4}),
     ("draft-model", {"k": 2, "threshold": 0.4}),
 ]
@@ -101,7 +102,7 @@ def test_eos_stops_like_generate():
 
 
 @pytest.mark.parametrize("name,options", [("static-skip", {"skip": [1, 3], "k": 4}), ("early-exit", {"exit_layer": 3, "k": 5}),
-                                          ("prompt-lookup", {"k": 4})])
+                                          ("prompt-lookup", {"k": 4}), ("prompt-lookup", {"k": 8, "length": "match"})])
 def test_cache_equals_plain_decoding(name, options):
     """After every step, whatever was accepted or rejected, every layer's cache equals the one a
     plain forward over the committed tokens (all but the pending one) builds."""
@@ -263,3 +264,39 @@ def test_confidence_stop_keeps_the_unsure_token_it_already_paid_for():
     assert not first.offer(_choice(3, 0.1)) and first.tokens == [3]  # an unsure first token is verified too
     off = DraftBuilder(limit=2, threshold=0.0, eos=frozenset({2}))
     assert off.offer(_choice(5, 0.01)) and not off.offer(_choice(2, 0.9)) and off.tokens == [5, 2]
+
+
+def test_prompt_lookup_match_length_extends_the_ngram_backwards():
+    from specviz.drafters.prompt_lookup import match_length
+    tokens = [1, 2, 3, 4, 5, 9, 3, 4, 5]
+    # the 2-gram [4, 5] at index 3 extends back over 3 (index 2) but not over 2 != 9
+    assert match_length(tokens, start=3, n=2, cap=8) == 3
+    assert match_length(tokens, start=3, n=2, cap=2) == 2  # capped
+    # the extension stops at the start of the context
+    assert match_length([7, 8, 0, 7, 8], start=0, n=2, cap=8) == 2
+    assert match_length([5, 5, 5, 5], start=1, n=1, cap=8) == 2  # [5, 5] ending at index 2 vs the last two
+
+
+def lookup_draft(tokens, **options):
+    from specviz.drafters.base import DecodeState
+    from specviz.drafters.prompt_lookup import PromptLookup
+    state = DecodeState(tokens=tokens, runner=None, cache=None, max_draft=32, sampling=SamplingConfig(),
+                        generator=None, record=True)
+    return PromptLookup(**options).propose(state)
+
+
+def test_prompt_lookup_drafts_as_long_as_the_match_in_match_mode():
+    passage = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+    # the context repeats 5 tokens of the passage: "match" drafts 5 tokens, "fixed" k
+    context = passage + [1, 2] + passage[:5]
+    assert lookup_draft(context, k=8, max_ngram=3).tokens == passage[5:] + [1]
+    assert lookup_draft(context, k=8, max_ngram=3, length="match").tokens == passage[5:10]
+    # a 1-gram match earns a 1-token draft; a long agreement is capped at k
+    assert lookup_draft(passage + [30, 14], k=8, max_ngram=3, length="match").tokens == [15]
+    assert lookup_draft(passage + passage[:11], k=4, max_ngram=3, length="match").tokens == [21, 10, 11, 12]
+
+
+def test_prompt_lookup_rejects_an_unknown_length():
+    from specviz.drafters.prompt_lookup import PromptLookup
+    with pytest.raises(ValueError, match="length must be one of fixed, match"):
+        PromptLookup(length="long")

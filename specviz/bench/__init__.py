@@ -31,18 +31,19 @@ JSON), `report_html` (the plotly page), `inputs` (prompt files, the sweeps' mode
 `sweeps/` (one module per sweep).
 """
 
-from .baselines import HF_COUNTERPART
+from .baselines import HF_COUNTERPART, settings_transformers_lacks
 from .cli import main, parser
 from .harness import Bench, MemoryProbe
-from .inputs import DEFAULT_PROMPTS, FALLBACK_CODE_PROMPTS, PROMPTS_DIR, load_prompts, load_setup, prompts_for
+from .inputs import (DEFAULT_PROMPTS, FALLBACK_CODE_PROMPTS, PROMPTS_DIR, load_prompts, load_setup, prompts_for,
+                     resolve_prompts)
 from .methods import Method, RunResult, parse_overrides
 from .report_html import html_report
 from .reports import build_report, markdown, merge_reports
 from .stats import RECORD_FIELDS, Sample, leviathan_speedup, pool_stats, summarise, trace_stats
 
 __all__ = [
-    "HF_COUNTERPART", "main", "parser", "Bench", "MemoryProbe", "DEFAULT_PROMPTS", "FALLBACK_CODE_PROMPTS",
-    "PROMPTS_DIR", "load_prompts", "load_setup", "prompts_for", "Method", "RunResult", "parse_overrides",
-    "html_report", "build_report", "markdown", "merge_reports", "RECORD_FIELDS", "Sample", "leviathan_speedup",
-    "pool_stats", "summarise", "trace_stats",
+    "HF_COUNTERPART", "settings_transformers_lacks", "main", "parser", "Bench", "MemoryProbe", "DEFAULT_PROMPTS",
+    "FALLBACK_CODE_PROMPTS", "PROMPTS_DIR", "load_prompts", "load_setup", "prompts_for", "resolve_prompts", "Method",
+    "RunResult", "parse_overrides", "html_report", "build_report", "markdown", "merge_reports", "RECORD_FIELDS",
+    "Sample", "leviathan_speedup", "pool_stats", "summarise", "trace_stats",
 ]

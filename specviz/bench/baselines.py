@@ -20,6 +20,11 @@ from ..sampling import SamplingConfig
 # Our drafter -> transformers' assisted generation of the same method.
 HF_COUNTERPART = {"early-exit": "hf:early-exit", "prompt-lookup": "hf:prompt-lookup", "draft-model": "hf:draft-model"}
 
+# Our drafter -> the values of its options that transformers' counterpart always has (it has no
+# setting for them): its n-gram search always goes down to 1-grams and it always drafts k tokens.
+HF_FIXED_SETTINGS: dict[str, dict[str, Any]] = {"prompt-lookup": {"min_ngram": 1, "length": "fixed"}}
+MATCHED_SUFFIX = "@hf"  # name suffix of our drafter run at the settings transformers can express
+
 # (prompt ids, max_new_tokens, seed) -> the new tokens
 TokensCall = Callable[[list[int], int, int], list[int]]
 
@@ -96,14 +101,23 @@ def greedy_generate(model, ids: list[int], max_new: int) -> list[int]:
     return generate_call(model, model.device)(ids, max_new, 0)
 
 
+def settings_transformers_lacks(drafter: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """{option: the value transformers always uses} for each of `settings` transformers cannot
+    express (empty: transformers can run `drafter` with exactly these settings)."""
+    fixed = HF_FIXED_SETTINGS.get(drafter, {})
+    return {key: value for key, value in fixed.items() if settings.get(key, value) != value}
+
+
 def assisted_generation(drafter: str, settings: dict[str, Any], options: dict[str, Any],
                         model) -> AssistedGeneration:
     """transformers' assisted generation with `drafter`'s settings (the drafter must be in
     HF_COUNTERPART); raises NoCounterpart when transformers cannot use those settings."""
     label = HF_COUNTERPART[drafter]
+    lacking = settings_transformers_lacks(drafter, settings)
+    if lacking:
+        wanted = ", ".join(f"{key}={value!r}" for key, value in lacking.items())
+        raise NoCounterpart(f"transformers' {drafter} has no setting for this: it always runs with {wanted}")
     if drafter == "prompt-lookup":
-        if settings.get("min_ngram", 1) != 1:
-            raise NoCounterpart("transformers' prompt lookup always goes down to 1-grams (min_ngram must be 1)")
         kwargs = {"prompt_lookup_num_tokens": settings["k"], "max_matching_ngram_size": settings["max_ngram"]}
         return AssistedGeneration(label, kwargs, kwargs)
     assistant_config = {

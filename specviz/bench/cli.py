@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..models import DEFAULT_MODEL
 from .harness import Bench, quiet_run
-from .inputs import load_prompts, prompts_for
+from .inputs import load_prompts, prompts_for, resolve_prompts
 from .reports import merge_reports, write_report
 
 SWEEP_COMMAND = "sweep"
@@ -29,8 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-model", default=None,
                    help="draft model for draft-model / hf:draft-model (default: the model's registry draft)")
     p.add_argument("--prompts", default=None,
-                   help="JSONL file, one {\"prompt\": ...} per line (default: the model's example prompts, "
-                        "assets/prompts/chat.jsonl or code.jsonl)")
+                   help="JSONL file, one {\"prompt\": ...} per line, or a bundled set by name: chat, code, "
+                        "grounded (assets/prompts/NAME.jsonl; default: the model's example prompts, chat or code)")
     p.add_argument("--prompt-start", type=int, default=0, help="skip the first N prompts (to shard a long run)")
     p.add_argument("--limit-prompts", type=int, default=None, help="use at most N prompts (from --prompt-start)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -109,7 +109,7 @@ def _load_prompt_slice(args: argparse.Namespace) -> list[str] | None:
     """The prompts of this run (--prompts, sliced by --prompt-start / --limit-prompts), or None
     after printing why there are none. Sets args.prompts to the file used, for the report."""
     try:
-        args.prompts = args.prompts or str(prompts_for(args.model))
+        args.prompts = str(resolve_prompts(args.prompts) if args.prompts else prompts_for(args.model))
         prompts = load_prompts(args.prompts)
     except (OSError, ValueError) as err:
         print(f"error: prompts: {err}", file=sys.stderr)

@@ -264,7 +264,7 @@ class Bench:
         if self.greedy:
             mark_matches(runs)
         methods = [{"drafter": m.name, "kind": m.kind, "settings": jsonable(m.settings), "of": m.drafter,
-                    "failed": self.failed.get(m.name)} for m in self.methods]
+                    "counterpart": m.counterpart, "failed": self.failed.get(m.name)} for m in self.methods]
         return build_report(self._meta(prompts, encoded), methods, [s for s, _ in runs], self.skipped)
 
     def _meta(self, prompts: list[str], encoded: list[list[int]]) -> dict[str, Any]:

@@ -38,6 +38,23 @@ def prompts_for(model: str) -> Path:
     return PROMPTS_DIR / f"{info.prompts if info else 'chat'}.jsonl"
 
 
+def prompt_set_names() -> list[str]:
+    """The names of the bundled prompt sets (assets/prompts/NAME.jsonl)."""
+    return sorted(path.stem for path in PROMPTS_DIR.glob("*.jsonl"))
+
+
+def resolve_prompts(spec: str) -> Path:
+    """`--prompts`: a JSONL file, or the name of a bundled set ('chat', 'grounded', ...). An
+    existing file wins over a set of the same name; anything else is an error naming the sets."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.suffix != ".jsonl" and len(path.parts) == 1 and (PROMPTS_DIR / f"{spec}.jsonl").is_file():
+        return PROMPTS_DIR / f"{spec}.jsonl"
+    raise ValueError(f"no prompt file or bundled prompt set {spec!r} "
+                     f"(bundled sets: {', '.join(prompt_set_names())}; or give a path to a JSONL file)")
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """The prompts of a JSONL file (one {"prompt": ...} per line); a bad line names its number."""
     prompts = []

@@ -1,6 +1,9 @@
 """Which methods one benchmark run times: `generate()`, the engine's AR loop, each requested
 drafter (with its `--set` overrides), its cost-model twin (`--adaptive-length`), the
 trace-overhead twin of one drafter, and transformers' counterpart of each drafter that has one.
+Where the drafter's settings are ones transformers cannot express (prompt lookup stopping at
+2-grams), transformers runs at the nearest settings it can express and so does a second instance
+of ours ('<drafter>@hf'), so "ours ÷ transformers" always compares one method at one setting.
 
 A drafter that cannot be built is skipped with its reason, never a crash: one missing head file
 must not cost a long run.
@@ -19,7 +22,8 @@ from ..engine import Engine, GenerationConfig
 from ..models import REGISTRY, LoadedModel
 from ..sampling import SamplingConfig
 from ..trace import Trace
-from .baselines import HF_COUNTERPART, NoCounterpart, assisted_generation, generate_call
+from .baselines import (HF_COUNTERPART, MATCHED_SUFFIX, NoCounterpart, assisted_generation, generate_call,
+                        settings_transformers_lacks)
 
 COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptive_length
 
@@ -41,6 +45,7 @@ class Method:
     call: Callable[[list[int], int, int], RunResult]  # (prompt ids, max_new_tokens, seed)
     settings: dict[str, Any] = field(default_factory=dict)
     drafter: str | None = None  # our drafter this method runs or mirrors
+    counterpart: str | None = None  # the transformers method that runs this one's method at its settings
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -125,7 +130,7 @@ class MethodList:
         if name == args.trace_overhead:
             methods += self._trace_overhead_twin(name, options, settings)
         if not args.no_transformers and name in HF_COUNTERPART:
-            methods += self._transformers_counterpart(name, settings, options)
+            methods += self._transformers_comparison(methods[0], options)
         return methods
 
     def _build(self, name: str, options: dict[str, Any]):
@@ -151,6 +156,26 @@ class MethodList:
             self.skip(label, f"{type(err).__name__}: {err}")
             return []
         return [Method(label, "trace-overhead", self._engine_call(twin, not self.args.record), settings, name)]
+
+    def _transformers_comparison(self, ours: Method, options: dict[str, Any]) -> list[Method]:
+        """transformers' counterpart of `ours`, paired with it; where transformers cannot express
+        ours's settings, it runs at the settings it can express, paired with a second instance of
+        ours at those same settings ('<drafter>@hf')."""
+        name = ours.drafter
+        lacking = settings_transformers_lacks(name, ours.settings)
+        if not lacking:
+            ours.counterpart = HF_COUNTERPART[name]
+            return self._transformers_counterpart(name, ours.settings, options)
+        label, options = f"{name}{MATCHED_SUFFIX}", {**options, **lacking}
+        try:
+            twin = self._build(name, options)
+        except Exception as err:  # noqa: BLE001
+            self.skip(label, f"{type(err).__name__}: {err}")
+            return []
+        settings = dict(twin.settings())
+        matched = Method(label, "drafter", self._engine_call(twin, self.args.record), settings, name,
+                         HF_COUNTERPART[name])
+        return [matched, *self._transformers_counterpart(name, settings, options)]
 
     def _transformers_counterpart(self, name: str, settings: dict[str, Any], options: dict[str, Any]) -> list[Method]:
         try:

@@ -22,9 +22,21 @@ MERGE_KEYS = ("model", "draft_model", "device", "dtype", "max_new_tokens", "temp
 
 
 # -- building ----------------------------------------------------------------------------------
-def _compare_records(records: list[dict[str, Any]], by_method: dict[str, list[Sample]]) -> None:
+def counterparts(methods: list[dict[str, Any]]) -> dict[str, str]:
+    """Method name -> the transformers method it is compared with. Reports written before methods
+    named their counterpart paired each drafter with HF_COUNTERPART's."""
+    pairs = {}
+    for m in methods:
+        counterpart = m["counterpart"] if "counterpart" in m else HF_COUNTERPART.get(m["drafter"])
+        if counterpart:
+            pairs[m["drafter"]] = counterpart
+    return pairs
+
+
+def _compare_records(records: list[dict[str, Any]], by_method: dict[str, list[Sample]],
+                     pairs: dict[str, str]) -> None:
     """Add each record's speedups (vs generate(), vs the AR loop, paired), its verification-cost
-    corrected prediction and its ratio to the transformers counterpart."""
+    corrected prediction and its ratio to its transformers counterpart (`pairs`)."""
     by_name = {r["drafter"]: r for r in records}
     base = by_name.get("generate", {}).get("tokens_per_s")
     ar = by_name.get("ar", {})
@@ -39,7 +51,7 @@ def _compare_records(records: list[dict[str, Any]], by_method: dict[str, list[Sa
             # the formula counts a verification as one target step; rescale by what it really cost
             record["predicted_speedup_verify_corrected"] = (
                 record["predicted_speedup"] * ar_step / record["verify_ms_per_verification"])
-        counterpart = HF_COUNTERPART.get(record["drafter"])
+        counterpart = pairs.get(record["drafter"])
         if counterpart in by_name and by_name[counterpart]["tokens_per_s"]:
             hf = by_name[counterpart]
             record["vs_transformers"] = {"method": counterpart, "ratio": ratio(tps, hf["tokens_per_s"]),
@@ -104,7 +116,7 @@ def build_report(meta: dict[str, Any], methods: list[dict[str, Any]], samples: l
         by_method.setdefault(s.method, []).append(s)
     records = [summarise(m, by_method[m["drafter"]]) for m in methods]
     by_name = {r["drafter"]: r for r in records}
-    _compare_records(records, by_method)
+    _compare_records(records, by_method, counterparts(methods))
     records += [empty_record(drafter=item["drafter"], kind="skipped", status="skipped", reason=item["reason"])
                 for item in skipped]
     return {
@@ -188,7 +200,8 @@ def _setup_line(meta: dict[str, Any]) -> str:
     return (
         f"model `{meta['model']}` ({meta['num_layers']} layers, {meta['dtype']}) on {meta['device']} "
         f"({meta['device_name']}, {meta['threads']} threads); {meta['prompts']} prompts × {meta['repeats']} "
-        f"repeat(s), max_new_tokens {meta['max_new_tokens']}, "
+        f"repeat(s) from {Path(meta['prompts_file']).name if meta.get('prompts_file') else '?'}, "
+        f"max_new_tokens {meta['max_new_tokens']}, "
         + ("greedy" if meta["greedy"] else f"T={meta['temperature']} top_k={meta['top_k']} top_p={meta['top_p']}")
         + f"; torch {meta['torch']}, transformers {meta['transformers']}"
         + ("; times are CPU seconds (--clock cpu), not wall" if meta.get("clock") == "cpu" else ""))

@@ -4,6 +4,14 @@ earlier occurrence of the context's last n tokens and propose the k tokens that 
 Tries n = max_ngram down to min_ngram. The draft is deterministic (q is one-hot on each
 token), which rejection sampling handles exactly. It has no draft distribution, so the
 confidence threshold does not apply.
+
+Draft length (`length`): "fixed" proposes k tokens whenever there is a match (Saxena; what
+transformers does). "match" proposes as many tokens as the context's suffix agrees with the
+text before the match (the matched n-gram extended backwards), at most k: a long agreement
+means the model is copying a passage and will likely go on copying, a 1-gram match is right
+only about one time in five (SmolLM2 on input-grounded prompts; BENCHMARKS.md), so a long
+draft there costs verify time for nothing. The length depends only on the committed context,
+so greedy output stays generate()'s.
 """
 
 from __future__ import annotations
@@ -36,12 +44,29 @@ def find_continuation(tokens: list[int], max_ngram: int, min_ngram: int, k: int)
     return [], 0, -1
 
 
+def match_length(tokens: list[int], start: int, n: int, cap: int) -> int:
+    """How many of the context's last tokens agree with the tokens ending at `start + n` (the
+    n-gram found at `start`, extended backwards), at most `cap` (at least n when n <= cap)."""
+    size, end = len(tokens), start + n
+    length = min(n, cap)
+    while length < cap and end - length - 1 >= 0 and tokens[end - length - 1] == tokens[size - length - 1]:
+        length += 1
+    return length
+
+
+LENGTHS = ("fixed", "match")
+
+
 class PromptLookup:
     name = "prompt-lookup"
     wants_states = False
 
-    def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1, threshold: float = 0.0):
+    def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1, threshold: float = 0.0,
+                 length: str = "fixed"):
         self.k = check_draft_length(k)
+        if length not in LENGTHS:
+            raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+        self.length = length
         if not isinstance(max_ngram, int) or not 1 <= max_ngram <= 16:
             raise ValueError(f"max_ngram (n) must be an integer in [1, 16], got {max_ngram!r}")
         if not isinstance(min_ngram, int) or not 1 <= min_ngram <= max_ngram:
@@ -57,6 +82,8 @@ class PromptLookup:
         if limit <= 0:
             return Draft(tokens=[])
         tokens, n, start = find_continuation(state.tokens, self.max_ngram, self.min_ngram, limit)
+        if self.length == "match" and tokens:
+            tokens = tokens[:match_length(state.tokens, start, n, limit)]
         for i, tok in enumerate(tokens):  # nothing after an EOS can be committed
             if tok in state.eos_token_ids:
                 tokens = tokens[: i + 1]
@@ -68,7 +95,7 @@ class PromptLookup:
         pass
 
     def settings(self) -> dict:
-        return {"k": self.k, "max_ngram": self.max_ngram, "min_ngram": self.min_ngram}
+        return {"k": self.k, "max_ngram": self.max_ngram, "min_ngram": self.min_ngram, "length": self.length}
 
 
 def build(target, **options) -> PromptLookup:
@@ -85,4 +112,8 @@ DRAFTER = Declaration(
             minimum=1, maximum=8, step=1),
      Option("min_ngram", "int", 1, "shortest n-gram to match", flag="--min-ngram", label="min n-gram",
             minimum=1, maximum=8, step=1),
+     Option("length", "choice", "fixed", "draft length: 'fixed' (k tokens) or 'match' (as many tokens as the "
+            "context agrees with the text before the match, at most k)", flag="--lookup-length",
+            label="draft length", choices=LENGTHS,
+            info="match: a longer agreement with the earlier text earns a longer draft"),
      confidence_threshold(0.0, in_panel=False)))  # taken for a uniform interface; a lookup has no confidence

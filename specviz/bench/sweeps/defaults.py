@@ -26,7 +26,7 @@ from ...engine import Engine, GenerationConfig
 from ...models import MODELS_DIR, LoadedModel
 from ..baselines import greedy_generate
 from ..harness import cpu_clock, timed
-from ..inputs import load_prompts, prompts_for
+from ..inputs import load_prompts, prompts_for, resolve_prompts
 from .common import BadOption
 
 NAME = "defaults"
@@ -38,7 +38,9 @@ GRID: dict[str, list[dict[str, Any]]] = {
               for r, n, k, t in itertools.product((0.1, 0.2), (4, 16), (3,), (0.0, 0.6))],
     "static-skip": [dict(skip="alternate", k=3), dict(skip="ratio", skip_ratio=0.1, k=3),
                     dict(skip="ratio", skip_ratio=0.2, k=3)],
-    "prompt-lookup": [dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))],
+    # k drafted tokens per match, or as many as the match is long (length="match"; BENCHMARKS.md)
+    "prompt-lookup": ([dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))]
+                      + [dict(k=k, max_ngram=3, min_ngram=m, length="match") for k, m in ((16, 2), (32, 2), (32, 1))]),
     # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft heads)
     "early-exit": [dict(exit_layer=e, k=3, draft_vocab=8192) for e in (4, 8)],
     "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
@@ -49,7 +51,8 @@ GRID: dict[str, list[dict[str, Any]]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", default=None, help="JSONL prompts (default: the model's example prompts)")
+    p.add_argument("--prompts", default=None,
+                   help="JSONL prompts or a bundled set by name, e.g. grounded (default: the model's example prompts)")
     p.add_argument("--drafters", default=",".join(GRID))
 
 
@@ -114,7 +117,10 @@ def merge_existing(path: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    prompts_file = args.prompts or str(prompts_for(args.model))
+    try:
+        prompts_file = str(resolve_prompts(args.prompts) if args.prompts else prompts_for(args.model))
+    except ValueError as err:
+        raise BadOption(str(err)) from None
     drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
     unknown = [d for d in drafters if d not in GRID]
     if unknown:
