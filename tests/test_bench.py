@@ -237,3 +237,16 @@ def test_grounded_prompts_are_input_grounded_and_held_out():
     patterns = [re.compile(re.escape(line).replace(r"\{t\}", ".+").replace(r"\{p\}", ".+")) for line in lines]
     assert patterns[0].fullmatch(TEMPLATES["explain"][0].format(t="tea"))  # the check can match
     assert not [r["id"] for r in records for p in patterns if p.fullmatch(r["prompt"].split("\n")[0])]
+
+
+def test_sweep_defaults_merge_keeps_other_drafters_rows_with_their_provenance(tmp_path):
+    from specviz.bench.sweeps.defaults import merge_existing
+    path = tmp_path / "drafter_defaults.json"
+    old_row = {"drafter": "clasp", "options": {"k": 3}, "speedup": 0.7, "command": "old sweep", "clock": "48 tokens"}
+    stale = {"drafter": "prompt-lookup", "options": {"k": 4}, "speedup": 1.1, "command": "old sweep"}
+    path.write_text(json.dumps({"results": [old_row, stale], "defaults": {"clasp": {"k": 3}, "prompt-lookup": {"k": 4}}}))
+    new_row = {"drafter": "prompt-lookup", "options": {"k": 16}, "speedup": 1.6, "command": "new sweep"}
+    merged = merge_existing(path, {"results": [new_row], "defaults": {"prompt-lookup": {"k": 16}}})
+    assert merged["results"] == [old_row, new_row]  # the swept drafter's old rows are replaced
+    assert merged["defaults"] == {"clasp": {"k": 3}, "prompt-lookup": {"k": 16}}
+    assert merge_existing(tmp_path / "none.json", {"results": [], "defaults": {}}) == {"results": [], "defaults": {}}

@@ -125,10 +125,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [d for d in drafters if d not in GRID]
     if unknown:
         raise BadOption(f"no sweep grid for {', '.join(unknown)} (have: {', '.join(GRID)})")
-    report = merge_existing(default_output(args), sweep(args.model, load_prompts(prompts_file),
-                                                        args.max_new_tokens, drafters, args.device))
+    measured = sweep(args.model, load_prompts(prompts_file), args.max_new_tokens, drafters, args.device)
     command = "python -m specviz.bench sweep " + " ".join(shlex.quote(a) for a in args.argv)
-    return {"model": args.model, "command": command,
-            "date": time.strftime("%Y-%m-%d"), "clock": f"process CPU time, {args.threads} thread(s), greedy, "
-            f"{args.max_new_tokens} new tokens, prompts {Path(prompts_file).name}, each run paired with a "
-            "generate() run on the same prompt", **report}
+    clock = (f"process CPU time, {args.threads} thread(s), greedy, {args.max_new_tokens} new tokens, prompts "
+             f"{Path(prompts_file).name}, each run paired with a generate() run on the same prompt")
+    date = time.strftime("%Y-%m-%d")
+    for row in measured["results"]:  # rows kept from earlier sweeps keep their own provenance
+        row.update(command=command, clock=clock, date=date)
+    report = merge_existing(default_output(args), measured)
+    # the file-level fields describe the latest sweep only; each row says how it was measured
+    return {"model": args.model, "command": command, "date": date, "clock": clock, **report}
