@@ -67,6 +67,8 @@ def test_bench_greedy_smoke(greedy_run):
     assert dm["settings"]["k"] == 3 and dm["mean_draft_length"] <= 3
     assert all(a == pytest.approx(1.0) for a in dm["acceptance_per_position"])
     assert dm["predicted_speedup"] > 0 and dm["draft_cost_c"] > 0
+    # measured ÷ ceiling: the measured speedup over the AR loop against the verify-cost-corrected S
+    assert dm["measured_over_ceiling"] == pytest.approx(dm["speedup_vs_ar"] / dm["predicted_speedup_verify_corrected"])
     assert records["hf:prompt-lookup"]["settings"]["max_matching_ngram_size"] == 2
     assert dm["vs_transformers"]["method"] == "hf:draft-model" and dm["vs_transformers"]["ratio"] > 0
     assert report["ar_vs_generate"]["ratio"] > 0
