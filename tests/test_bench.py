@@ -252,3 +252,28 @@ def test_sweep_defaults_merge_keeps_other_drafters_rows_with_their_provenance(tm
     assert merged["results"] == [old_row, new_row]  # the swept drafter's old rows are replaced
     assert merged["defaults"] == {"clasp": {"k": 3}, "prompt-lookup": {"k": 16}}
     assert merge_existing(tmp_path / "none.json", {"results": [], "defaults": {}}) == {"results": [], "defaults": {}}
+
+
+def test_bench_variants_run_a_drafter_at_other_settings_in_the_same_run(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "v.json"
+    code = bench.main(["--model", tiny_model_dir, "--prompts", prompts_file, "--drafters", "clasp",
+                       "--set", "clasp.k=3", "--variant", "clasp.ride_verify=false", "--variant",
+                       "clasp.dp_interval=1;threshold=0", "--max-new-tokens", "12", "--warmup-tokens", "2", "--quiet",
+                       "--threads", "1", "--trace-overhead", "none", "--no-transformers", "--json", str(out)])
+    assert code == 0
+    records = {r["drafter"]: r for r in json.loads(out.read_text())["records"]}
+    base, off, every = records["clasp"], records["clasp[ride_verify=false]"], records["clasp[dp_interval=1;threshold=0]"]
+    assert all(r["status"] == "ok" and r["matched_generate"] is True for r in (base, off, every))
+    assert base["settings"]["ride_verify"] is True and off["settings"]["ride_verify"] is False
+    assert off["settings"]["k"] == every["settings"]["k"] == 3  # --set applies to the variants too
+    assert every["settings"]["dp_interval"] == 1 and every["settings"]["threshold"] == 0
+
+
+def test_bench_variant_errors_name_the_problem():
+    from specviz.bench.methods import parse_variants
+    assert parse_variants(["clasp.k=2;dp_interval=1"]) == [("clasp", {"k": 2, "dp_interval": 1}, "clasp[k=2;dp_interval=1]")]
+    with pytest.raises(ValueError, match="--variant takes DRAFTER.OPTION=VALUE"):
+        parse_variants(["clasp"])
+    for bad in ("clasp.k", "clasp.", ".k=2", "clasp.=2"):
+        with pytest.raises(ValueError, match="--variant takes DRAFTER.OPTION=VALUE"):
+            parse_variants([bad])

@@ -65,6 +65,19 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_variants(items: Sequence[str]) -> list[tuple[str, dict[str, Any], str]]:
+    """['clasp.ride_verify=false;dp_interval=1'] -> [('clasp', {...}, 'clasp[ride_verify=false;dp_interval=1]')]."""
+    variants = []
+    for item in items:
+        drafter, _, rest = item.partition(".")
+        parts = [p for p in rest.split(";") if p.strip()]
+        if not drafter or not parts or not all("=" in p and not p.startswith("=") for p in parts):
+            raise ValueError(f"--variant takes DRAFTER.OPTION=VALUE[;OPTION=VALUE...], got {item!r}")
+        options = parse_overrides([f"{drafter}.{p}" for p in parts])[drafter]
+        variants.append((drafter, options, f"{drafter}[{rest}]"))
+    return variants
+
+
 def requested_drafters(spec: str | None) -> list[str]:
     """The drafter names of `--drafters` (comma-separated; empty: every registered one)."""
     return list(DRAFTERS) if not spec else [n.strip() for n in spec.split(",") if n.strip()]
@@ -91,9 +104,17 @@ class MethodList:
         unknown = set(overrides) - set(DRAFTERS)
         if unknown:
             raise ValueError(f"--set names unknown drafter(s): {', '.join(sorted(unknown))}")
+        variants = parse_variants(getattr(args, "variant", None) or [])
+        strays = sorted({v[0] for v in variants} - set(names))
+        if strays:
+            raise ValueError(f"--variant names drafter(s) this run does not benchmark: {', '.join(strays)} "
+                             f"(benchmarked: {', '.join(names)})")
         methods = [Method("generate", "baseline", self._generate_call(), {"do_sample": not self.sampling.greedy})]
         for name in names:
             methods += self._methods_of(name, dict(overrides.get(name, {})))
+            for drafter, extra, label in variants:
+                if drafter == name:
+                    methods += self._variant(label, name, {**overrides.get(name, {}), **extra})
         overhead_for = args.trace_overhead
         if overhead_for and overhead_for != "none" and overhead_for not in names:
             self.skip(f"{overhead_for}+record", "trace-overhead drafter is not among the benchmarked drafters")
@@ -135,6 +156,15 @@ class MethodList:
 
     def _build(self, name: str, options: dict[str, Any]):
         return api.build_drafter(name, self.loaded, options, self.args.device, self.args.dtype)
+
+    def _variant(self, label: str, name: str, options: dict[str, Any]) -> list[Method]:
+        """The drafter at other settings (`--variant`), a row of its own in the same interleaved run."""
+        try:
+            drafter = self._build(name, options)
+        except Exception as err:  # noqa: BLE001
+            self.skip(label, f"{type(err).__name__}: {err}")
+            return []
+        return [Method(label, "drafter", self._engine_call(drafter, self.args.record), dict(drafter.settings()), name)]
 
     def _cost_k_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
         """The drafter again, its draft length chosen each step by the cost model (a second
