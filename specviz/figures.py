@@ -944,7 +944,7 @@ def accepted_histogram(trace: Trace | None) -> go.Figure:
         return message_figure(f"The '{trace.drafter}' run drafted nothing: every step adds exactly one token.")
     longest = max(len(s.draft_tokens) for s in steps)
     counts = [0] * (longest + 1)
-    empty = 0  # steps whose drafter proposed nothing (e.g. a confidence stop before the first token)
+    empty = 0  # steps whose drafter proposed nothing (e.g. CTC's confidence cut at the first token)
     for s in steps:
         if s.draft_tokens:
             counts[s.accepted] += 1
