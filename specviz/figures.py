@@ -654,17 +654,20 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
     # verification (after the prefill for step 1)
     when = "the prefill" if found <= 1 else f"step {found - 1}"
     note = "" if found == step or step is None else f"; still in force at step {step}"
-    dp_time = s.info.get("dp_time")
-    extra = f", {1000 * float(dp_time):.1f} ms" if dp_time is not None else ""
-    searched = f"searched after {when}"
+    # line 1 says which steps draft with this table; line 2, smaller, where the search ran and
+    # where its time is counted (on one line the title ran past the plot: cut at the numbers on
+    # a desktop, right after "searched" on a phone)
+    ms = 1000 * float(s.info.get("dp_time") or 0)
+    searched = f"searched after {when}: {ms:.1f} ms, counted as step {found}'s search time"
     if s.info.get("dp_rode_verify"):
-        searched = f"searched during the verify pass of step {found - 1}"
-        extra = f" (its layer calls rode that pass; {1000 * float(dp_time or 0):.1f} ms of bookkeeping)"
+        searched = (f"searched during step {found - 1}'s verify pass: its layer calls and {ms:.1f} ms of "
+                    "bookkeeping are in that step's verify time")
     fig.update_xaxes(title_text="layers skipped so far (j) · blank cells: never evaluated (no path reaches them)",
                      dtick=1 if cols <= 20 else None, range=[-0.5, cols - 0.5])
     fig.update_yaxes(title_text="after layer i (row i = the first i layers)", dtick=1 if rows <= 20 else None,
                      range=[-0.5, rows - 0.5])
-    return _layout(fig, f"CLaSp DP table: {searched}, used from step {found}{note}{extra}", height=380)
+    fig = _layout(fig, f"CLaSp DP table: used from step {found}{note}<br><sup>{searched}</sup>", height=390)
+    return fig.update_layout(margin=dict(t=60))
 
 
 @failsafe("html")
@@ -723,20 +726,35 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
             f"{table}<div style='margin-top:6px'>{info}</div>")
 
 
+# why a drafter that ran can propose nothing. Not the confidence stop of the others: their draft
+# ends after the unsure token (it is still verified), so it never empties a draft
+EMPTY_DRAFT_REASONS = {"ctc": ": its confidence cut drops a token below the threshold, here the first one",
+                       "prompt-lookup": ": the context's last n-gram occurs nowhere earlier"}
+
+
 def step_times_text(trace: Trace, s) -> str:
     """A step's time split, saying what a draft time with nothing drafted and a search time mean."""
     if s.index == 0:
         return f"prefill {1000 * trace.t_prefill:.1f} ms"
     text = f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
     if not s.draft_tokens and s.t_draft >= 0.0005 and trace.drafter != "ar":  # below 0.5 ms: bookkeeping only
-        text += (" (nothing drafted, yet drafting took time: the drafter ran a draft pass and stopped before its "
-                 "first token, e.g. its confidence was below the threshold; the target then added its own token)")
+        why = EMPTY_DRAFT_REASONS.get(trace.drafter, "")
+        text += (f" (nothing drafted, yet drafting took time: the drafter ran but proposed nothing{why}; "
+                 "the target then added its own token)")
     if (s.info or {}).get("dp_rode_verify"):
-        text += (" (the layer DP whose skip set this step drafts with rode the previous step's verify pass: "
-                 "its layer work is in that step's verify time)")
+        text += (f" (the layer DP whose skip set this step drafts with rode step {s.index - 1}'s verify pass: "
+                 "its layer calls and bookkeeping are in that step's verify time)")
     elif (s.info or {}).get("dp_ran"):
         text += " (search: the layer DP whose skip set this step drafts with, run right before it)"
+    carried = _next_step(trace, s)
+    if carried is not None and (carried.info or {}).get("dp_rode_verify"):  # the pass that ran the DP, not the user
+        text += (f" (this verify pass also carried the layer DP that step {carried.index} drafts with: "
+                 "its time includes the DP's layer calls)")
     return text
+
+
+def _next_step(trace: Trace, s):
+    return next((x for x in trace.steps if x.index == s.index + 1), None)
 
 
 def step_counts(s) -> str:
@@ -926,7 +944,7 @@ def accepted_histogram(trace: Trace | None) -> go.Figure:
         return message_figure(f"The '{trace.drafter}' run drafted nothing: every step adds exactly one token.")
     longest = max(len(s.draft_tokens) for s in steps)
     counts = [0] * (longest + 1)
-    empty = 0  # steps whose drafter proposed nothing (e.g. a confidence stop before the first token)
+    empty = 0  # steps whose drafter proposed nothing (e.g. CTC's confidence cut at the first token)
     for s in steps:
         if s.draft_tokens:
             counts[s.accepted] += 1

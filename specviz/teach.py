@@ -85,8 +85,9 @@ def acceptance_html(trace: Trace | None, step: int | None, decode: Decode | None
                      "pick a later step.")
     if not s.draft_tokens:
         (own,) = token_pieces(decode, context, [s.target_token])
-        return _wrap(f"<h4>Step {s.index}: nothing drafted</h4>The drafter proposed no token here (its confidence "
-                     f"stop or the length limit), so the verify pass added only the target's own token {_tok(own)}.")
+        return _wrap(f"<h4>Step {s.index}: nothing drafted</h4>The drafter proposed no token here (e.g. the "
+                     "length limit, or CTC's confidence cut, which drops an unsure token), so the verify pass "
+                     f"added only the target's own token {_tok(own)}.")
     pieces = token_pieces(decode, context, s.draft_tokens)
     (target_piece,) = token_pieces(decode, context + s.draft_tokens[: s.accepted], [s.target_token])
     body = _greedy_rule(s, pieces, target_piece) if _greedy(trace) else _sampling_rule(trace, s, pieces, target_piece)

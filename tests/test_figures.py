@@ -188,17 +188,20 @@ def test_dp_grid_figure_path_and_persistence():
     heat, path = fig.data
     assert heat.z[0][1] is None and heat.z[3][1] == 0.95
     assert list(path.x) == [0, 0, 1, 1] and list(path.y) == [0, 1, 2, 3]
-    assert "searched after step 2, used from step 3" in fig.layout.title.text
+    assert "used from step 3<br><sup>searched after step 2: 2.0 ms, counted as step 3's search time" in fig.layout.title.text
     # step 2 had no DP run: the grid from step 1 is in force
     assert figures.dp_step(trace, 2) == 1
-    assert "searched after the prefill, used from step 1; still in force at step 2" in figures.dp_grid_figure(trace, 2).layout.title.text
+    assert "used from step 1; still in force at step 2<br><sup>searched after the prefill" in figures.dp_grid_figure(trace, 2).layout.title.text
     assert "No DP search had run yet at step 0" in annotations_text(figures.dp_grid_figure(trace, 0))
     assert "DP ran" in [t.name for t in figures.skip_heatmap(trace).data]
     assert "runs no layer search" in annotations_text(figures.dp_grid_figure(make_trace(), 2))
     trace.steps[3].info["dp_rode_verify"] = True
     title = figures.dp_grid_figure(trace, 3).layout.title.text
-    assert "searched during the verify pass of step 2, used from step 3" in title and "rode that pass" in title
-    assert "rode the previous step's verify pass" in figures.step_times_text(trace, trace.steps[3])
+    assert "used from step 3<br><sup>searched during step 2's verify pass: its layer calls and 2.0 ms" in title
+    assert "rode step 2's verify pass" in figures.step_times_text(trace, trace.steps[3])
+    # the step whose verify pass carried that DP says so (its verify time includes the DP's layer calls)
+    assert "also carried the layer DP that step 3 drafts with" in figures.step_times_text(trace, trace.steps[2])
+    assert "carried" not in figures.step_times_text(trace, trace.steps[1])
 
 
 def test_step_details_ctc_frames_and_hispec_rounds():
@@ -495,11 +498,15 @@ def test_ctc_q_is_explained_and_frames_cut_by_k_are_marked():
 
 
 def test_time_with_nothing_drafted_is_explained():
-    trace = make_trace("clasp")
+    trace = make_trace("ctc")
     s = trace.steps[3]
     s.draft_tokens, s.accepted, s.draft_probs, s.target_probs = [], 0, [], []
     out = figures.step_details_html(trace, 3, decode)
     assert "nothing drafted, yet drafting took time" in out and "below the threshold" in out
+    # CLaSp's draft ends after an unsure token (still verified): no confidence stop to blame
+    trace.drafter = "clasp"
+    out = figures.step_details_html(trace, 3, decode)
+    assert "nothing drafted, yet drafting took time" in out and "threshold" not in out
     s.t_draft = 0.00002  # a draft budget of 0 at the end: bookkeeping, nothing to explain
     assert "nothing drafted" not in figures.step_details_html(trace, 3, decode)
     assert "nothing drafted" not in figures.step_details_html(trace, 2, decode)

@@ -453,5 +453,7 @@ DRAFTER = Declaration(
             label="never skip the first and last layer"),
      Option("ride_verify", "bool", True,
             "run the DP's layer calls as extra rows of the verify pass (shares its weight reads) instead of on their own",
-            label="the DP rides the verify pass (off: its own layer calls)"),
-     draft_vocab_option()))
+            label="run the layer search inside the verify pass",
+            info="same skip sets either way; inside the pass the search shares its weight reads and costs far "
+                 "less (off: the search makes its own layer calls)"),
+     draft_vocab_option(zero="every token")))

@@ -503,7 +503,9 @@ DRAFTER = Declaration(
     build,
     (Option("head", "choice", "ctc", "which trained head, 'ctc' or 'medusa'", flag="--head", label="head",
             choices=HEADS, info="ctc: trained with a CTC loss · medusa: per-position heads (the paper's control)"),
-     draft_length(5, ui_default=6), confidence_threshold(0.0),
+     draft_length(5, ui_default=6),
+     confidence_threshold(0.0, info="the draft ends before a token whose frame probability is below this "
+                                    "(that token is dropped, not verified)"),
      Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
             label="untrained random head (when no trained head file exists)"),
      Option("path", "text", None, f"a trained head file ({', '.join(HEAD_FILES.values())})"),

@@ -215,12 +215,16 @@ def adapter_option(default: str = "auto") -> Option:
                   choices=ADAPTER_CHOICES)
 
 
-def draft_vocab_option(default: int = 0) -> Option:
+def draft_vocab_option(default: int = 0, zero: str = "auto") -> Option:
+    """`zero`: what 0 means in the panel's label; a drafter with no trained part (layer skip)
+    says "every token", since "auto" there can only mean that."""
     return Option("draft_vocab", "int", default,
                   "score only the N tokens this model emits most (FR-Spec); 0 = auto: the vocabulary the "
                   "drafting part was trained over (every token when none)",
-                  flag="--draft-vocab", label="draft vocabulary: the N most frequent tokens (0 = auto)",
-                  minimum=0, maximum=65536, step=1024)
+                  flag="--draft-vocab", label=f"draft vocabulary: the N most frequent tokens (0 = {zero})",
+                  minimum=0, maximum=65536, step=1024,
+                  info="fewer make each draft token cheaper; the others are never drafted, yet the output is "
+                       "the same (the full model verifies over every token)")
 
 
 def trained_adapters(target: nn.Module) -> dict[int, ExitAdapter]:

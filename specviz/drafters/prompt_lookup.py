@@ -114,6 +114,7 @@ DRAFTER = Declaration(
             minimum=1, maximum=8, step=1),
      Option("length", "choice", "fixed", "draft length: 'fixed' (k tokens) or 'match' (as many tokens as the "
             "context agrees with the text before the match, at most k)", flag="--lookup-length",
-            label="draft length", choices=LENGTHS,
-            info="match: a longer agreement with the earlier text earns a longer draft"),
+            label="draft length (how many of the k tokens to propose)", choices=LENGTHS,
+            info="fixed: always k · match: as many as the tokens the context shares with the earlier text "
+                 "(the match extended backwards), at most k: a longer agreement earns a longer draft"),
      confidence_threshold(0.0, in_panel=False)))  # taken for a uniform interface; a lookup has no confidence

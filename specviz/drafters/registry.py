@@ -96,7 +96,12 @@ class Declaration:
 # -- options several drafters share (one CLI flag each: --k, --threshold) --------------------
 
 K_HELP = "max draft length per verification (>= 1)"
-THRESHOLD_HELP = "adaptive stop: end the draft when its top-1 probability falls below this (0 disables)"
+THRESHOLD_HELP = ("adaptive stop: end the draft after a token whose top-1 probability is below this, which is "
+                  "still verified (ctc, hispec: before it) (0 disables)")
+# the panel's hint: most drafters keep the unsure token (its draft pass is paid: `DraftBuilder`);
+# CTC drops it (`ctc.cut_draft`), so it passes its own (HiSpec's threshold is not in its panel)
+KEEPS_UNSURE = ("adaptive draft length: the draft ends after a token whose top-1 probability is below this "
+                "(it is still verified)")
 
 
 def draft_length(default: int, ui_default: int | None = None, maximum: int = 16,
@@ -104,10 +109,11 @@ def draft_length(default: int, ui_default: int | None = None, maximum: int = 16,
     return Option("k", "int", default, help_text, "--k", label, ui_default, 1, maximum, 1)
 
 
-def confidence_threshold(default: float, ui_default: float | None = None, in_panel: bool = True) -> Option:
-    label = "confidence threshold (stop drafting below; 0 = off)" if in_panel else ""
+def confidence_threshold(default: float, ui_default: float | None = None, in_panel: bool = True,
+                         info: str = KEEPS_UNSURE) -> Option:
+    label = "confidence threshold (end the draft at an unsure token; 0 = off)" if in_panel else ""
     return Option("threshold", "float", default, THRESHOLD_HELP, "--threshold", label, ui_default, 0.0, 1.0, 0.05,
-                  info="adaptive draft length: stop after a token whose top-1 probability is below this")
+                  info=info)
 
 
 # -- the registry ------------------------------------------------------------------------------

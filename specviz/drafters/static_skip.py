@@ -130,5 +130,5 @@ DRAFTER = Declaration(
      Option("skip_ratio", "float", 0.5, "fraction of the layers preset 'ratio' skips", flag="--skip-ratio",
             label="skip ratio (preset 'ratio')", minimum=0.05, maximum=0.95, step=0.05),
      Option("skip_layers", "text", "", label="layers to skip (preset 'custom'), e.g. 2,4,6", panel_only=True),
-     draft_length(4), confidence_threshold(0.0), draft_vocab_option()),
+     draft_length(4), confidence_threshold(0.0), draft_vocab_option(zero="every token")),
     to_options=panel_to_options, to_panel=options_to_panel)
