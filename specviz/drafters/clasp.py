@@ -29,16 +29,20 @@ cache is read, never written. Cost: L sequential single-layer calls on <= M+1 to
 Trace info (`Draft.info`, when `state.record`), stable keys for the UI:
 
 * ``skipped_layers`` list[int]: the skip set this draft used (0-based layer indices).
-* ``dp_ran`` bool: a DP ran between the previous proposal and this one, i.e. in `observe()` of
-  the previous step (or in `start()` after the prefill, for the first proposal), and its result is
-  the skip set this draft used. The engine runs observe() (and start()) right before the
-  proposal it prepares, so that DP's time is this same step's ``t_search``.
+* ``dp_ran`` bool: a DP finished between the previous proposal and this one, and its result is
+  the skip set this draft used. Either it rode the previous step's verify pass (``dp_rode_verify``:
+  its layer work and bookkeeping are in that step's ``t_verify``), or it ran on its own in
+  `observe()` of the previous step (or in `start()` after the prefill, for the first proposal);
+  the engine runs those right before the proposal they prepare, so their time is this same
+  step's ``t_search``.
+* ``dp_rode_verify`` bool: the DP behind ``dp_ran`` rode the previous verify pass (`DPRider`).
 * ``dp_grid`` list[list[float | None]] of shape (L+1) x (M+1), or None when ``dp_ran`` is False:
   ``dp_grid[i][j]`` = cos(g[i][j], x_i). None marks cells that are not part of any path from
   (0, 0) to (L, M) (not computed; JSON-safe, no NaN).
 * ``dp_path`` list of [i, j] pairs from [0, 0] to [L, M] (None when ``dp_ran`` is False); a step
   [i-1, j] -> [i, j+1] means layer i-1 was skipped.
-* ``dp_time`` float: seconds the DP took (0.0 when ``dp_ran`` is False).
+* ``dp_time`` float: seconds the DP took (0.0 when ``dp_ran`` is False); for a DP that rode a verify
+  pass, only its own bookkeeping (its layer calls were rows of that pass).
 * ``dp_score`` float | None: dp_grid[L][M], the final-layer cosine of the chosen path.
 * ``dp_age`` int: verifications since the skip set in use was computed (0 when ``dp_ran``).
 * ``dp_budget`` int: M.
