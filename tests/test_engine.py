@@ -300,3 +300,35 @@ def test_prompt_lookup_rejects_an_unknown_length():
     from specviz.drafters.prompt_lookup import PromptLookup
     with pytest.raises(ValueError, match="length must be one of fixed, match"):
         PromptLookup(length="long")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 20])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_head_layouts_compute_the_linear_head(rows, bias):
+    from specviz.layers import CPUHead
+    torch.manual_seed(rows)
+    owner = torch.nn.Module()
+    owner.lm_head = torch.nn.Linear(24, 300, bias=bias)
+    x = torch.randn(1, rows, 24)
+    got = CPUHead(owner)(x)
+    assert got.shape == (1, rows, 300)
+    assert torch.allclose(got, owner.lm_head(x), atol=1e-5)
+
+
+def test_cpu_head_follows_its_weight():
+    """The transposed copy is shared by heads of one weight, and remade when the weight changes in
+    place or the head is swapped (a stale copy would draft and verify with the old head)."""
+    from specviz.layers import CPUHead
+    owner = torch.nn.Module()
+    owner.lm_head = torch.nn.Linear(8, 40, bias=False)
+    x = torch.randn(1, 1, 8)
+    first, second = CPUHead(owner), CPUHead(owner)
+    first(x)
+    copy = owner.lm_head.weight._specviz_transposed[1]
+    second(x)
+    assert owner.lm_head.weight._specviz_transposed[1] is copy  # one copy for both
+    with torch.no_grad():
+        owner.lm_head.weight.mul_(2.0)
+    assert torch.allclose(first(x), owner.lm_head(x), atol=1e-5)
+    owner.lm_head = torch.nn.Linear(8, 40, bias=False)
+    assert torch.allclose(first(x), owner.lm_head(x), atol=1e-5)

@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import CPUHead
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
 from .draft_heads import find_part, subset_head, vocab_subset
 from .registry import Declaration, Option, confidence_threshold, draft_length
@@ -419,7 +420,7 @@ class CTCDrafter:
         ids[0, w - n:] = torch.tensor(self.next_tokens, device=self.device)
         valid = torch.zeros(1, w, dtype=torch.bool, device=self.device)
         valid[0, w - n:] = True
-        logits = self.head(hidden, self.embed(ids), valid, self.norm, self.lm_head)
+        logits = self.head(hidden, self.embed(ids), valid, self.norm, CPUHead(self, "lm_head"))
         return logits[0].float()
 
     def propose(self, state: DecodeState) -> Draft:

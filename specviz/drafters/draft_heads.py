@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..layers import CPUHead
 from .registry import Option
 
 ADAPTER_FILE = "exit_adapters.safetensors"
@@ -125,6 +126,8 @@ class DraftHead:
         self.vocab = lm_head.weight.shape[0]
         self.subset = None if subset is None else subset.to(device)
         self.small_head = None if subset is None else subset_head(lm_head, self.subset)
+        # the CPU's faster layouts of the head product (`CPUHead`), for either head
+        self._product = CPUHead(target, "lm_head") if subset is None else CPUHead(self, "small_head")
         if adapter is not None:
             self.adapter = adapter.to(device=device, dtype=lm_head.weight.dtype)
 
@@ -132,8 +135,8 @@ class DraftHead:
         if self.adapter is not None:
             hidden = self.adapter(hidden)
         if self.subset is None:
-            return self.lm_head(self.norm(hidden))
-        small = self.small_head(self.norm(hidden))
+            return self._product(self.norm(hidden))
+        small = self._product(self.norm(hidden))
         logits = small.new_full((*small.shape[:-1], self.vocab), float("-inf"))
         logits[..., self.subset] = small
         return logits
