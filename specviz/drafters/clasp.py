@@ -458,6 +458,6 @@ DRAFTER = Declaration(
      Option("ride_verify", "bool", True,
             "run the DP's layer calls as extra rows of the verify pass (shares its weight reads) instead of on their own",
             label="run the layer search inside the verify pass",
-            info="same skip sets either way; inside the pass the search shares its weight reads and costs far "
-                 "less (off: the search makes its own layer calls)"),
+            info="inside the pass the search shares its weight reads and costs far less; it then searches at "
+                 "the pass's first token instead of the last accepted one (off: the search makes its own layer calls)"),
      draft_vocab_option(zero="every token")))
