@@ -231,6 +231,7 @@ class LayerRunner:
         n_real = hidden.shape[1]
         pos = self.positions(start, n_real)
         plain: dict[str, object] = {}  # mask and rope of the layers without riders (built once)
+        ridden: dict[int, tuple] = {}  # rider count -> (positions, mask, rope) of the layers with riders
         for i in layers:
             if self._layer_types[i] == "sliding_attention":
                 raise ValueError("riders need full-attention layers (a sliding window would hide their prefix)")
@@ -248,11 +249,13 @@ class LayerRunner:
             else:
                 joined = torch.cat([hidden, rows.unsqueeze(0).to(hidden.dtype)], dim=1)
                 n_riders = rows.shape[0]
-                both = torch.cat([pos, torch.full((1, n_riders), riders.position, device=self.device)], dim=1)
-                out = self.base.layers[i](
-                    joined, attention_mask=self._rider_mask(start, n_real, n_riders, riders.position),
-                    position_embeddings=self.base.rotary_emb(joined, position_ids=both), position_ids=both,
-                    past_key_values=cache, use_cache=True)
+                if n_riders not in ridden:  # most layers carry the same number of riders: build once
+                    both = torch.cat([pos, torch.full((1, n_riders), riders.position, device=self.device)], dim=1)
+                    ridden[n_riders] = (both, self._rider_mask(start, n_real, n_riders, riders.position),
+                                        self.base.rotary_emb(joined, position_ids=both))
+                both, mask, rope = ridden[n_riders]
+                out = self.base.layers[i](joined, attention_mask=mask, position_embeddings=rope, position_ids=both,
+                                          past_key_values=cache, use_cache=True)
                 self.crop(cache, start + n_real, [i])  # drop the riders' keys and values
                 hidden = out[:, :n_real]
                 riders.after(i, out[0, n_real:], hidden[0])

@@ -157,12 +157,19 @@ class MethodList:
     def _build(self, name: str, options: dict[str, Any]):
         return api.build_drafter(name, self.loaded, options, self.args.device, self.args.dtype)
 
+    def _build_or_skip(self, label: str, name: str, options: dict[str, Any]):
+        """A second instance of a drafter (a twin or variant row: drafters keep state between
+        steps), or None, with `label` skipped and the reason recorded, when it cannot be built."""
+        try:
+            return self._build(name, options)
+        except Exception as err:  # noqa: BLE001 — a reason to skip the row, not to crash the run
+            self.skip(label, f"{type(err).__name__}: {err}")
+            return None
+
     def _variant(self, label: str, name: str, options: dict[str, Any]) -> list[Method]:
         """The drafter at other settings (`--variant`), a row of its own in the same interleaved run."""
-        try:
-            drafter = self._build(name, options)
-        except Exception as err:  # noqa: BLE001
-            self.skip(label, f"{type(err).__name__}: {err}")
+        drafter = self._build_or_skip(label, name, options)
+        if drafter is None:
             return []
         return [Method(label, "drafter", self._engine_call(drafter, self.args.record), dict(drafter.settings()), name)]
 
@@ -170,20 +177,16 @@ class MethodList:
         """The drafter again, its draft length chosen each step by the cost model (a second
         instance: drafters keep state between steps)."""
         label = f"{name}{COST_K}"
-        try:
-            twin = self._build(name, options)
-        except Exception as err:  # noqa: BLE001
-            self.skip(label, f"{type(err).__name__}: {err}")
+        twin = self._build_or_skip(label, name, options)
+        if twin is None:
             return []
         call = self._engine_call(twin, self.args.record, adaptive_length=True)
         return [Method(label, "drafter", call, dict(settings, adaptive_length=True), name)]
 
     def _trace_overhead_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
         label = f"{name}{'-record' if self.args.record else '+record'}"
-        try:  # a second instance, so no drafter state leaks between the two
-            twin = self._build(name, options)
-        except Exception as err:  # noqa: BLE001
-            self.skip(label, f"{type(err).__name__}: {err}")
+        twin = self._build_or_skip(label, name, options)
+        if twin is None:
             return []
         return [Method(label, "trace-overhead", self._engine_call(twin, not self.args.record), settings, name)]
 
@@ -197,10 +200,8 @@ class MethodList:
             ours.counterpart = HF_COUNTERPART[name]
             return self._transformers_counterpart(name, ours.settings, options)
         label, options = f"{name}{MATCHED_SUFFIX}", {**options, **lacking}
-        try:
-            twin = self._build(name, options)
-        except Exception as err:  # noqa: BLE001
-            self.skip(label, f"{type(err).__name__}: {err}")
+        twin = self._build_or_skip(label, name, options)
+        if twin is None:
             return []
         settings = dict(twin.settings())
         matched = Method(label, "drafter", self._engine_call(twin, self.args.record), settings, name,

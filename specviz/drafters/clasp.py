@@ -112,7 +112,7 @@ from transformers import DynamicCache
 
 from ..layers import LayerRunner
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
-from .draft_heads import draft_vocab_option, frequent_vocab_head
+from .draft_heads import draft_vocab_of, draft_vocab_option, frequent_vocab_head
 from .layer_skip import draft_with_skip
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -196,6 +196,7 @@ class LayerDP:
         self.back: list[dict[int, bool]] = [{}]  # back[i][j]: True = layer i-1 skipped to reach (i, j)
         self.row: dict[int, torch.Tensor] = {0: x0.reshape(-1)}
         self.next_layer = 0
+        self._cols: list[int] = []  # the columns of the last `candidates` call
         self.elapsed = 0.0  # seconds spent in this object's own bookkeeping (not in layer calls)
 
     def _run_cols(self, layer: int) -> list[int]:
@@ -207,8 +208,8 @@ class LayerDP:
         """[C, d]: the cells of row `layer` whose "run" candidate goes through `layer`."""
         if layer != self.next_layer:
             raise RuntimeError(f"the DP expects layer {self.next_layer} next, got {layer}")
-        cols = self._run_cols(layer)
-        return torch.stack([self.row[j] for j in cols]) if cols else None
+        self._cols = self._run_cols(layer)  # advance() pairs the outputs with these
+        return torch.stack([self.row[j] for j in self._cols]) if self._cols else None
 
     def advance(self, layer: int, ran: torch.Tensor | None, x_next: torch.Tensor) -> None:
         """Fill row i = layer + 1 from the outputs `ran` ([C, d], in `candidates` order) and x_i."""
@@ -216,7 +217,7 @@ class LayerDP:
         i, target = layer + 1, x_next.reshape(-1)
         lo, hi = self.ranges[i]
         plo, phi = self.ranges[layer]
-        outputs = dict(zip(self._run_cols(layer), ran)) if ran is not None else {}
+        outputs = dict(zip(self._cols, ran)) if ran is not None else {}
         can_skip = layer in self.skip_set
         cands, owners = [], []  # score every candidate of the row at once
         for j in range(max(lo, 1), hi + 1):
@@ -398,9 +399,9 @@ class CLaSp:
         self._age += 1
         rider = result.draft.riders
         if isinstance(rider, DPRider):
-            result = rider.dp.result()
-            result.rode_verify = True
-            self._use(result)
+            searched = rider.dp.result()
+            searched.rode_verify = True
+            self._use(searched)
             return
         if self._riding or not self._dp_due(self._verifications) or result.states is None:
             return
@@ -413,7 +414,7 @@ class CLaSp:
         return {"skip_ratio": self.skip_ratio, "budget": self.budget, "dp_interval": self.dp_interval,
                 "k": self.k, "threshold": self.threshold, "protect_ends": self.protect_ends,
                 "ride_verify": self.ride_verify,
-                "draft_vocab": self.head.describe()["draft_vocab"] if self.head is not None else 0}
+                "draft_vocab": draft_vocab_of(self.head)}
 
     # -- internals ------------------------------------------------------------------------------
     def _dp_due(self, verification: int) -> bool:

@@ -335,6 +335,7 @@ class CTCDrafter:
 
         base = target.model
         self.embed, self.norm, self.lm_head = base.embed_tokens, base.norm, target.lm_head
+        self.head_product = CPUHead(self, "lm_head")  # reads self.lm_head (a subset head below) at each call
         param = next(target.parameters())
         self.device, self.dtype = param.device, param.dtype
         hidden, vocab = target.config.hidden_size, target.config.vocab_size
@@ -420,7 +421,7 @@ class CTCDrafter:
         ids[0, w - n:] = torch.tensor(self.next_tokens, device=self.device)
         valid = torch.zeros(1, w, dtype=torch.bool, device=self.device)
         valid[0, w - n:] = True
-        logits = self.head(hidden, self.embed(ids), valid, self.norm, CPUHead(self, "lm_head"))
+        logits = self.head(hidden, self.embed(ids), valid, self.norm, self.head_product)
         return logits[0].float()
 
     def propose(self, state: DecodeState) -> Draft:

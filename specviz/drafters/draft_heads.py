@@ -134,9 +134,9 @@ class DraftHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.adapter is not None:
             hidden = self.adapter(hidden)
-        if self.subset is None:
-            return self._product(self.norm(hidden))
         small = self._product(self.norm(hidden))
+        if self.subset is None:
+            return small
         logits = small.new_full((*small.shape[:-1], self.vocab), float("-inf"))
         logits[..., self.subset] = small
         return logits
@@ -144,6 +144,11 @@ class DraftHead:
     def describe(self) -> dict[str, Any]:
         return {"adapter": self.adapter is not None,
                 "draft_vocab": 0 if self.subset is None else int(self.subset.numel())}
+
+
+def draft_vocab_of(head: Any) -> int:
+    """A drafter's `draft_vocab` setting as it runs: its DraftHead's subset size, 0 for every token."""
+    return head.describe()["draft_vocab"] if isinstance(head, DraftHead) else 0
 
 
 def check_draft_vocab(size: Any, vocab: int) -> int:

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layers import LayerRunner
-from .draft_heads import DraftHead, draft_model_vocab, draft_vocab_option, vocab_subset
+from .draft_heads import DraftHead, draft_model_vocab, draft_vocab_of, draft_vocab_option, vocab_subset
 from .base import DecodeState, Draft, DraftBuilder, VerifyResult, check_draft_length, check_threshold, choose
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -64,8 +64,8 @@ class DraftModel:
         self.runner.crop(self.cache, self.fed)
 
     def settings(self) -> dict:
-        vocab = self.head.describe()["draft_vocab"] if isinstance(self.head, DraftHead) else 0
-        return {"draft_model": self.model_name, "k": self.k, "threshold": self.threshold, "draft_vocab": vocab}
+        return {"draft_model": self.model_name, "k": self.k, "threshold": self.threshold,
+                "draft_vocab": draft_vocab_of(self.head)}
 
 
 def build(target, draft_model: PreTrainedModel | None = None, draft_vocab: int = 0, **options) -> DraftModel:

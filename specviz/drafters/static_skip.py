@@ -15,7 +15,7 @@ import re
 from typing import Any, Sequence
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
-from .draft_heads import draft_vocab_option, frequent_vocab_head
+from .draft_heads import draft_vocab_of, draft_vocab_option, frequent_vocab_head
 from .layer_skip import draft_with_skip
 from .registry import Declaration, Option, confidence_threshold, draft_length
 
@@ -75,7 +75,7 @@ class StaticSkip:
 
     def settings(self) -> dict:
         return {"preset": self.preset, "skip_layers": self.skip, "k": self.k, "threshold": self.threshold,
-                "draft_vocab": self.head.describe()["draft_vocab"] if self.head is not None else 0}
+                "draft_vocab": draft_vocab_of(self.head)}
 
 
 def build(target, draft_vocab: int = 0, **options) -> StaticSkip:
