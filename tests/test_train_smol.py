@@ -49,18 +49,38 @@ def test_shards_hold_the_models_own_greedy_answers(shards):
 def test_the_pipeline_trains_every_part(shards, tmp_path):
     parts = tmp_path / "parts"
     train_adapters.main(["--data", str(shards), "--run", str(tmp_path / "run"), "--out", str(parts),
-                         "--exits", "4", "--minutes", "0.05", "--batch", "64", "--train-vocab", "2048"])
+                         "--exits", "4", "--minutes", "0.05", "--batch", "64", "--train-vocab", "2048",
+                         "--teacher-kl", "0.5"])
     meta = adapter_meta(parts / ADAPTER_FILE)
-    assert set(meta["exits"]) == {"4"} and meta["exits"]["4"]["steps"] >= 1
+    assert set(meta["exits"]) == {"4"} and meta["exits"]["4"]["steps"] >= 1 and meta["teacher_kl"] == 0.5
     train_adapters.main(["--data", str(shards), "--out", str(parts), "--vocab-only"])
     rank = load_vocab_rank(parts / VOCAB_FILE)
     assert sorted(rank.tolist()) == list(range(49152))
     train_draft.main(["--data", str(shards), "--run", str(tmp_path / "draft_run"), "--out", str(tmp_path / "draft"),
-                      "--minutes", "0.05", "--batch-tokens", "256", "--train-vocab", "2048"])
+                      "--minutes", "0.05", "--batch-tokens", "256", "--train-vocab", "2048", "--teacher-kl", "0.5"])
     stored = json.loads((tmp_path / "draft" / "training_meta.json").read_text())
-    assert stored["layers"] == 2 and "command" in stored
+    assert stored["layers"] == 2 and "command" in stored and stored["teacher_kl"] == 0.5
     train_ctc.main(["--shards", str(shards), "--model", "smollm2-135m-instruct", "--head", "medusa", "--steps", "2",
                     "--batch-size", "4", "--eval-every", "1", "--val-samples", "4", "--heldout-samples", "4",
                     "--out", str(tmp_path / "heads"), "--export-dir", str(parts), "--threads", "2"])
     head, meta = load_head(parts / "medusa_head.safetensors")
     assert head.cfg.subset == 8192 and meta["steps"] == 2
+
+
+def test_distill_loss_mixes_the_teachers_label_and_its_distribution():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5)
+    labels = teacher.argmax(-1)
+    labels[2] = -100  # a label outside the draft vocabulary: in neither term
+    hard = torch.nn.functional.cross_entropy(student, labels, ignore_index=-100)
+    assert torch.allclose(train_adapters.distill_loss(student, None, labels, 0.0), hard)
+    assert torch.allclose(train_adapters.distill_loss(student, teacher, labels, 0.0), hard)
+    kept = labels != -100
+    soft = (teacher[kept].softmax(-1) * (teacher[kept].log_softmax(-1) - student[kept].log_softmax(-1))).sum(-1).mean()
+    assert torch.allclose(train_adapters.distill_loss(student, teacher, labels, 1.0), soft)
+    assert torch.allclose(train_adapters.distill_loss(student, teacher, labels, 0.25), 0.75 * hard + 0.25 * soft)
+    # the divergence is zero when the draft already has the teacher's distribution, even where
+    # its argmax is all the hard label could say
+    assert train_adapters.distill_loss(teacher + 3.0, teacher, labels, 1.0).abs() < 1e-5
+    with pytest.raises(SystemExit):
+        train_draft.main(["--teacher-kl", "1.5"])

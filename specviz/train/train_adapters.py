@@ -10,7 +10,9 @@ Data: the self-distillation shards (`<data>/train`, `<data>/heldout`): the input
 every token of the target's own prompts + greedy answers, and the full model's argmax there.
 Each adapter learns, with the target frozen, to make `lm_head(norm(adapter(h_E)))` pick the
 full model's token: cross-entropy over the `--train-vocab` most frequent answer tokens (the
-draft head scores only such a subset at run time; labels outside it are skipped).
+draft head scores only such a subset at run time; labels outside it are skipped). With
+`--teacher-kl W` a share W of the loss is instead the KL divergence from the full model's own
+distribution over that subset (`distill_loss`), recomputed from the recorded last-layer state.
 
 Reported per exit on the held-out shards (categories and topics never trained on): top-1
 agreement with the full model for the plain exit (no adapter) and with the adapter, over the full
@@ -81,6 +83,27 @@ def subset_index(subset: torch.Tensor, vocab: int) -> torch.Tensor:
     return index
 
 
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, target_index: torch.Tensor,
+                 teacher_kl: float) -> torch.Tensor:
+    """(1 - w) * cross-entropy against the teacher's argmax + w * KL(teacher || draft), both over the
+    draft vocabulary (`logits`, `teacher_logits`: [N, S]; `target_index`: [N], -100 = not scored).
+
+    Why the teacher's whole distribution: a hard label says only which token won, while the
+    distribution also says how close the others came, so each token teaches more; with the little
+    self-distilled data a CPU makes, that matters (DistillSpec, arXiv 2310.08461, trains drafts on
+    this divergence). Rows whose label lies outside the subset are left out of both terms.
+    """
+    scored = target_index != -100
+    if not scored.any():
+        return logits.sum() * 0.0  # nothing to learn from in this batch, but still a graph
+    hard = F.cross_entropy(logits[scored], target_index[scored]) if teacher_kl < 1 else logits.new_zeros(())
+    if teacher_kl <= 0 or teacher_logits is None:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits[scored], -1), F.log_softmax(teacher_logits[scored], -1),
+                    log_target=True, reduction="batchmean")
+    return (1 - teacher_kl) * hard + teacher_kl * soft
+
+
 class Trainer:
     def __init__(self, target, rank: torch.Tensor, train_vocab: int):
         self.device = target.lm_head.weight.device
@@ -93,10 +116,17 @@ class Trainer:
         self.index = subset_index(self.subset.cpu(), target.lm_head.weight.shape[0]).to(self.device)
         self.full_weight = target.lm_head.weight.detach().float()
 
-    def loss(self, adapter: ExitAdapter, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, last: torch.Tensor) -> torch.Tensor:
+        """The full model's logits over the subset, from its last layer's (pre-norm) output."""
+        with torch.no_grad():
+            return F.linear(self.norm(last.to(self.device)), self.weight)
+
+    def loss(self, adapter: ExitAdapter, hidden: torch.Tensor, labels: torch.Tensor,
+             last: torch.Tensor | None = None, teacher_kl: float = 0.0) -> torch.Tensor:
         hidden, labels = hidden.to(self.device), labels.to(self.device).long()
         logits = F.linear(self.norm(adapter(hidden)), self.weight)
-        return F.cross_entropy(logits, self.index[labels], ignore_index=-100)
+        teacher = self.teacher_logits(last.float()) if teacher_kl > 0 else None
+        return distill_loss(logits, teacher, self.index[labels], teacher_kl)
 
     @torch.no_grad()
     def agreement(self, adapter, hidden: torch.Tensor, labels: torch.Tensor, subset: torch.Tensor | None,
@@ -136,7 +166,8 @@ def train_exit(exit_layer: int, trainer: Trainer, train: dict, held: dict, args,
         for group in opt.param_groups:
             group["lr"] = lr
         pick = order[(step * args.batch) % order.numel():][:args.batch]
-        loss = trainer.loss(adapter, train[key][pick].float(), train["argmax"][pick])
+        last = train["last"][pick] if args.teacher_kl > 0 else None
+        loss = trainer.loss(adapter, train[key][pick].float(), train["argmax"][pick], last, args.teacher_kl)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,6 +190,14 @@ def train_exit(exit_layer: int, trainer: Trainer, train: dict, held: dict, args,
     return adapter, report
 
 
+def unit_interval(text: str) -> float:
+    """argparse type for a share in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=SMOLLM2)
@@ -170,6 +209,8 @@ def main(argv=None) -> None:
     ap.add_argument("--train-vocab", type=int, default=8192)
     ap.add_argument("--eval-vocab", type=int, default=8192)
     ap.add_argument("--positions", choices=(ANSWER_ONLY, "all"), default="all")
+    ap.add_argument("--teacher-kl", type=unit_interval, default=0.0,
+                    help="share of the loss that is KL from the full model's distribution (0 = hard labels only)")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--epochs", type=int, default=2)
@@ -197,7 +238,7 @@ def main(argv=None) -> None:
         log(f"wrote {out / VOCAB_FILE}; held-out answer-token coverage by subset size: {cover}")
         return
     exits = [int(e) for e in args.exits.split(",")]
-    keys = [f"layer{e}" for e in exits] + ["argmax"]
+    keys = [f"layer{e}" for e in exits] + ["argmax"] + (["last"] if args.teacher_kl > 0 else [])
     train, held = load_shards(args.data / "train", keys), load_shards(args.data / "heldout", keys)
     log(f"{train['argmax'].numel()} training tokens ({int(train['answer'].sum())} in answers), "
         f"{int(held['answer'].sum())} held-out answer tokens")
@@ -209,6 +250,7 @@ def main(argv=None) -> None:
         adapters[e], reports[str(e)] = train_exit(e, trainer, train, held, args, ckpt)
         torch.save(ckpt, ckpt_path)
     meta = {"exits": reports, "inner": args.inner, "train_vocab": args.train_vocab, "seed": args.seed,
+            "teacher_kl": args.teacher_kl,
             "train_tokens": int(train["argmax"].numel()), "positions": args.positions,
             "command": "python -m specviz.train.train_adapters " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     save_adapters(adapters, out / ADAPTER_FILE, meta)

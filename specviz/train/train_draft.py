@@ -14,7 +14,8 @@ and norm, and `specviz.api` ties the embeddings to the loaded target (see
 Loss: cross-entropy of the draft's next-token logits over the `--train-vocab` tokens the target
 emits most (the draft scores the same subset at run time, `draft_vocab`) against the full
 model's argmax at every position of the target's own prompts + answers (labels outside the
-subset are skipped). Reported on held-out instructions: top-1 agreement with the target over
+subset are skipped); with `--teacher-kl W`, a share W of it is the KL divergence from the full
+model's distribution over the subset instead (`train_adapters.distill_loss`). Reported on held-out instructions: top-1 agreement with the target over
 answer positions, which is the greedy acceptance rate of a one-token draft there.
 """
 
@@ -32,21 +33,23 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..api import share_embeddings
 from ..models import MODELS_DIR, SMOLLM2
-from .train_adapters import load_shards, log, subset_index, vocab_rank
+from .train_adapters import distill_loss, load_shards, log, subset_index, unit_interval, vocab_rank
 
 
-def sequences(data: dict) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(ids, labels, answer mask) per sequence, from the shards' flat tensors."""
+def sequences(data: dict) -> list[tuple[torch.Tensor, ...]]:
+    """(ids, labels, answer mask[, the target's last-layer states]) per sequence, from the shards'
+    flat tensors."""
     out, offset = [], 0
     for length in data["lengths"].tolist():
         sl = slice(offset, offset + length)
-        out.append((data["ids"][sl].long(), data["argmax"][sl].long(), data["answer"][sl]))
+        row = (data["ids"][sl].long(), data["argmax"][sl].long(), data["answer"][sl])
+        out.append(row + ((data["last"][sl],) if "last" in data else ()))
         offset += length
     return out
 
 
-def load_sequences(folder: Path) -> list:
-    data = load_shards(folder, ["ids", "argmax", "lengths"])
+def load_sequences(folder: Path, with_states: bool = False) -> list:
+    data = load_shards(folder, ["ids", "argmax", "lengths"] + (["last"] if with_states else []))
     return sequences(data)
 
 
@@ -84,9 +87,24 @@ def pad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     labels = torch.full_like(ids, -1)
     mask = torch.zeros_like(ids)
     answer = torch.zeros_like(ids, dtype=torch.bool)
-    for row, (i, y, a) in enumerate(batch):
+    for row, (i, y, a, *_) in enumerate(batch):
         ids[row, :i.numel()], labels[row, :i.numel()], mask[row, :i.numel()], answer[row, :i.numel()] = i, y, 1, a
     return ids, labels, mask, answer
+
+
+def pad_states(batch: list) -> torch.Tensor:
+    """The recorded last-layer states of a batch, right-padded with zeros like `pad`'s ids."""
+    width, dim = max(s[0].numel() for s in batch), batch[0][3].shape[-1]
+    states = torch.zeros(len(batch), width, dim)
+    for row, s in enumerate(batch):
+        states[row, :s[3].shape[0]] = s[3].float()
+    return states
+
+
+@torch.no_grad()
+def teacher_logits(target, batch: list, weight: torch.Tensor) -> torch.Tensor:
+    """The full model's logits over the draft vocabulary at every position of a padded batch."""
+    return F.linear(target.model.norm(pad_states(batch).to(weight.device)), weight)
 
 
 def subset_logits(draft, ids, mask, weight) -> torch.Tensor:
@@ -128,6 +146,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--init", default="0,1", help="target layers the draft's layers start from")
     ap.add_argument("--train-vocab", type=int, default=8192)
+    ap.add_argument("--teacher-kl", type=unit_interval, default=0.0,
+                    help="share of the loss that is KL from the full model's distribution (0 = hard labels only)")
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--epochs", type=float, default=3.0)
@@ -152,7 +172,8 @@ def main(argv=None) -> None:
     weight = target.lm_head.weight[subset].detach()
     init = [int(x) for x in args.init.split(",")]
     draft = make_draft(target, args.layers, init).to(target.device)
-    train_seqs, held_seqs = load_sequences(args.data / "train"), load_sequences(args.data / "heldout")
+    train_seqs = load_sequences(args.data / "train", with_states=args.teacher_kl > 0)
+    held_seqs = load_sequences(args.data / "heldout")
     n_tokens = sum(s[0].numel() for s in train_seqs)
     log(f"{len(train_seqs)} training sequences ({n_tokens} tokens), {len(held_seqs)} held out")
     params = [p for n, p in draft.named_parameters() if p.requires_grad]
@@ -179,7 +200,8 @@ def main(argv=None) -> None:
             logits = subset_logits(draft, ids, mask, weight)
             target_index = torch.where(labels >= 0, index[labels.clamp(min=0)], torch.full_like(labels, -100))
             target_index = target_index.to(logits.device)
-            loss = F.cross_entropy(logits.flatten(0, 1), target_index.flatten(), ignore_index=-100)
+            teacher = teacher_logits(target, batch, weight).flatten(0, 1) if args.teacher_kl > 0 else None
+            loss = distill_loss(logits.flatten(0, 1), teacher, target_index.flatten(), args.teacher_kl)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -202,6 +224,7 @@ def main(argv=None) -> None:
         draft.load_state_dict(torch.load(args.run / "best.pt", weights_only=False))
     share_embeddings(draft, target)
     meta = {"layers": args.layers, "init_from_target_layers": init, "train_vocab": args.train_vocab,
+            "teacher_kl": args.teacher_kl,
             "train_tokens": n_tokens, "steps": step, "best": best, "seed": args.seed,
             "heldout_sequences": len(held_seqs),
             "command": "python -m specviz.train.train_draft " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
