@@ -206,6 +206,10 @@ def sampling_setup():
 RUNS = 2000
 
 
+# The right rule and the subtle wrong one are also run, on a harder target, for every drafter by
+# test_sampling_power (early exit included), so here they are kept for `pytest -m slow` (~10 s
+# each); the blunt wrong rule stays in the default run as this file's quick check of the test.
+@pytest.mark.slow
 def test_sampling_keeps_target_distribution(sampling_setup):
     target, prompt, sampling, exact = sampling_setup
     engine = Engine(target)
@@ -215,7 +219,7 @@ def test_sampling_keeps_target_distribution(sampling_setup):
     assert p > 0.01, f"speculative sampling deviates from the target distribution (chi-square p={p:.2g})"
 
 
-@pytest.mark.parametrize("wrong_rule", [always_accept, resample_from_target])
+@pytest.mark.parametrize("wrong_rule", [always_accept, pytest.param(resample_from_target, marks=pytest.mark.slow)])
 def test_sampling_test_catches_a_wrong_rule(sampling_setup, wrong_rule):
     """The same test with a wrong acceptance rule must fail: it has teeth."""
     target, prompt, sampling, exact = sampling_setup
