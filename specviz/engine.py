@@ -3,8 +3,9 @@
     prefill the prompt -> first token (pending)
     repeat until EOS or max_new_tokens:
         draft    = drafter.propose(state)                 # up to k tokens
-        logits   = target([pending, *draft])              # one pass, reusing exact draft work
-        verdict  = accept(draft, p, q)                    # greedy prefix or rejection sampling
+        hidden   = target([pending, *draft])              # one pass, reusing exact draft work
+        verdict  = accept(draft, p, q)                    # greedy prefix (the LM head read only as
+                                                          # far as the first mismatch) or rejection sampling
         commit     accepted drafts + the target's own token; crop the cache to the commit
         drafter.observe(result)                           # e.g. CLaSp's layer search
 
@@ -31,7 +32,7 @@ from transformers import PreTrainedModel
 from .draft_length import DraftLengthModel
 from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
 from .layers import LayerRunner, PassOutput
-from .sampling import SamplingConfig, Verdict, accept_greedy, accept_rejection
+from .sampling import SamplingConfig, Verdict, accept_greedy, accept_greedy_in_chunks, accept_rejection
 from .trace import StepEvent, Trace
 
 AcceptRule = Callable[[list[int], "torch.Tensor | None", torch.Tensor, torch.Generator], Verdict]
@@ -219,8 +220,8 @@ class Generation:
             cap = state.max_draft = self.length_model.choose(state.max_draft)
         draft = self.drafter.propose(state)
         t_drafted = _clock(runner.device)
-        logits, states = self._verify(draft)
-        verdict = self._accept(draft.tokens, draft.probs, logits)
+        hidden, states = self._verify(draft)
+        verdict, logits = self._judge(draft, hidden)
         committed = self._commit(draft.tokens[: verdict.accepted] + [verdict.next_token])
         result = VerifyResult(draft=draft, accepted=verdict.accepted, target_token=verdict.next_token,
                               tokens=self.tokens, runner=runner, cache=self.cache, states=states)
@@ -235,7 +236,8 @@ class Generation:
         return event
 
     def _verify(self, draft: Draft) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """One target pass over [pending, *draft] -> logits [k+1, V] (+ per-layer inputs)."""
+        """One target pass over [pending, *draft] -> the last layer's output [k+1, d] (+ per-layer
+        inputs); `_judge` applies the LM head."""
         runner, cache = self.runner, self.cache
         start = len(self.tokens) - 1  # position of the pending token
         inputs = torch.tensor([[self.tokens[-1], *draft.tokens]], device=runner.device)
@@ -246,7 +248,7 @@ class Generation:
             out = runner.forward(runner.embed(inputs), range(runner.num_layers), start, cache, capture=wants,
                                  riders=riders)
             states = [s[0] for s in out.states] if wants else None
-            return runner.head(out.hidden)[0], states
+            return out.hidden[0], states
 
         # Layers below `reuse.layer` already hold the first j inputs' KV; run only the rest of
         # the inputs through them, then every input through the layers above.
@@ -266,7 +268,17 @@ class Generation:
             below = reuse.states if lower.states is None else [
                 torch.cat([r, n], dim=1) for r, n in zip(reuse.states, lower.states)]
             states = [s[0] for s in below[:e] + upper.states]
-        return runner.head(upper.hidden)[0], states
+        return upper.hidden[0], states
+
+    def _judge(self, draft: Draft, hidden: torch.Tensor) -> tuple[Verdict, torch.Tensor]:
+        """The verdict on `draft` from the verify pass's last-layer output, with the logits it read:
+        greedy reads the LM head only up to the first mismatch (the logits of rows [0, accepted]),
+        sampling reads every row."""
+        head = self.runner.head
+        if self.config.sampling.greedy and self.accept_rule is None:
+            return accept_greedy_in_chunks(draft.tokens, lambda start, stop: head(hidden[start:stop]))
+        logits = head(hidden)
+        return self._accept(draft.tokens, draft.probs, logits), logits
 
     def _accept(self, draft: list[int], draft_probs, logits: torch.Tensor) -> Verdict:
         sampling = self.config.sampling
@@ -304,11 +316,14 @@ class Generation:
         return event
 
     def _target_probs(self, draft_tokens: list[int], logits: torch.Tensor) -> list[float]:
-        """p(x_i) of each draft token, for hover details (softmax at T=1 when greedy)."""
+        """p(x_i) of each draft token whose row was scored, for hover details (softmax at T=1 when
+        greedy; a greedy verdict scores rows only up to the first mismatch, so the tokens after it
+        have none)."""
         if not draft_tokens:
             return []
         sampling = self.config.sampling
         rows = logits[: len(draft_tokens)].float()
+        draft_tokens = draft_tokens[: rows.shape[0]]
         probs = rows.softmax(-1) if sampling.greedy else sampling.probs(rows)
         index = torch.tensor(draft_tokens, device=probs.device).unsqueeze(1)
         return probs.gather(1, index).squeeze(1).tolist()

@@ -336,3 +336,35 @@ def test_cpu_head_follows_its_weight():
     assert torch.allclose(first(x), owner.lm_head(x), atol=1e-5)
     owner.lm_head = torch.nn.Linear(8, 40, bias=False)
     assert torch.allclose(first(x), owner.lm_head(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5])
+def test_chunked_greedy_verdict_reads_the_head_only_as_far_as_it_must(k):
+    """The same verdict as scoring every row, without scoring a row after the first mismatch
+    beyond the first chunk; the rows it returns are those up to the verdict."""
+    from specviz.sampling import accept_greedy, accept_greedy_in_chunks
+    torch.manual_seed(k)
+    logits = torch.randn(k + 1, 11)
+    best = logits.argmax(-1).tolist()
+    for mismatch in range(k + 1):  # the draft agrees up to `mismatch` (k: all accepted)
+        draft = best[:mismatch] + [(t + 1) % 11 for t in best[mismatch:k]]
+        read = []
+
+        def rows(start, stop):
+            read.append((start, stop))
+            return logits[start:stop]
+
+        verdict, scored = accept_greedy_in_chunks(draft, rows, first_rows=2)
+        assert (verdict.accepted, verdict.next_token) == (accept_greedy(draft, logits).accepted, best[mismatch])
+        assert torch.equal(scored, logits[: mismatch + 1])
+        assert read == ([(0, min(2, k + 1))] + ([(2, k + 1)] if mismatch >= 2 else []))
+
+
+def test_recorded_greedy_steps_score_the_drafts_up_to_the_verdict():
+    target, draft, engine = model_for("llama", 0)
+    trace = engine.generate(random_prompt(3, length=10, repeat=True), build("static-skip", {"k": 4}, target, draft),
+                            GenerationConfig(max_new_tokens=30))
+    steps = [s for s in trace.steps if s.draft_tokens]
+    assert steps and any(s.accepted < len(s.draft_tokens) - 1 for s in steps)  # some early rejections
+    for s in steps:
+        assert len(s.target_probs) == min(len(s.draft_tokens), s.accepted + 1)
