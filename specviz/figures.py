@@ -755,14 +755,7 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
              f"<tr><th>pos</th><th>text</th><th>id</th><th>{html.escape(q_header(s))}</th><th>p (target)</th>"
              "<th>verdict</th></tr>" + "".join(rows) + "</table></div>" + q_note(s))
     times = html.escape(step_times_text(trace, s))
-    info_rows = []
-    for key, value in (s.info or {}).items():
-        if key in ("dp_grid",):
-            continue
-        shown = _info_value(key, value, decode, s.info)
-        info_rows.append(f"<tr><td><b>{html.escape(str(key))}</b></td><td>{shown}</td></tr>")
-    info = ("<div style='overflow-x:auto'><table style='font-size:12.5px' cellpadding='2'>" + "".join(info_rows)
-            + "</table></div>") if info_rows else "<i>no drafter info</i>"
+    info = info_table_html(trace, s, decode)
     return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {html.escape(step_counts(s))} · {times}</div>"
             f"{table}<div style='margin-top:6px'>{info}</div>")
 
@@ -815,18 +808,25 @@ def _piece(decode: Decode | None, tok) -> str:
 
 
 def _plain_value(value: Any) -> str | None:
-    """None / booleans / floats / short number lists as a reader would write them (no raw
-    `None`, `False` or 0.01869822200001181), or None for anything else."""
+    """None / booleans / floats / number lists as a reader would write them (no raw `None`,
+    `False` or 0.01869822200001181; a long list as its count and first items), or None for
+    anything else."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                          for v in value) and len(value) <= 64:
-        return html.escape(", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value))
+    if isinstance(value, int):
+        return str(value)
+    if _is_number_list(value) and value:
+        shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in value]
+        return html.escape(", ".join(shown) if len(shown) <= LIST_PREVIEW else f"{len(shown)} values: {_preview(shown)}")
     return None
+
+
+def _is_number_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
 CUT_REASONS = {"k": "the draft length k", "eos": "an end-of-sequence token", "threshold": "the confidence threshold",
@@ -861,8 +861,104 @@ def frame_cells(frames: list[dict], cut: str | None, decode: Decode | None) -> s
             f"</div><div style='font-size:11px;opacity:.7'>{html.escape(note)}</div>")
 
 
-def _info_value(key: str, value: Any, decode: Decode | None, info: dict | None = None) -> str:
-    """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round."""
+# The drafter info keys (a trace's serialised names, kept as they are) as a learner reads them;
+# a key not listed shows under its own name. dp_grid is drawn as the DP table above instead.
+INFO_LABELS = {
+    "skipped_layers": "layers the draft skipped",
+    "dp_ran": "skip set freshly searched for this draft (a layer DP ran)",
+    "dp_rode_verify": "skip set chosen by a DP that rode a verify pass",
+    "dp_path": "the DP's chosen path",
+    "dp_time": "DP time (its own bookkeeping when it rode a verify pass)",
+    "dp_score": "final-layer cosine of the chosen path",
+    "dp_age": "verifications since the skip set was searched",
+    "dp_budget": "layers the DP skips (M)",
+    "dp_run_cos": "cosines of the “run the layer” candidates",
+    "dp_skip_cos": "cosines of the “skip the layer” candidates",
+    "exit_layer": "the draft exits after layer",
+    "verify_exit": "the intermediate check exits after layer (v)",
+    "draft_model": "draft model",
+    "ngram": "matched n-gram length",
+    "match_start": "the match starts at context position",
+    "head": "draft head",
+    "collapsed": "collapsed draft",
+    "cut": "why the draft ended",
+    "tentative": "tentative tokens",
+    "drafted": "tokens drafted at exit d",
+    "accepted_intermediate": "tokens that passed exit v",
+    "t_draft_level": "time drafting at exit d",
+    "t_intermediate": "time checking at exit v",
+}
+HIDDEN_INFO = ("dp_grid",)
+LIST_PREVIEW = 8  # a long list shows its first items and how many there are
+
+
+def info_table_html(trace: Trace, s, decode: Decode | None) -> str:
+    """A step's drafter info as labelled rows, plus whether its verify pass carried the next DP."""
+    info = s.info or {}
+    rows = []
+    for key, value in info.items():
+        if key in HIDDEN_INFO:
+            continue
+        shown = _riding_text(s) if key == "dp_rode_verify" else _info_value(key, value, decode, info, trace.num_layers)
+        rows.append((INFO_LABELS.get(key, key.replace("_", " ")), shown))
+    carried = _carried_text(trace, s)
+    if carried:
+        rows.append(("this step's verify pass carried the next DP", carried))
+    if not rows:
+        return "<i>no drafter info</i>"
+    cells = "".join(f"<tr><td><b>{html.escape(label)}</b></td><td>{shown}</td></tr>" for label, shown in rows)
+    return f"<div style='overflow-x:auto'><table style='font-size:12.5px' cellpadding='2'>{cells}</table></div>"
+
+
+def _riding_text(s) -> str:
+    """dp_rode_verify describes the DP behind this step's skip set, not this step's own pass."""
+    if not (s.info or {}).get("dp_rode_verify"):
+        return "no"
+    return html.escape(f"yes: step {s.index - 1}'s verify pass")
+
+
+def _carried_text(trace: Trace, s) -> str:
+    """Whether this step's verify pass ran the next step's DP ('' when the drafter runs none)."""
+    following = _next_step(trace, s)
+    if following is None or "dp_rode_verify" not in (following.info or {}):
+        return ""
+    if not following.info["dp_rode_verify"]:
+        return "no"
+    return html.escape(f"yes: step {following.index} drafts with the skip set it searched")
+
+
+def _preview(values: Sequence[Any]) -> str:
+    shown = ", ".join(map(str, values[:LIST_PREVIEW]))
+    return shown + ("…" if len(values) > LIST_PREVIEW else "")
+
+
+def _layers_text(layers: Sequence[int], num_layers: int) -> str:
+    if not layers:
+        return f"none of {num_layers} layers skipped"
+    return f"{len(layers)} of {num_layers} layers skipped: {_preview(sorted(layers))}"
+
+
+def _path_text(path: Sequence[Sequence[int]], num_layers: int) -> str:
+    """The DP path as what it decides: a step (i, j) -> (i+1, j+1) skips layer i."""
+    skipped = [int(a[0]) for a, b in zip(path, path[1:]) if int(b[1]) == int(a[1]) + 1]
+    end = path[-1]
+    return f"{len(path)} cells from (0, 0) to ({end[0]}, {end[1]}); {_layers_text(skipped, num_layers)}"
+
+
+def _grid_text(grid: Sequence[Sequence[Any]]) -> str:
+    cols = max((len(row) for row in grid), default=0)
+    return f"a {len(grid)} × {cols} table: pick a cell under “How one cell of the DP table is computed”"
+
+
+def _info_value(key: str, value: Any, decode: Decode | None, info: dict | None = None, num_layers: int = 0) -> str:
+    """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round,
+    layer sets and the DP's path as counts with their first layers, tables by their size."""
+    if key == "skipped_layers" and _is_number_list(value):
+        return html.escape(_layers_text(value, num_layers))
+    if key == "dp_path" and isinstance(value, list) and value and all(_is_number_list(p) and len(p) == 2 for p in value):
+        return html.escape(_path_text(value, num_layers))
+    if key in ("dp_run_cos", "dp_skip_cos") and isinstance(value, list) and value and isinstance(value[0], list):
+        return html.escape(_grid_text(value))
     if key == "frames" and isinstance(value, list) and value and isinstance(value[0], dict):
         return frame_cells(value, (info or {}).get("cut"), decode)
     if key == "token_frame_p":

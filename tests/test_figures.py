@@ -420,6 +420,32 @@ def test_step_details_show_readable_values():
     assert "18.7 ms" in out and "0.9877" in out and ">no<" in out and "1, 2" in out
 
 
+def test_step_details_read_as_words_not_raw_trace_keys():
+    """The info table showed the trace's keys and raw lists (dp_path as [[0, 0], [1, 0], ...]), and
+    dp_rode_verify read "no" on the step whose verify pass carried the DP (the key is about the DP
+    behind a step's own skip set)."""
+    path = [[0, 0]] + [[i, min(3, i // 8)] for i in range(1, 31)]  # skips layers 7, 15 and 23
+
+    def info(step):
+        return {"skipped_layers": [2, 4, 6, 7, 8, 10, 12, 15, 23, 25], "dp_ran": step == 3, "dp_grid": [[1.0]],
+                "dp_path": path if step == 3 else None, "dp_time": 0.0012, "dp_rode_verify": step == 3,
+                "dp_score": 0.987654, "dp_age": 0, "dp_budget": 3, "dp_run_cos": [[1.0, None]] * 31,
+                "surprise <key>": "<b>&"}
+
+    trace = make_trace("clasp", 30, info=info)
+    carrier, rider = (figures.step_details_html(trace, i, decode) for i in (2, 3))
+    for out in (carrier, rider):
+        assert "dp_path" not in out and "dp_rode_verify" not in out and "[[" not in out and "[1.0" not in out
+        assert "10 of 30 layers skipped: 2, 4, 6, 7, 8, 10, 12, 15…" in out and "0.9877" in out
+        assert "a 31 × 2 table" in out and "surprise &lt;key&gt;" in out and "&lt;b&gt;&amp;" in out
+    assert "31 cells from (0, 0) to (30, 3); 3 of 30 layers skipped: 7, 15, 23" in rider
+    assert "skip set chosen by a DP that rode a verify pass</b></td><td>yes: step 2&#x27;s verify pass" in rider
+    assert "skip set chosen by a DP that rode a verify pass</b></td><td>no" in carrier
+    assert "this step&#x27;s verify pass carried the next DP</b></td><td>yes: step 3 drafts with" in carrier
+    assert "carried the next DP" not in rider  # the last step: no next DP to carry
+    assert "carried the next DP</b></td><td>no" in figures.step_details_html(trace, 1, decode)
+
+
 def test_a_stopped_run_does_not_promise_a_comparison():
     """After Stop, the badge and the speedup card must not say "comparing…" forever."""
     trace = make_trace()
