@@ -49,7 +49,8 @@ TITLE_CHARS = 38
 NOTE_CHARS = 54
 MESSAGE_CHARS = 40
 TITLE_LINE_PX, NOTE_LINE_PX, LEGEND_ROW_PX = 19, 14, 24
-BASE_TOP_MARGIN = 45  # a one-line title and a legend row: the height figures are sized for
+TITLE_TOP_PX = 34  # the title starts below the label Gradio lays over a plot's top left corner
+BASE_TOP_MARGIN = 45  # the margin figures were sized with: a taller one adds to their height
 
 
 def wrap_lines(text: str, width: int) -> list[str]:
@@ -70,7 +71,8 @@ def title_top_margin(title: str, legend: bool) -> int:
     """The top margin that holds `title` (from `fig_title`) and, under it, a legend row."""
     lines = title.split("<br>")
     notes = sum(line.startswith("<sup>") for line in lines)
-    return 12 + TITLE_LINE_PX * (len(lines) - notes) + NOTE_LINE_PX * notes + (LEGEND_ROW_PX if legend else 0)
+    return (TITLE_TOP_PX + 6 + TITLE_LINE_PX * (len(lines) - notes) + NOTE_LINE_PX * notes
+            + (LEGEND_ROW_PX if legend else 0))
 
 
 # -- failsafe ---------------------------------------------------------------------------------
@@ -225,9 +227,10 @@ def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs) -> go.Figur
     figure taller, so the plot area keeps its size."""
     shown = kwargs.get("showlegend")  # unset: Plotly shows a legend for two or more traces
     top = title_top_margin(title, bool(shown) if shown is not None else len(fig.data) > 1)
-    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1, yref="container", yanchor="top",
-                                 pad=dict(t=8), font=dict(size=14)),
-                      height=height + max(0, top - BASE_TOP_MARGIN),
+    height += max(0, top - BASE_TOP_MARGIN)
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1 - TITLE_TOP_PX / height, yref="container",
+                                 yanchor="top", font=dict(size=14)),
+                      height=height,
                       margin=dict(l=55, r=20, t=top, b=45), font=FIG_FONT,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
                       paper_bgcolor="rgba(0,0,0,0)", **kwargs)
