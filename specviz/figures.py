@@ -49,7 +49,7 @@ TITLE_CHARS = 38
 NOTE_CHARS = 54
 MESSAGE_CHARS = 40
 TITLE_LINE_PX, NOTE_LINE_PX, LEGEND_ROW_PX = 19, 14, 24
-TITLE_TOP_PX = 34  # the title starts below the label Gradio lays over a plot's top left corner
+TITLE_TOP_PX = 44  # the title starts below the label Gradio lays over a plot's top left corner
 BASE_TOP_MARGIN = 45  # the margin figures were sized with: a taller one adds to their height
 
 
