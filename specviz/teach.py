@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import plotly.graph_objects as go
 
 from .figures import (BLUE, GREEN, GREY, ORANGE, SKY, VERMILLION, Decode, _fmt_p, _get, _layout, dp_step, failsafe,
-                      message_figure, message_html, token_pieces)
+                      fig_title, message_figure, message_html, title_top_margin, token_pieces)
 from .trace import StepEvent, Trace
 
 if TYPE_CHECKING:
@@ -619,9 +619,10 @@ def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go
                                xgap=2, ygap=2, showscale=False, textfont=dict(size=11)))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(side="top", type="category")
-    title = (f"Logit lens at generated token {result.position + 1} ('{chosen}')<br><sup>rows: exit after layer e; "
-             "colour: probability<br>✓ = the token the run chose; last column: its p and rank</sup>")
+    title = fig_title(f"Logit lens at generated token {result.position + 1} ('{chosen}')",
+                      "rows: exit after layer e; colour: probability", "✓ = the token the run chose; last column: its p and rank")
     _layout(fig, title, height=max(260, 26 * len(rows) + 120))
-    fig.update_layout(margin=dict(l=8, r=8, t=90, b=10))
+    # the row a legend would take under the title holds the column labels (the x axis is on top)
+    fig.update_layout(margin=dict(l=8, r=8, t=title_top_margin(title, legend=True), b=10))
     fig.update_yaxes(automargin=True)
     return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -45,8 +46,13 @@ def plain_for(trace: Trace, wall=0.08) -> PlainRun:
     return PlainRun(list(trace.generated), [wall * (i + 1) / n for i in range(n)], wall)
 
 
+def plain_text(markup: str) -> str:
+    """Plotly markup as one line of the text it shows (line breaks read as spaces)."""
+    return re.sub(r"<[^>]+>", "", markup.replace("<br>", " "))
+
+
 def annotations_text(fig: go.Figure) -> str:
-    return " ".join(a.text for a in fig.layout.annotations)
+    return " ".join(plain_text(a.text) for a in fig.layout.annotations)
 
 
 # -- tokens -----------------------------------------------------------------------------------------
@@ -188,16 +194,16 @@ def test_dp_grid_figure_path_and_persistence():
     heat, path = fig.data
     assert heat.z[0][1] is None and heat.z[3][1] == 0.95
     assert list(path.x) == [0, 0, 1, 1] and list(path.y) == [0, 1, 2, 3]
-    assert "used from step 3<br><sup>searched after step 2: 2.0 ms, counted as step 3's search time" in fig.layout.title.text
+    assert "used from step 3 searched after step 2: 2.0 ms, counted as step 3's search time" in plain_text(fig.layout.title.text)
     # step 2 had no DP run: the grid from step 1 is in force
     assert figures.dp_step(trace, 2) == 1
-    assert "used from step 1; still in force at step 2<br><sup>searched after the prefill" in figures.dp_grid_figure(trace, 2).layout.title.text
+    assert "used from step 1 still in force at step 2 searched after the prefill" in plain_text(figures.dp_grid_figure(trace, 2).layout.title.text)
     assert "No DP search had run yet at step 0" in annotations_text(figures.dp_grid_figure(trace, 0))
     assert "DP ran" in [t.name for t in figures.skip_heatmap(trace).data]
     assert "runs no layer search" in annotations_text(figures.dp_grid_figure(make_trace(), 2))
     trace.steps[3].info["dp_rode_verify"] = True
-    title = figures.dp_grid_figure(trace, 3).layout.title.text
-    assert "used from step 3<br><sup>searched during step 2's verify pass: its layer calls and 2.0 ms" in title
+    title = plain_text(figures.dp_grid_figure(trace, 3).layout.title.text)
+    assert "used from step 3 searched during step 2's verify pass: its layer calls and 2.0 ms" in title
     assert "rode step 2's verify pass" in figures.step_times_text(trace, trace.steps[3])
     # the step whose verify pass carried that DP says so (its verify time includes the DP's layer calls)
     assert "also carried the layer DP that step 3 drafts with" in figures.step_times_text(trace, trace.steps[2])
@@ -302,6 +308,65 @@ def test_methods_figure():
     assert len(fig.data[0].z) == 16 and len(fig.data[0].x) == 4
 
 
+# -- phone widths -----------------------------------------------------------------------------------
+# A 390 px phone leaves a figure about 325 px, and Plotly never wraps text: a title line of more
+# than ~40 characters at 14 px (~56 in the smaller <sup> notes) ran off the right edge.
+PHONE_TITLE_CHARS, PHONE_NOTE_CHARS = 40, 56
+
+
+def every_figure() -> dict[str, go.Figure]:
+    """Each figure the app shows, on traces whose titles carry their longest wording."""
+    from specviz import teach
+    from specviz.lens import LensResult, LensRow
+
+    def clasp_riding(step):
+        return {**clasp_info(step), "dp_rode_verify": step == 3}
+
+    trace = make_trace("static-skip", 30)
+    clasp = make_trace("clasp", 3, info=clasp_riding)
+    plain = plain_for(trace)
+    rows = [figures.CompareRow("prompt-lookup", 25.0, 1.2, 1.5, 0.4, 16, 0.6, "yes", speedup_range=(1.1, 1.3))]
+    lens = LensResult(11, 16, 30, [LensRow(e, f"exit after layer {e}", [(16, 0.4), (17, 0.3)], 0.4, 1)
+                                   for e in (8, 16, 30)])
+    return {"heatmap": figures.skip_heatmap(trace), "dp riding": figures.dp_grid_figure(clasp, 3),
+            "dp in force": figures.dp_grid_figure(clasp, 2), "speed": figures.speed_figure(trace, plain),
+            "speedup": figures.speedup_figure(trace, plain), "no speedup yet": figures.speedup_figure(trace),
+            "acceptance": figures.acceptance_figure(trace), "histogram": figures.accepted_histogram(trace),
+            "compare": figures.compare_figure(rows), "leviathan": figures.leviathan_figure(trace, plain),
+            "methods": figures.methods_figure(30), "lens": teach.lens_figure(lens, decode),
+            "no DP": figures.dp_grid_figure(trace, 2)}
+
+
+def shown_lines(fig: go.Figure) -> list[tuple[str, int]]:
+    """(line, budget) for every line of a title, x-axis title or message the figure shows (a y-axis
+    title runs up the plot's height, which a phone does not narrow)."""
+    layout = fig.layout
+    texts = [layout.title.text, layout.xaxis.title.text] + [a.text for a in layout.annotations]
+    lines = []
+    for text in filter(None, texts):
+        for line in text.split("<br>"):
+            small = line.startswith("<sup>")
+            lines.append((html.unescape(re.sub(r"<[^>]+>", "", line)), PHONE_NOTE_CHARS if small else PHONE_TITLE_CHARS))
+    return lines
+
+
+@pytest.mark.parametrize("name", list(every_figure()))
+def test_every_title_line_fits_a_phone(name):
+    fig = every_figure()[name]
+    too_long = [line for line, budget in shown_lines(fig) if len(line) > budget]
+    assert not too_long, too_long
+    assert not any("could not be drawn" in line for line, _ in shown_lines(fig))
+
+
+def test_a_wrapped_title_gets_the_room_it_needs():
+    """The plot area starts below the title's last line (a multi-line title overlapped the plot)."""
+    clasp = make_trace("clasp", 3, info=clasp_info)
+    short, tall = figures.speed_figure(clasp, plain_for(clasp)), figures.dp_grid_figure(clasp, 2)
+    assert tall.layout.title.text.count("<br>") >= 2 and tall.layout.title.yref == "container"
+    assert tall.layout.margin.t > short.layout.margin.t >= 45
+    assert tall.layout.margin.t == figures.title_top_margin(tall.layout.title.text, legend=True)
+
+
 # -- robustness -----------------------------------------------------------------------------------
 
 def test_failsafe_turns_errors_into_messages():
@@ -353,6 +418,32 @@ def test_step_details_show_readable_values():
     out = figures.step_details_html(trace, 1)
     assert "None" not in out and "False" not in out and "0.01869822200001181" not in out
     assert "18.7 ms" in out and "0.9877" in out and ">no<" in out and "1, 2" in out
+
+
+def test_step_details_read_as_words_not_raw_trace_keys():
+    """The info table showed the trace's keys and raw lists (dp_path as [[0, 0], [1, 0], ...]), and
+    dp_rode_verify read "no" on the step whose verify pass carried the DP (the key is about the DP
+    behind a step's own skip set)."""
+    path = [[0, 0]] + [[i, min(3, i // 8)] for i in range(1, 31)]  # skips layers 7, 15 and 23
+
+    def info(step):
+        return {"skipped_layers": [2, 4, 6, 7, 8, 10, 12, 15, 23, 25], "dp_ran": step == 3, "dp_grid": [[1.0]],
+                "dp_path": path if step == 3 else None, "dp_time": 0.0012, "dp_rode_verify": step == 3,
+                "dp_score": 0.987654, "dp_age": 0, "dp_budget": 3, "dp_run_cos": [[1.0, None]] * 31,
+                "surprise <key>": "<b>&"}
+
+    trace = make_trace("clasp", 30, info=info)
+    carrier, rider = (figures.step_details_html(trace, i, decode) for i in (2, 3))
+    for out in (carrier, rider):
+        assert "dp_path" not in out and "dp_rode_verify" not in out and "[[" not in out and "[1.0" not in out
+        assert "10 of 30 layers skipped: 2, 4, 6, 7, 8, 10, 12, 15…" in out and "0.9877" in out
+        assert "a 31 × 2 table" in out and "surprise &lt;key&gt;" in out and "&lt;b&gt;&amp;" in out
+    assert "31 cells from (0, 0) to (30, 3); 3 of 30 layers skipped: 7, 15, 23" in rider
+    assert "skip set chosen by a DP that rode a verify pass</b></td><td>yes: step 2&#x27;s verify pass" in rider
+    assert "skip set chosen by a DP that rode a verify pass</b></td><td>no" in carrier
+    assert "this step&#x27;s verify pass carried the next DP</b></td><td>yes: step 3 drafts with" in carrier
+    assert "carried the next DP" not in rider  # the last step: no next DP to carry
+    assert "carried the next DP</b></td><td>no" in figures.step_details_html(trace, 1, decode)
 
 
 def test_a_stopped_run_does_not_promise_a_comparison():

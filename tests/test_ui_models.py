@@ -5,6 +5,7 @@ accepts."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import gradio as gr
 import pytest
@@ -272,3 +273,26 @@ def test_a_queued_visitor_sees_the_queue_by_the_run_button():
     for fn in events.values():
         assert fn.show_progress == "full"
         assert [getattr(b, "_id", b) for b in fn.show_progress_on] in ([progress._id], [progress])
+
+
+def test_draft_vocabulary_slider_ends_at_the_models_vocabulary():
+    """The slider went to 65536 on SmolLM2 (49,152 tokens), and anything above 49,152 then failed.
+    It follows the model (as the layer sliders follow its depth); the declaration keeps its cap
+    for the CLI and the checks, where the drafter names the vocabulary in its error."""
+    from specviz.ui import handlers
+    from specviz.ui.catalog import vocab_size
+    from specviz.ui.components import control_component
+    from specviz.ui.config import AppConfig
+    from specviz.ui.controls import check_ranges
+
+    config = AppConfig([SMOLLM2, "specviz-tiny"], SMOLLM2)
+    vocab_keys = [i for i, (_, c) in enumerate(config.control_keys()) if c.kwarg == "draft_vocab"]
+    assert len(vocab_keys) >= 4  # clasp, static skip, early exit, HiSpec, the draft model
+    for model, vocab in ((SMOLLM2, 49152), ("specviz-tiny", 8192)):
+        updates = handlers.control_updates(config, model)
+        assert {updates[i]["maximum"] for i in vocab_keys} == {vocab}, model
+        control = config.control_keys()[vocab_keys[0]][1]
+        assert control_component(control, config.model_names, model).maximum == vocab
+    folder = models.MODELS_DIR / "specviz-tiny"  # the registry's size is the model's own, and a folder says it too
+    assert vocab_size("specviz-tiny") == vocab_size(str(folder)) == json.loads((folder / "config.json").read_text())["vocab_size"]
+    check_ranges("clasp", {"draft_vocab": 60000})  # not the panel's cap: the drafter's own message says why

@@ -230,7 +230,7 @@ def draft_vocab_option(default: int = 0, zero: str = "auto") -> Option:
                   "score only the N tokens this model emits most (FR-Spec); 0 = auto: the vocabulary the "
                   "drafting part was trained over (every token when none)",
                   flag="--draft-vocab", label=f"draft vocabulary: the N most frequent tokens (0 = {zero})",
-                  minimum=0, maximum=65536, step=1024,
+                  minimum=0, maximum=65536, step=1024, capped_by_vocab=True,
                   info="fewer make each draft token cheaper; the others are never drafted, yet the output is "
                        "the same (the full model verifies over every token)")
 

@@ -50,6 +50,10 @@ class Option:
     info: str = ""  # the panel's hint under the control
     panel_only: bool = False  # a panel helper the declaration's `to_options` folds into real options
     parse: Callable[[str], Any] | None = None  # CLI text -> value, where the kind's type is not enough
+    # a token count: the panel's slider ends at the model's vocabulary where the app knows it
+    # (`maximum` where it does not); the CLI and the checks keep `maximum`, and the drafter
+    # refuses a count above the vocabulary with its own message
+    capped_by_vocab: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

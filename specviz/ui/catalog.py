@@ -54,11 +54,20 @@ def num_layers(model: str) -> int | None:
     """Depth of a model from the registry or a local config.json alone (no weights, no network),
     or None if it cannot be known here."""
     info = REGISTRY.get(model)
-    if info is not None:
-        return info.num_layers
+    return info.num_layers if info is not None else _local_config_int(model, "num_hidden_layers")
+
+
+def vocab_size(model: str) -> int | None:
+    """Vocabulary size of a model, known the same way as `num_layers` (None if it cannot be)."""
+    info = REGISTRY.get(model)
+    return info.vocab_size if info is not None else _local_config_int(model, "vocab_size")
+
+
+def _local_config_int(model: str, key: str) -> int | None:
+    """An integer from the config.json of a local model folder, None for anything else."""
     try:
         if os.path.isdir(model):
-            return int(json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"])
+            return int(json.loads((Path(model) / "config.json").read_text())[key])
     except Exception:  # noqa: BLE001 - the sliders simply keep their range
         return None
     return None

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from .controls import Control
+from .controls import LAYER_MAXIMUM, Control, slider_maximum
 from .errors import as_int, fmt_num, user_error
 
 
@@ -46,14 +46,17 @@ def named_number(*, name: str, **kwargs) -> gr.Number:
     return box
 
 
-def control_component(c: Control, model_names: Sequence[str], depth: int, value: Any = None) -> gr.components.Component:
-    """The panel component of control `c` (a "layer" slider spans a model of `depth` layers)."""
+def control_component(c: Control, model_names: Sequence[str], model: str, value: Any = None) -> gr.components.Component:
+    """The panel component of control `c` for `model` (a "layer" slider spans its depth, a
+    vocabulary-capped one its vocabulary)."""
     info = c.info or None
     value = c.default if value is None else value
     if c.kind in ("int", "float"):
-        return named_slider(c.minimum, c.maximum, value=value, step=c.step, label=c.label, info=info, name=c.kwarg)
+        maximum = slider_maximum(c, model) or c.maximum
+        return named_slider(c.minimum, maximum, value=value, step=c.step, label=c.label, info=info, name=c.kwarg)
     if c.kind == "layer":
-        return named_slider(0, max(1, depth - 1), value=value, step=1, label=c.label, info=info, name=c.kwarg)
+        maximum = slider_maximum(c, model) or LAYER_MAXIMUM
+        return named_slider(0, maximum, value=value, step=1, label=c.label, info=info, name=c.kwarg)
     if c.kind == "choice":
         return gr.Dropdown(list(c.choices), value=value, label=c.label, info=info)
     if c.kind == "bool":

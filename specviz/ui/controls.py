@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from .. import api
 from ..drafters import DRAFTERS, Option
 from ..models import REGISTRY
+from .catalog import num_layers, vocab_size
 from .errors import fmt_num, parse_int, user_error
 
 # The dropdown's order (a presentation choice: plain decoding, then the model's own layers, then
@@ -41,11 +42,26 @@ class Control:
     step: float | None = None
     choices: tuple = ()
     info: str = ""
+    capped_by_vocab: bool = False  # the slider ends at the model's vocabulary where it is known
 
     @classmethod
     def of(cls, option: Option) -> Control:
         return cls(option.name, option.kind, option.label, option.panel_default, option.minimum, option.maximum,
-                   option.step, option.choices, option.info)
+                   option.step, option.choices, option.info, option.capped_by_vocab)
+
+
+LAYER_MAXIMUM = 15  # a layer slider's end where the model's depth is unknown (a 16-layer model)
+
+
+def slider_maximum(c: Control, model: str) -> float | None:
+    """Where control `c`'s slider ends on `model`: a layer at its last layer, a vocabulary-capped
+    count at its vocabulary (the declared cap where unknown); None: the slider keeps its range."""
+    if c.kind == "layer":
+        layers = num_layers(model)
+        return max(1, layers - 1) if layers else None
+    if c.capped_by_vocab:
+        return vocab_size(model) or c.maximum
+    return None
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import gradio as gr
 from .. import api, figures
 from ..figures import CompareRow, PlainRun
 from ..models import hub_download_source, prefetch_hub, unobtainable_reason
-from .catalog import has_chat_template, model_markdown, num_layers
+from .catalog import has_chat_template, model_markdown
 from .config import AppConfig
-from .controls import available, control_values, drafter_note_text, unavailable_message
+from .controls import available, control_values, drafter_note_text, slider_maximum, unavailable_message
 from .errors import as_int, user_error
 from .generation import (GenerationWorker, attach, explain_difference, finish_plain, reference_key, replay_steps,
                          start_generation)
@@ -315,16 +315,14 @@ def on_model(config: AppConfig, model, drafter, prompt) -> list:
 
 
 def control_updates(config: AppConfig, model: str) -> list:
-    """Every panel control's value for `model` (and the layer sliders' range: its depth)."""
-    layers = num_layers(model)
+    """Every panel control's value for `model` (and the ranges that follow the model: the layer
+    sliders span its depth, the draft-vocabulary ones its vocabulary)."""
     values = {d: control_values(model, d) for d in config.drafters}
     updates = []
     for d, c in config.control_keys():
+        maximum = slider_maximum(c, model)
         value = values[d][c.kwarg]
-        if c.kind == "layer" and layers:
-            updates.append(gr.update(maximum=max(1, layers - 1), value=value))
-        else:
-            updates.append(gr.update(value=value))
+        updates.append(gr.update(value=value) if maximum is None else gr.update(maximum=maximum, value=value))
     return updates
 
 

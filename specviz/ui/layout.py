@@ -143,7 +143,6 @@ def _inputs_column(config: AppConfig, c: Components) -> None:
 
 def _drafter_panels(config: AppConfig, c: Components) -> None:
     """One hidden group per drafter with its controls (`on_drafter` shows the chosen one)."""
-    depth = num_layers(config.default_model) or 16
     c["groups"], c["controls"] = [], {}
     for d in config.drafters:
         with gr.Group(visible=False) as group:
@@ -152,7 +151,7 @@ def _drafter_panels(config: AppConfig, c: Components) -> None:
             start_values = control_values(config.default_model, d)
             for control in spec_for(d).controls:
                 c["controls"][param_name(d, control.kwarg)] = control_component(
-                    control, config.model_names, depth, start_values[control.kwarg])
+                    control, config.model_names, config.default_model, start_values[control.kwarg])
         c["groups"].append(group)
 
 
