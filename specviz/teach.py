@@ -577,12 +577,12 @@ def _visible(piece: str) -> str:
     return (repr(piece)[1:-1].replace(" ", "␣")) or "∅"
 
 
-@failsafe("figure")
 def _plotly_escape(text: str) -> str:
     """Plotly renders <, > and & as markup but shows entities such as &quot; literally: escape only those."""
     return html.escape(text, quote=False)
 
 
+@failsafe("figure")
 def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go.Figure:
     """One row per exit (and per adapted exit): its top tokens coloured by probability, and the
     probability and rank of the token the run actually chose."""

@@ -330,6 +330,8 @@ def test_lens_figure_one_row_per_exit_and_escapes(lens_model):
     assert heat.x[-1] == "p('&lt;i&gt;')"
     assert "could not be drawn" not in str(fig.layout.annotations)
     assert "Pick a position" in str(teach.lens_figure(None).layout.annotations[0].text)
+    broken = teach.lens_figure(result, lambda ids: 1 / 0)  # a failing decoder: a message, not a crash
+    assert "could not be drawn" in str(broken.layout.annotations) and "ZeroDivisionError" in str(broken.layout.annotations)
 
 
 def test_exit_heads_show_a_draft_head_over_its_vocabulary(lens_model, tmp_path):
