@@ -108,7 +108,7 @@ def _greedy_rule(s: StepEvent, pieces: list[str], target_piece: str) -> str:
         elif i == s.accepted:
             check = f'<span style="color:{VERMILLION}">✗ the target\'s top is {_tok(target_piece)}: stop</span>'
         else:
-            check = "<span style='opacity:.6'>– after the stop: not checked</span>"
+            check = "<span style='opacity:.6'>– after the stop: not checked (its p was never computed)</span>"
         rows.append(f"<tr><td>{i + 1}</td><td>{_tok(piece)}</td><td>{_fmt_p(q)}</td><td>{_fmt_p(p)}</td>"
                     f"<td>{check}</td></tr>")
     n = len(s.draft_tokens)
@@ -124,7 +124,10 @@ def _greedy_rule(s: StepEvent, pieces: list[str], target_piece: str) -> str:
             "position. One verify pass over [last token, drafts] gives the target's top token after each prefix; "
             "a draft is kept only while it equals that token, so the output is exactly what the target alone "
             "writes. p (target) and q (draft) below are softmax probabilities at T = 1, shown for intuition: the rule looks "
-            f"only at which token is on top.{deterministic}</div>"
+            "only at which token is on top. The verifier applies the LM head to the first two positions, and to the "
+            "rest only if both drafts there were accepted, so a draft that fails early never pays for scoring the "
+            "positions behind it (their p shows –)."
+            f"{deterministic}</div>"
             "<div class='sv-scrollx'><table class='sv-rule'><tr><th>#</th><th>draft x</th><th>q(x)</th><th>p(x)</th>"
             f"<th>check</th></tr>{''.join(rows)}</table></div>"
             f"<div>{last} This step commits {s.accepted} draft token{'s' if s.accepted != 1 else ''} + 1 = "

@@ -98,6 +98,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path(".train_data/smol"))
     ap.add_argument("--split", choices=("train", "heldout"), default="train")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N instructions (0 = all)")
+    ap.add_argument("--max-shards", type=int, default=0,
+                    help="write only the first N shards (batches of the shortest prompts first; 0 = all)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--max-new", type=int, default=160)
     ap.add_argument("--layers", default="3,4,6,8,11,15")
@@ -126,6 +128,8 @@ def main(argv=None) -> None:
     (args.out / "meta.json").write_text(json.dumps({"model": args.model, "layers": layers, "max_new": args.max_new,
                                                     "seed": args.seed, "eos": sorted(eos)}, indent=1))
     batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
+    if args.max_shards:
+        batches = batches[:args.max_shards]
     start, done_tokens = time.time(), 0
     for b, batch in enumerate(batches):
         path = folder / f"shard_{args.tag}{b:05d}.pt"
