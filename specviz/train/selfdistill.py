@@ -100,6 +100,8 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N instructions (0 = all)")
     ap.add_argument("--max-shards", type=int, default=0,
                     help="write only the first N shards (batches of the shortest prompts first; 0 = all)")
+    ap.add_argument("--from-shard", type=int, default=0,
+                    help="start at shard N (a second process can fill the later shards of the same set)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--max-new", type=int, default=160)
     ap.add_argument("--layers", default="3,4,6,8,11,15")
@@ -133,7 +135,7 @@ def main(argv=None) -> None:
     start, done_tokens = time.time(), 0
     for b, batch in enumerate(batches):
         path = folder / f"shard_{args.tag}{b:05d}.pt"
-        if args.resume and path.exists():
+        if b < args.from_shard or (args.resume and path.exists()):
             continue
         batch_prompts = [prompts[i] for i in batch]
         answers = answer(model, batch_prompts, pad, eos, args.max_new)
