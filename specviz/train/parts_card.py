@@ -22,7 +22,7 @@ from ..drafters.ctc import HEAD_FILES
 from ..drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE
 from ..models import MODELS_DIR, SMOLLM2
 
-DATA_COMMAND = "python -m specviz.train.selfdistill --out .train_data/smol --split train --limit 1300 --tag b"
+DATA_COMMAND = "python -m specviz.train.selfdistill --out .train_data/smol --split train"
 
 
 def _metadata(path: Path) -> dict:
@@ -34,6 +34,15 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
+def _loss_note(meta: dict) -> str:
+    """How the loss was split between the full model's argmax and its distribution (`--teacher-kl`)."""
+    share = meta.get("teacher_kl") or 0
+    if not share:
+        return " (cross-entropy against the full model's argmax)"
+    return (f" ({1 - share:.0%} cross-entropy against the full model's argmax, {share:.0%} KL divergence from "
+            "its distribution)")
+
+
 def adapters_section(folder: Path) -> list[str]:
     path = folder / ADAPTER_FILE
     if not path.is_file():
@@ -42,7 +51,8 @@ def adapters_section(folder: Path) -> list[str]:
     lines = ["## Exit adapters (early exit, HiSpec)", "",
              f"`{ADAPTER_FILE}` ({_size(path)}, fp16): one residual SwiGLU adapter per exit "
              f"(inner size {meta['inner']}), trained on {meta['train_tokens']:,} tokens "
-             f"(positions: {meta['positions']}), loss over the {meta['train_vocab']} most frequent tokens.", "",
+             f"(positions: {meta['positions']}), loss over the {meta['train_vocab']} most frequent tokens"
+             f"{_loss_note(meta)}.", "",
              "| exit | steps | held-out answer tokens | agreement, plain exit | agreement, adapter | "
              "adapter, draft vocabulary |", "|---:|---:|---:|---:|---:|---:|"]
     for exit_layer, r in sorted(meta["exits"].items(), key=lambda kv: int(kv[0])):
@@ -99,7 +109,7 @@ def draft_section(model: str) -> list[str]:
             f"{meta['layers']} decoder layers started from the target's layers {meta['init_from_target_layers']}, "
             "with the target's own embeddings and LM head (shared at load, not stored). "
             f"Trained {meta['steps']} steps on {meta['train_tokens']:,} tokens; loss over the "
-            f"{meta['train_vocab']} most frequent tokens. Held-out agreement with the target (answer positions of "
+            f"{meta['train_vocab']} most frequent tokens{_loss_note(meta)}. Held-out agreement with the target (answer positions of "
             f"{meta['heldout_sequences']} held-out instructions): {meta['best']['agreement']:.3f} "
             f"(step {meta['best']['step']}).", "", f"Reproduce: `{meta['command']}`"]
 
