@@ -60,7 +60,10 @@ def adapters_section(folder: Path) -> list[str]:
         lines.append(f"| {exit_layer} | {r['steps']} | {r['heldout_tokens']:,} | {r['plain_agreement']:.3f} | "
                      f"{r['adapter_agreement']:.3f} | {subset:.3f} |")
     lines += ["", "Agreement = how often the exit's top token equals the full model's on held-out answers "
-              "(the greedy acceptance of a one-token draft there).", "", f"Reproduce: `{meta['command']}`"]
+              "(the greedy acceptance of a one-token draft there). The adapters draft over the draft vocabulary "
+              "(`draft_vocab` 0 = auto), the tokens their loss covers: the last column is the one that matters. "
+              "Over the whole vocabulary, tokens the loss never pushed down can outscore the right one, which "
+              "is why the middle column is lower.", "", f"Reproduce: `{meta['command']}`"]
     return lines
 
 
