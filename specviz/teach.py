@@ -108,7 +108,7 @@ def _greedy_rule(s: StepEvent, pieces: list[str], target_piece: str) -> str:
         elif i == s.accepted:
             check = f'<span style="color:{VERMILLION}">✗ the target\'s top is {_tok(target_piece)}: stop</span>'
         else:
-            check = "<span style='opacity:.6'>– after the stop: not checked (its p was never computed)</span>"
+            check = "<span style='opacity:.6'>– after the stop: not scored</span>"
         rows.append(f"<tr><td>{i + 1}</td><td>{_tok(piece)}</td><td>{_fmt_p(q)}</td><td>{_fmt_p(p)}</td>"
                     f"<td>{check}</td></tr>")
     n = len(s.draft_tokens)

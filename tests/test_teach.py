@@ -45,7 +45,7 @@ def test_greedy_rule_shows_the_prefix_match_and_where_it_stopped():
     step = StepEvent(1, [11, 12, 13], 1, 19, [11, 19], [0.9, 0.8, 0.7], [0.95, 0.2, 0.1])
     out = text(teach.acceptance_html(trace_of([step]), 1, decode))
     assert "longest matching prefix" in out
-    assert "also the target's top: accept" in out and "top is" in out and "after the stop: not checked" in out
+    assert "also the target's top: accept" in out and "top is" in out and "after the stop: not scored" in out
     assert "correction" in out and "bonus" not in out
     assert "commits 1 draft token + 1 = 2" in out
 
