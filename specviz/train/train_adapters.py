@@ -104,6 +104,13 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, targ
     return (1 - teacher_kl) * hard + teacher_kl * soft
 
 
+@torch.no_grad()
+def teacher_logits(norm: torch.nn.Module, last: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The full model's logits over the draft vocabulary (`weight`: its head's rows for it), from
+    its last layer's recorded pre-norm output."""
+    return F.linear(norm(last.to(weight.device).float()), weight)
+
+
 class Trainer:
     def __init__(self, target, rank: torch.Tensor, train_vocab: int):
         self.device = target.lm_head.weight.device
@@ -116,16 +123,11 @@ class Trainer:
         self.index = subset_index(self.subset.cpu(), target.lm_head.weight.shape[0]).to(self.device)
         self.full_weight = target.lm_head.weight.detach().float()
 
-    def teacher_logits(self, last: torch.Tensor) -> torch.Tensor:
-        """The full model's logits over the subset, from its last layer's (pre-norm) output."""
-        with torch.no_grad():
-            return F.linear(self.norm(last.to(self.device)), self.weight)
-
     def loss(self, adapter: ExitAdapter, hidden: torch.Tensor, labels: torch.Tensor,
              last: torch.Tensor | None = None, teacher_kl: float = 0.0) -> torch.Tensor:
         hidden, labels = hidden.to(self.device), labels.to(self.device).long()
         logits = F.linear(self.norm(adapter(hidden)), self.weight)
-        teacher = self.teacher_logits(last.float()) if teacher_kl > 0 else None
+        teacher = teacher_logits(self.norm, last, self.weight) if teacher_kl > 0 else None
         return distill_loss(logits, teacher, self.index[labels], teacher_kl)
 
     @torch.no_grad()

@@ -15,8 +15,9 @@ Loss: cross-entropy of the draft's next-token logits over the `--train-vocab` to
 emits most (the draft scores the same subset at run time, `draft_vocab`) against the full
 model's argmax at every position of the target's own prompts + answers (labels outside the
 subset are skipped); with `--teacher-kl W`, a share W of it is the KL divergence from the full
-model's distribution over the subset instead (`train_adapters.distill_loss`). Reported on held-out instructions: top-1 agreement with the target over
-answer positions, which is the greedy acceptance rate of a one-token draft there.
+model's distribution over the subset instead (`train_adapters.distill_loss`). Reported on
+held-out instructions: top-1 agreement with the target over answer positions, which is the
+greedy acceptance rate of a one-token draft there.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..api import share_embeddings
 from ..models import MODELS_DIR, SMOLLM2
-from .train_adapters import distill_loss, load_shards, log, subset_index, unit_interval, vocab_rank
+from .train_adapters import distill_loss, load_shards, log, subset_index, teacher_logits, unit_interval, vocab_rank
 
 
 def sequences(data: dict) -> list[tuple[torch.Tensor, ...]]:
@@ -99,12 +100,6 @@ def pad_states(batch: list) -> torch.Tensor:
     for row, s in enumerate(batch):
         states[row, :s[3].shape[0]] = s[3].float()
     return states
-
-
-@torch.no_grad()
-def teacher_logits(target, batch: list, weight: torch.Tensor) -> torch.Tensor:
-    """The full model's logits over the draft vocabulary at every position of a padded batch."""
-    return F.linear(target.model.norm(pad_states(batch).to(weight.device)), weight)
 
 
 def subset_logits(draft, ids, mask, weight) -> torch.Tensor:
@@ -200,7 +195,8 @@ def main(argv=None) -> None:
             logits = subset_logits(draft, ids, mask, weight)
             target_index = torch.where(labels >= 0, index[labels.clamp(min=0)], torch.full_like(labels, -100))
             target_index = target_index.to(logits.device)
-            teacher = teacher_logits(target, batch, weight).flatten(0, 1) if args.teacher_kl > 0 else None
+            teacher = (teacher_logits(target.model.norm, pad_states(batch), weight).flatten(0, 1)
+                       if args.teacher_kl > 0 else None)
             loss = distill_loss(logits.flatten(0, 1), teacher, target_index.flatten(), args.teacher_kl)
             opt.zero_grad(set_to_none=True)
             loss.backward()
