@@ -766,7 +766,8 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
 # why a drafter that ran can propose nothing. Not the confidence stop of the others: their draft
 # ends after the unsure token (it is still verified), so it never empties a draft
 EMPTY_DRAFT_REASONS = {"ctc": ": its confidence cut drops a token below the threshold, here the first one",
-                       "prompt-lookup": ": the context's last n-gram occurs nowhere earlier"}
+                       "prompt-lookup": ": the context's last n-gram occurs nowhere earlier (and, with past answers "
+                                        "on, no past answer continues it likely enough)"}
 
 
 def step_times_text(trace: Trace, s) -> str:
@@ -882,6 +883,9 @@ INFO_LABELS = {
     "draft_model": "draft model",
     "ngram": "matched n-gram length",
     "match_start": "the match starts at context position",
+    "source": "the draft was copied from",
+    "answer_count": "times the matched n-gram occurs in the past answers",
+    "answer_estimates": "estimated chance of each drafted token (its count in the past answers)",
     "head": "draft head",
     "collapsed": "collapsed draft",
     "cut": "why the draft ended",

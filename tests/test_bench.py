@@ -194,8 +194,8 @@ def test_bench_compares_with_transformers_at_settings_it_can_express(tiny_model_
     records = {r["drafter"]: r for r in json.loads(out.read_text())["records"]}
     ours, matched, hf = records["prompt-lookup"], records["prompt-lookup@hf"], records["hf:prompt-lookup"]
     assert all(r["status"] == "ok" and r["matched_generate"] is True for r in (ours, matched, hf))
-    assert ours["settings"] == {"k": 6, "max_ngram": 3, "min_ngram": 2, "length": "match"}
-    assert matched["settings"] == {"k": 6, "max_ngram": 3, "min_ngram": 1, "length": "fixed"}
+    assert ours["settings"] == {"k": 6, "max_ngram": 3, "min_ngram": 2, "length": "match", "answers": False}
+    assert matched["settings"] == {"k": 6, "max_ngram": 3, "min_ngram": 1, "length": "fixed", "answers": False}
     assert hf["settings"] == {"prompt_lookup_num_tokens": 6, "max_matching_ngram_size": 3}
     assert ours["vs_transformers"] is None  # different settings: not a comparison of implementations
     assert matched["vs_transformers"]["method"] == "hf:prompt-lookup" and matched["vs_transformers"]["ratio"] > 0
@@ -208,6 +208,9 @@ def test_settings_transformers_lacks():
     assert bench.settings_transformers_lacks("prompt-lookup", {"k": 4, "max_ngram": 3, "min_ngram": 1}) == {}
     assert bench.settings_transformers_lacks("prompt-lookup", {"min_ngram": 2, "length": "match"}) == {
         "min_ngram": 1, "length": "fixed"}
+    # transformers searches the context only: a run that also drafts from past answers gets a twin without
+    assert bench.settings_transformers_lacks("prompt-lookup", {"k": 4, "max_ngram": 3, "min_ngram": 1,
+                                                               "answers": True}) == {"answers": False}
     assert bench.settings_transformers_lacks("draft-model", {"k": 3}) == {}
     with pytest.raises(NoCounterpart, match="min_ngram=1"):
         assisted_generation("prompt-lookup", {"k": 4, "max_ngram": 3, "min_ngram": 2}, {}, None)

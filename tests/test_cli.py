@@ -48,6 +48,8 @@ def test_generate_with_adaptive_length(tiny_model_dir, capsys):
     (["--prompt", "x", "--drafter", "warp"], "unknown drafter 'warp'"),
     (["--prompt", "x", "--drafter", "early-exit", "--exit-layer", "9"], r"exit_layer \(E\) must be an integer in \[1, 5\]"),
     (["--prompt", "x", "--drafter", "static-skip", "--k", "0"], r"k \(max draft length\)"),
+    (["--prompt", "x", "--drafter", "prompt-lookup", "--answers", "maybe"], r"--answers takes true or false, got 'maybe'"),
+    (["--prompt", "x", "--drafter", "prompt-lookup", "--answers", "on"], r"answer store \(answer_store\.safetensors\)"),
 ])
 def test_bad_input_is_a_message_not_a_traceback(tiny_model_dir, capsys, args, message):
     import re

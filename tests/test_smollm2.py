@@ -101,6 +101,33 @@ def test_trained_parts_are_lossless_on_smollm2(smollm2, drafter, options):
         assert trace.generated == reference(smollm2.model, ids, 24), (drafter, prompt)
 
 
+def test_answer_store_is_lossless_and_drafts_on_smollm2(smollm2):
+    """Prompt lookup with the shipped answer store (every match drafted): generate()'s output, and
+    drafts from the store that the model accepts, so the store's accept path runs."""
+    engine = Engine(smollm2.model)
+    from_answers = accepted = 0
+    for prompt in CHAT_PROMPTS:
+        ids = api.encode(smollm2, prompt)
+        drafter = api.build_drafter("prompt-lookup", smollm2, {"answers": True, "answer_confidence": 0.0, "k": 6})
+        trace = engine.generate(ids, drafter, GenerationConfig(max_new_tokens=24))
+        assert trace.generated == reference(smollm2.model, ids, 24), prompt
+        steps = [s for s in trace.steps if (s.info or {}).get("source") == "past answers" and s.draft_tokens]
+        from_answers += len(steps)
+        accepted += sum(s.accepted for s in steps)
+    assert from_answers >= 5 and accepted >= 3, (from_answers, accepted)
+
+
+def test_shipped_answer_store_order_is_the_one_its_tokens_give(smollm2):
+    """The suffix order shipped with the store (so loading sorts nothing) is what `suffix_order`
+    computes from its tokens: a stale order would make every search miss or mislead silently."""
+    from specviz.drafters.answer_store import STORE_FILE, AnswerStore, suffix_order
+    from specviz.drafters.draft_heads import find_part
+
+    store = AnswerStore.load(find_part(smollm2.model, STORE_FILE))
+    assert store.size > 100_000
+    assert (store.order == suffix_order(store.tokens[:-(store.depth + 1)], store.depth)).all()
+
+
 @torch.no_grad()
 def test_trained_parts_predict_the_model_better_than_untrained_ones(smollm2):
     """On the model's own answer (teacher-forced), the shipped exit adapters and draft model agree

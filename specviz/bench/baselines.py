@@ -21,8 +21,9 @@ from ..sampling import SamplingConfig
 HF_COUNTERPART = {"early-exit": "hf:early-exit", "prompt-lookup": "hf:prompt-lookup", "draft-model": "hf:draft-model"}
 
 # Our drafter -> the values of its options that transformers' counterpart always has (it has no
-# setting for them): its n-gram search always goes down to 1-grams and it always drafts k tokens.
-HF_FIXED_SETTINGS: dict[str, dict[str, Any]] = {"prompt-lookup": {"min_ngram": 1, "length": "fixed"}}
+# setting for them): its n-gram search always goes down to 1-grams, it always drafts k tokens, and it
+# searches the context only (no store of past answers).
+HF_FIXED_SETTINGS: dict[str, dict[str, Any]] = {"prompt-lookup": {"min_ngram": 1, "length": "fixed", "answers": False}}
 MATCHED_SUFFIX = "@hf"  # name suffix of our drafter run at the settings transformers can express
 
 # (prompt ids, max_new_tokens, seed) -> the new tokens

@@ -120,6 +120,16 @@ def confidence_threshold(default: float, ui_default: float | None = None, in_pan
                   info=info)
 
 
+def parse_bool(text: str) -> bool:
+    """A "bool" option's CLI text -> its value."""
+    value = text.strip().lower()
+    if value in ("true", "on", "yes", "1"):
+        return True
+    if value in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"takes true or false, got {text!r}")
+
+
 # -- the registry ------------------------------------------------------------------------------
 
 DRAFTERS: dict[str, Declaration] = {}  # in registration order (the CLI's and the benchmark's order)

@@ -4,8 +4,8 @@ Usage::
 
     python -m specviz.train.parts_card --model smollm2-135m-instruct [--bench BENCH.json]
 
-Reads the metadata stored inside each part (exit adapters, vocabulary ranking, CTC / Medusa heads)
-and the draft model's `training_meta.json`, and writes `assets/models/<model>/DRAFT_PARTS.md`:
+Reads the metadata stored inside each part (exit adapters, vocabulary ranking, CTC / Medusa heads,
+the answer store) and the draft model's `training_meta.json`, and writes `assets/models/<model>/DRAFT_PARTS.md`:
 data, steps, held-out figures and the command that reproduces each part. Nothing in the card is
 typed by hand.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from ..drafters.answer_store import PRIOR, STORE_FILE
 from ..drafters.ctc import HEAD_FILES
 from ..drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE
 from ..models import MODELS_DIR, SMOLLM2
@@ -117,6 +118,37 @@ def draft_section(model: str) -> list[str]:
             f"(step {meta['best']['step']}).", "", f"Reproduce: `{meta['command']}`"]
 
 
+def _walk_row(label: str, r: dict) -> str:
+    return f"| {label} | {r['tau']:.3f} | {r['drafted_per_step']:.2f} | {r['acceptance']:.3f} | {r['steps']:,} |"
+
+
+def store_section(folder: Path) -> list[str]:
+    path = folder / STORE_FILE
+    if not path.is_file():
+        return []
+    meta = _metadata(path)
+    source = json.loads(meta.get("source", "{}"))
+    lines = ["## Answer store (prompt lookup's past answers)", "",
+             f"`{STORE_FILE}` ({_size(path)}): the model's own greedy answers to {int(meta['answers']):,} training "
+             f"instructions (up to {source.get('max_new', '?')} tokens each), as token ids with a suffix order, "
+             "searched by prompt lookup where the context has nothing to copy (`answers`). Each drafted token's "
+             f"estimate is its count over the matched n-gram's count + {PRIOR}."]
+    held = json.loads(meta.get("heldout", "{}"))
+    if held:
+        lines += ["", f"Held out: greedy decoding of the recorded answers to {held['answers']} held-out instructions "
+                  f"({held['tokens']:,} tokens), drafting as prompt lookup does with SmolLM2's defaults (k {held['k']}, "
+                  f"n-grams 3 to 2, match length) and `answer_confidence` {held['answer_confidence']}; no model runs, "
+                  "the answers are the model's own:", "",
+                  "| drafts from | τ | tokens drafted per step | acceptance | steps |", "|---|---:|---:|---:|---:|",
+                  _walk_row("the context only", held["context_only"]),
+                  _walk_row("the context, else past answers", held["with_answers"]), "",
+                  "Calibration of the store's estimate (its first drafted token, on every held-out answer position "
+                  "where it has a match):", "", "| estimate | tokens | observed |", "|---|---:|---:|"]
+        lines += [f"| {b['estimate']} | {b['tokens']:,} | {b['observed']:.3f} |" for b in held["calibration"]]
+    return lines + ["", "Reproduce: `python -m specviz.train.selfdistill --answers-only --out .train_data/answers` "
+                    "(and `--split heldout --limit 144`), then `python -m specviz.train.answer_store`"]
+
+
 def write(model: str) -> Path:
     folder = MODELS_DIR / model
     lines = [f"# Trained drafting parts of {model}", "",
@@ -129,7 +161,8 @@ def write(model: str) -> Path:
              "topics in every category, some passages' modules, and the project's example prompts.", "",
              f"Reproduce: `{DATA_COMMAND}` (and `--split heldout --limit 144`). Each part below names the "
              "command of its last training sitting; `specviz/train/README.md` lists every sitting in order.", ""]
-    for section in (adapters_section(folder), vocab_section(folder), heads_section(folder), draft_section(model)):
+    for section in (adapters_section(folder), vocab_section(folder), heads_section(folder), draft_section(model),
+                    store_section(folder)):
         if section:
             lines += section + [""]
     out = folder / "DRAFT_PARTS.md"

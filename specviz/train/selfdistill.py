@@ -109,6 +109,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--tag", default="", help="shard name prefix (to add a second run's shards to a folder)")
+    ap.add_argument("--answers-only", action="store_true",
+                    help="write only the prompts' and answers' token ids (no teacher-forced pass, no states): "
+                         "the input of `specviz.train.answer_store`")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from .. import api
@@ -140,7 +143,7 @@ def main(argv=None) -> None:
         batch_prompts = [prompts[i] for i in batch]
         answers = answer(model, batch_prompts, pad, eos, args.max_new)
         sequences = [p + a for p, a in zip(batch_prompts, answers)]
-        payload = record(model, sequences, layers, pad)
+        payload = {"answers": answers} if args.answers_only else record(model, sequences, layers, pad)
         payload["lengths"] = torch.tensor([len(s) for s in sequences])
         payload["prompt_lengths"] = torch.tensor([len(p) for p in batch_prompts])
         payload["items"] = [items[i].__dict__ for i in batch]

@@ -50,7 +50,9 @@ first disagreement, or a bonus token when everything matched), and throws the re
   decoding collapses repeats and blanks into a draft.
 * **Draft model**: classic speculative decoding with a separate small model.
 * **Prompt lookup**: copy what followed the last earlier occurrence of the context's final n-gram —
-  free to draft, strong on repetitive code.
+  free to draft, strong on repetitive code. With *past answers* on (SmolLM2 ships them), where the
+  context has nothing to copy it drafts what the model most often said next in its own earlier
+  answers, as long as the estimated chance that the whole draft is accepted stays high enough.
 
 ### Why the speedup is modest on a CPU
 

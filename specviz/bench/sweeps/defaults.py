@@ -40,7 +40,10 @@ GRID: dict[str, list[dict[str, Any]]] = {
                     dict(skip="ratio", skip_ratio=0.2, k=3)],
     # k drafted tokens per match, or as many as the match is long (length="match"; BENCHMARKS.md)
     "prompt-lookup": ([dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))]
-                      + [dict(k=k, max_ngram=3, min_ngram=m, length="match") for k, m in ((16, 2), (32, 2), (32, 1))]),
+                      + [dict(k=k, max_ngram=3, min_ngram=m, length="match") for k, m in ((16, 2), (32, 2), (32, 1))]
+                      # and the model's own past answers where the context has no match (models with an answer store)
+                      + [dict(k=16, max_ngram=3, min_ngram=2, length="match", answers=True, answer_confidence=c)
+                         for c in (0.2, 0.3, 0.45)]),
     # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft heads)
     "early-exit": [dict(exit_layer=e, k=3, draft_vocab=8192) for e in (4, 8)],
     "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
@@ -95,6 +98,11 @@ def sweep(model: str, prompts: list[str], max_new: int, drafters: list[str], dev
     results = []
     for name in drafters:
         for options in GRID[name]:
+            try:
+                api.build_drafter(name, loaded, dict(options))
+            except ValueError as why:  # a setting this model cannot run (e.g. it has no answer store)
+                log(f"skipped {name} {json.dumps(options)}: {why}")
+                continue
             row = _measure_setting(loaded, engine, name, options, encoded, reference, max_new)
             log(json.dumps(row))
             results.append(row)
