@@ -106,9 +106,10 @@ def check_fits(drafter: str, loaded: LoadedModel, options: dict[str, Any]) -> No
 
 
 def build_drafter(drafter: str, loaded: LoadedModel, options: dict[str, Any] | None = None,
-                  device: str | None = None, dtype: str | None = None) -> Drafter:
-    """`make_drafter` plus what needs loading: the draft model of the draft-model drafter."""
-    options = {**drafter_defaults(loaded.name, drafter), **(options or {})}
+                  device: str | None = None, dtype: str | None = None, swept_defaults: bool = True) -> Drafter:
+    """`make_drafter` plus what needs loading: the draft model of the draft-model drafter.
+    Options not given take the model's swept defaults (`swept_defaults`), else the drafter's own."""
+    options = {**(drafter_defaults(loaded.name, drafter) if swept_defaults else {}), **(options or {})}
     check_fits(drafter, loaded, options)
     if drafter == "draft-model" and "draft_model" not in options:
         info = REGISTRY.get(loaded.name)

@@ -812,13 +812,15 @@ def _piece(decode: Decode | None, tok) -> str:
 
 
 def _plain_value(value: Any) -> str | None:
-    """None / booleans / floats / number lists as a reader would write them (no raw `None`,
+    """None / booleans / short text / floats / number lists as a reader would write them (no raw `None`,
     `False` or 0.01869822200001181; a long list as its count and first items), or None for
     anything else."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, str) and len(value) <= 80:  # a word or a phrase (a drafter's source, a mode)
+        return html.escape(value)
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, int):

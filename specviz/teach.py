@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import plotly.graph_objects as go
 
-from .figures import (BLUE, GREEN, GREY, ORANGE, SKY, VERMILLION, Decode, _fmt_p, _get, _layout, dp_step, failsafe,
-                      fig_title, message_figure, message_html, title_top_margin, token_pieces)
+from .figures import (BLUE, EMPTY_DRAFT_REASONS, GREEN, GREY, ORANGE, SKY, VERMILLION, Decode, _fmt_p, _get, _layout,
+                      dp_step, failsafe, fig_title, message_figure, message_html, title_top_margin, token_pieces)
 from .trace import StepEvent, Trace
 
 if TYPE_CHECKING:
@@ -85,9 +85,10 @@ def acceptance_html(trace: Trace | None, step: int | None, decode: Decode | None
                      "pick a later step.")
     if not s.draft_tokens:
         (own,) = token_pieces(decode, context, [s.target_token])
-        return _wrap(f"<h4>Step {s.index}: nothing drafted</h4>The drafter proposed no token here (e.g. the "
-                     "length limit, or CTC's confidence cut, which drops an unsure token), so the verify pass "
-                     f"added only the target's own token {_tok(own)}.")
+        why = EMPTY_DRAFT_REASONS.get(trace.drafter, " (e.g. the length limit, or CTC's confidence cut, which drops "
+                                                    "an unsure token)")
+        return _wrap(f"<h4>Step {s.index}: nothing drafted</h4>The drafter proposed no token here{html.escape(why)}, "
+                     f"so the verify pass added only the target's own token {_tok(own)}.")
     pieces = token_pieces(decode, context, s.draft_tokens)
     (target_piece,) = token_pieces(decode, context + s.draft_tokens[: s.accepted], [s.target_token])
     body = _greedy_rule(s, pieces, target_piece) if _greedy(trace) else _sampling_rule(trace, s, pieces, target_piece)

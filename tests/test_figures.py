@@ -418,6 +418,8 @@ def test_step_details_show_readable_values():
     out = figures.step_details_html(trace, 1)
     assert "None" not in out and "False" not in out and "0.01869822200001181" not in out
     assert "18.7 ms" in out and "0.9877" in out and ">no<" in out and "1, 2" in out
+    lookup = figures.step_details_html(make_trace("prompt-lookup", 3, info=lambda i: {"source": "past <answers>"}), 1)
+    assert ">past &lt;answers&gt;<" in lookup and "'past" not in lookup  # text as text, escaped, not a repr
 
 
 def test_step_details_read_as_words_not_raw_trace_keys():

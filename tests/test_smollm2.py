@@ -77,6 +77,10 @@ def test_swept_defaults_build_and_run(smollm2):
         settings = built.settings()
         for key, value in defaults.items():
             assert settings.get(key, value) == value or key == "skip", (drafter, key, settings)
+    # a sweep measures each setting from the drafter's own defaults, not from the last sweep's winner
+    own = api.build_drafter("prompt-lookup", smollm2, {"k": 4}, swept_defaults=False).settings()
+    assert own == make_drafter("prompt-lookup", smollm2.model, k=4).settings()
+    assert own != api.build_drafter("prompt-lookup", smollm2, {"k": 4}).settings()
 
 
 TRAINED = [

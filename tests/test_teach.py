@@ -85,6 +85,8 @@ def test_acceptance_escapes_token_text_and_handles_prefill_and_empty_drafts():
     assert "<b>&" not in raw and "&lt;b&gt;&amp;" in raw
     assert "prefill" in text(teach.acceptance_html(trace, 0, decode))
     assert "nothing drafted" in text(teach.acceptance_html(trace, 2, decode))
+    lookup = text(teach.acceptance_html(trace_of([step, empty], drafter="prompt-lookup"), 2, decode))
+    assert "last n-gram occurs nowhere earlier" in lookup and "CTC" not in lookup  # the drafter's own reason
     assert "Run or Step" in text(teach.acceptance_html(None, None))
 
 

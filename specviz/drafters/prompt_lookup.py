@@ -19,7 +19,9 @@ of the context's longest suffix found there (up to `STORE_NGRAM` tokens). Chat a
 their phrasing, not their words with the question, so this is what gives prompt lookup something
 to copy on everyday chat. The draft ends where the estimated chance that all of it is accepted
 falls below `answer_confidence`: on a CPU each verified token costs ~0.15 of a step on SmolLM2,
-so a token is worth proposing only while it is fairly likely to be reached and accepted.
+so a token is worth proposing only while it is fairly likely to be reached and accepted. Measured
+(BENCHMARKS.md, "Past answers"): it raises τ on chat prompts by about 0.1 but not the speed, since
+the verify pass grows with the draft; off by default, there to show where τ and speed part.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class PromptLookup:
     wants_states = False
 
     def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1, threshold: float = 0.0,
-                 length: str = "fixed", store: AnswerStore | None = None, answer_confidence: float = 0.3):
+                 length: str = "fixed", store: AnswerStore | None = None, answer_confidence: float = 0.45):
         self.k = check_draft_length(k)
         if length not in LENGTHS:
             raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
@@ -165,7 +167,7 @@ DRAFTER = Declaration(
             "(its answer store): true or false", flag="--answers", label="also look in the model's own earlier answers",
             parse=parse_bool,
             info="where the context has no match: draft what the model most often said next in its past answers"),
-     Option("answer_confidence", "float", 0.3, "past answers: end the draft before the estimated chance that all "
+     Option("answer_confidence", "float", 0.45, "past answers: end the draft before the estimated chance that all "
             "of it is accepted falls below this", flag="--answer-confidence",
             label="past answers: minimum estimated chance the whole draft is accepted", minimum=0.0, maximum=1.0,
             step=0.05, info="estimated from how often the store's answers went on this way; lower: longer drafts"),

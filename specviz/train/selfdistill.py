@@ -4,6 +4,7 @@ Usage::
 
     python -m specviz.train.selfdistill --model smollm2-135m-instruct --out .train_data/smol
     python -m specviz.train.selfdistill ... --resume          # skips the shards already written
+    python -m specviz.train.selfdistill --answers-only --out .train_data/answers   # step 1 only: the answer store's input
 
 For each batch of instructions (`specviz.train.instructions`, sorted by length so padding stays
 small) the frozen target

@@ -6,9 +6,11 @@ runs greedy generation on the project's example prompts for the model, interleav
 `model.generate()` on the same prompt (this process's CPU time, so other jobs on a shared
 machine matter little with `--threads 1`), checks every output equals generate()'s, and writes
 a JSON with τ, acceptance and speedup per setting, plus the chosen defaults: per drafter, the
-setting with the highest speedup. The JSON is what `ModelInfo.drafter_defaults()` reads, so it
-goes to `assets/models/MODEL/drafter_defaults.json` unless `--json` says otherwise. Sweeping some
-drafters keeps the other drafters' rows and defaults of an existing file.
+setting with the highest speedup. Options a setting leaves out take the drafter's own defaults,
+not the model's current ones (a sweep must not inherit the last sweep's winner). The JSON is what
+`ModelInfo.drafter_defaults()` reads, so it goes to `assets/models/MODEL/drafter_defaults.json`
+unless `--json` says otherwise. Sweeping some drafters keeps the other drafters' rows and defaults
+of an existing file.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "prompt-lookup": ([dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))]
                       + [dict(k=k, max_ngram=3, min_ngram=m, length="match") for k, m in ((16, 2), (32, 2), (32, 1))]
                       # and the model's own past answers where the context has no match (models with an answer store)
-                      + [dict(k=16, max_ngram=3, min_ngram=2, length="match", answers=True, answer_confidence=c)
-                         for c in (0.2, 0.3, 0.45)]),
+                      + [dict(k=16, max_ngram=3, min_ngram=2, length="match", answers=True, answer_confidence=0.45)]),
     # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft heads)
     "early-exit": [dict(exit_layer=e, k=3, draft_vocab=8192) for e in (4, 8)],
     "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
@@ -72,7 +73,7 @@ def _measure_setting(loaded: LoadedModel, engine: Engine, name: str, options: di
     """One drafter setting on every prompt, each run paired with a generate() run on the same prompt."""
     total_time, ref_pair, tokens, verifications, drafted, accepted, equal = 0.0, 0.0, 0, 0, 0, 0, 0
     for ids, ref in zip(encoded, reference):
-        drafter = api.build_drafter(name, loaded, dict(options))
+        drafter = api.build_drafter(name, loaded, dict(options), swept_defaults=False)
         config = GenerationConfig(max_new_tokens=max_new, record=False)
         trace, seconds = _cpu_timed(loaded, lambda: engine.generate(ids, drafter, config))
         total_time += seconds
@@ -99,7 +100,7 @@ def sweep(model: str, prompts: list[str], max_new: int, drafters: list[str], dev
     for name in drafters:
         for options in GRID[name]:
             try:
-                api.build_drafter(name, loaded, dict(options))
+                api.build_drafter(name, loaded, dict(options), swept_defaults=False)
             except ValueError as why:  # a setting this model cannot run (e.g. it has no answer store)
                 log(f"skipped {name} {json.dumps(options)}: {why}")
                 continue
