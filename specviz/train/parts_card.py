@@ -136,8 +136,8 @@ def store_section(folder: Path) -> list[str]:
     held = json.loads(meta.get("heldout", "{}"))
     if held:
         lines += ["", f"Held out: greedy decoding of the recorded answers to {held['answers']} held-out instructions "
-                  f"({held['tokens']:,} tokens), drafting as prompt lookup does with SmolLM2's defaults (k {held['k']}, "
-                  f"n-grams 3 to 2, match length) and `answer_confidence` {held['answer_confidence']}; no model runs, "
+                  f"({held['tokens']:,} tokens), drafting as prompt lookup does with k {held['k']}, "
+                  f"n-grams 3 to 2, match length and `answer_confidence` {held['answer_confidence']}; no model runs, "
                   "the answers are the model's own:", "",
                   "| drafts from | τ | tokens drafted per step | acceptance | steps |", "|---|---:|---:|---:|---:|",
                   _walk_row("the context only", held["context_only"]),
