@@ -52,7 +52,9 @@ first disagreement, or a bonus token when everything matched), and throws the re
 * **Prompt lookup**: copy what followed the last earlier occurrence of the context's final n-gram —
   free to draft, strong on repetitive code. With *past answers* on (SmolLM2 ships them), where the
   context has nothing to copy it drafts what the model most often said next in its own earlier
-  answers, as long as the estimated chance that the whole draft is accepted stays high enough.
+  answers, as long as the estimated chance that the whole draft is accepted stays high enough. On
+  SmolLM2 on a CPU it raises τ by about 0.1 but not the speed: every drafted token, accepted or not,
+  adds a row to the verify pass.
 
 ### Why the speedup is modest on a CPU
 
