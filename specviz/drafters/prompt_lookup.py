@@ -18,8 +18,9 @@ Past answers (`answers`): where the context has no match, look in the model's ow
 of the context's longest suffix found there (up to `STORE_NGRAM` tokens). Chat answers share
 their phrasing, not their words with the question, so this is what gives prompt lookup something
 to copy on everyday chat. The draft ends where the estimated chance that all of it is accepted
-falls below `answer_confidence`: on a CPU each verified token costs ~0.15 of a step on SmolLM2,
-so a token is worth proposing only while it is fairly likely to be reached and accepted. Measured
+falls below `answer_confidence`: on this CPU the first drafted token adds ~0.38 of a step to
+SmolLM2's verify pass (BENCHMARKS.md), so a token is worth proposing only while it is fairly
+likely to be reached and accepted. Measured
 (BENCHMARKS.md, "Past answers"): it raises τ on chat prompts by about 0.1 but not the speed, since
 the verify pass grows with the draft; off by default, there to show where τ and speed part.
 """
