@@ -85,8 +85,7 @@ def acceptance_html(trace: Trace | None, step: int | None, decode: Decode | None
                      "pick a later step.")
     if not s.draft_tokens:
         (own,) = token_pieces(decode, context, [s.target_token])
-        why = EMPTY_DRAFT_REASONS.get(trace.drafter, " (e.g. the length limit, or CTC's confidence cut, which drops "
-                                                    "an unsure token)")
+        why = EMPTY_DRAFT_REASONS.get(trace.drafter, " (e.g. the length limit: no room left for a draft)")
         return _wrap(f"<h4>Step {s.index}: nothing drafted</h4>The drafter proposed no token here{html.escape(why)}, "
                      f"so the verify pass added only the target's own token {_tok(own)}.")
     pieces = token_pieces(decode, context, s.draft_tokens)
