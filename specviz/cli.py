@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="send the prompt as raw text; by default a model with a chat template gets it as a user message")
     gen.add_argument("--adaptive-length", action="store_true",
                      help="choose each step's draft length with a cost model learned from the steps so far "
-                          "(verify cost per token, draft cost, acceptance per position); the drafter's k is the "
-                          "most it drafts. Output is unchanged (greedy) or exact (sampling)")
+                          "(measured verify cost by verified tokens, draft cost, acceptance per position); the "
+                          "drafter's k is the most it drafts, and 0 (plain decoding, with a probe every few steps) "
+                          "when drafts do not pay. Output is unchanged (greedy) or exact (sampling)")
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, metrics, steps")
     drafter = gen.add_argument_group("drafter options (each drafter uses the ones it understands; defaults are the "
                                      "model's swept defaults where it has them, else the drafter's)")

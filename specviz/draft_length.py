@@ -13,20 +13,32 @@ unused positions cost neither a draft nor a verified token. With a cap of k toke
     D(k) = sum_{i<=k} prod_{j<=i} rho_j                  expected drafted tokens
     E(k) = 1 + sum_{i<=k} prod_{j<=i} rho_j alpha_j      expected committed tokens (+1: the
                                                           target's own token)
-    C(k) = fixed + b (1 + D(k)) + c D(k)                 expected seconds per step
+    C(k) = fixed + sum_d P(d drafted) V(d + 1) + c D(k)     expected seconds per step
 
-where the verify pass costs a + b n for n verified tokens, a draft costs c0 + c d for d drafted
-tokens, and fixed = a + c0 + the drafter's per-step work after verification (CLaSp's DP). The
-chosen k maximises E(k) / C(k). (Growing k by one pays off exactly when the next token's
-expected gain dE exceeds its expected cost dC at the current rate E/C: the "stop when the next
-token is not worth its draft + verify cost" rule, stated in time units.)
+where V(n) is the measured verify cost of n tokens, a draft costs c0 + c d for d drafted tokens,
+and fixed = the drafter's per-step work after verification (CLaSp's DP) + c0 whenever it drafts.
+V is a curve, not a line: the median seconds of each verify size this generation saw, linear
+between them and with the fitted line's slope beyond. On this CPU it is step-shaped (on
+SmolLM2 a second verified row costs 0.38 of a step, a third 0.05: BENCHMARKS.md), and a line
+would charge the cheap rows like the dear ones. The chosen k, 0 included, maximises E(k) / C(k).
+(Growing k by one pays off exactly when the next token's expected gain dE exceeds its expected
+cost dC at the current rate E/C: the "stop when the next token is not worth its draft + verify
+cost" rule, stated in time units.)
 
-Lines are fitted to per-size medians of the observed seconds, so a step that another process
-preempted does not bend them. Until two different verify sizes have been seen (each at least
-`min_samples` times) the slope b is unknown: the model returns the cap (the drafter's own k),
-and when every step so far verified the same number of tokens it explores with a one-token
-draft, so the fit gets a second point. Every choice depends only on finished steps, never on
-the draft it limits, so greedy output stays generate()'s and rejection sampling stays exact.
+k = 0 is plain decoding: a drafter whose drafts do not pay (on SmolLM2 on this CPU, every trained
+drafter: first-position acceptance 0.2-0.3 against the ~0.4 a one-token draft needs) is switched
+off rather than slowing the generation down. Acceptance is then learned only from probes, which
+draft at the best positive length: the first `probe_every` steps after the switch, then at
+gaps that double up to `longest_off_gap`, so a drafter that keeps failing costs less and less and
+one that starts to pay is switched back on. (While drafting, every `probe_every`-th step drafts
+one token more than the best.)
+
+Medians per size are used, so a step that another process preempted does not bend the curve.
+Until two different verify sizes have been seen (each at least `min_samples` times) the curve is
+unknown: the model explores, first with plain decoding steps (the one-token verify cost, which a
+drafter that always fills its cap never shows), then at the drafter's own k. Every choice depends
+only on finished steps, never on the draft it limits, so greedy output stays generate()'s and
+rejection sampling stays exact.
 """
 
 from __future__ import annotations
@@ -79,13 +91,57 @@ def smoothed_rates(hits: list[int], reached: list[int], first_prior: float, weig
 
 
 @dataclass(frozen=True)
+class Curve:
+    """Seconds of a verify pass by verified tokens: the measured point of each sampled size,
+    linear between points, and `slope` per token beyond the first and last points (never below
+    zero cost)."""
+
+    sizes: tuple[int, ...]  # increasing
+    seconds: tuple[float, ...]
+    slope: float
+
+    def __call__(self, size: float) -> float:
+        sizes, seconds = self.sizes, self.seconds
+        if size <= sizes[0]:
+            return max(0.0, seconds[0] - self.slope * (sizes[0] - size))
+        if size >= sizes[-1]:
+            return seconds[-1] + self.slope * (size - sizes[-1])
+        right = next(i for i, n in enumerate(sizes) if n >= size)
+        n0, n1, t0, t1 = sizes[right - 1], sizes[right], seconds[right - 1], seconds[right]
+        return t0 + (t1 - t0) * (size - n0) / (n1 - n0)
+
+
+def fit_curve(samples: dict[int, "deque[float]"], min_samples: int = 1) -> Curve | None:
+    """The verify curve through the median of each size with `min_samples` samples, with the
+    weighted line's slope (`fit_line`) outside them; None with fewer than two such sizes."""
+    line = fit_line(samples, min_samples)
+    if line is None:
+        return None
+    points = sorted((n, statistics.median(ts)) for n, ts in samples.items() if len(ts) >= min_samples)
+    return Curve(tuple(n for n, _ in points), tuple(t for _, t in points), line.slope)
+
+
+@dataclass(frozen=True)
 class StepCost:
-    """Expected seconds of one step: `fixed` + `per_verified` per verified token (the pending token
-    and each draft) + `per_drafted` per drafted token."""
+    """Expected seconds of one step: `fixed` (every step), `verify(n)` for n verified tokens (the
+    pending token and each draft), `per_drafted` per drafted token and `per_draft_step` once
+    when anything is drafted."""
 
     fixed: float
-    per_verified: float
+    verify: "Line | Curve"
     per_drafted: float
+    per_draft_step: float = 0.0
+
+
+def drafted_distribution(rho: list[float], k: int) -> list[float]:
+    """P(exactly d tokens drafted) for d = 0..k under cap k: the drafter reaches position d with
+    prod_{j<=d} rho_j and stops there with 1 - rho_{d+1} (at the cap, always)."""
+    probs, reach = [], 1.0
+    for d in range(k):
+        probs.append(reach * (1.0 - rho[d]))
+        reach *= rho[d]
+    probs.append(reach)
+    return probs
 
 
 def expected_tokens(alpha: list[float], rho: list[float], k: int) -> float:
@@ -107,20 +163,28 @@ def expected_drafted(rho: list[float], k: int) -> float:
 
 
 def expected_seconds(cost: StepCost, rho: list[float], k: int) -> float:
-    """C(k) = fixed + per_verified (1 + D(k)) + per_drafted D(k)."""
-    drafted = expected_drafted(rho, k)
-    return cost.fixed + cost.per_verified * (1.0 + drafted) + cost.per_drafted * drafted
+    """C(k) = fixed + sum_d P(d) verify(d + 1) + per_drafted D(k) + per_draft_step P(d > 0)."""
+    probs = drafted_distribution(rho, k)
+    verify = sum(p * cost.verify(d + 1) for d, p in enumerate(probs))
+    return cost.fixed + verify + cost.per_drafted * expected_drafted(rho, k) + cost.per_draft_step * (1.0 - probs[0])
 
 
-def best_length(alpha: list[float], rho: list[float], cost: StepCost, cap: int, floor: int = 1) -> int:
+def rates(alpha: list[float], rho: list[float], cost: StepCost, lengths: range) -> dict[int, float]:
+    """E(k) / C(k), expected committed tokens per second, for each k in `lengths`."""
+    out = {}
+    for k in lengths:
+        seconds = expected_seconds(cost, rho, k)
+        out[k] = expected_tokens(alpha, rho, k) / seconds if seconds > 0 else float("inf")
+    return out
+
+
+def best_length(alpha: list[float], rho: list[float], cost: StepCost, cap: int, floor: int = 0) -> int:
     """The k in [min(floor, cap), cap] with the highest E(k) / C(k) (the shortest on a tie).
     `alpha` and `rho` must cover position `cap`."""
     if cap <= 0:
         return max(cap, 0)
     best_k, best_rate = None, -1.0
-    for k in range(min(floor, cap), cap + 1):
-        seconds = expected_seconds(cost, rho, k)
-        rate = expected_tokens(alpha, rho, k) / seconds if seconds > 0 else float("inf")
+    for k, rate in rates(alpha, rho, cost, range(min(floor, cap), cap + 1)).items():
         if rate > best_rate * (1 + 1e-9):
             best_k, best_rate = k, rate
     return best_k
@@ -132,14 +196,18 @@ class DraftLengthModel:
     chooses each step's draft length (see the module docstring)."""
 
     max_length: int  # the drafter's own k: positions beyond it are never drafted
-    floor: int = 1  # never choose fewer tokens: with 0 the model would stop seeing acceptances
+    floor: int = 0  # never choose fewer tokens; 0 lets it switch drafting off (probes keep learning)
     warmup_steps: int = 2  # steps at the drafter's own k before any choice
     min_samples: int = 2  # samples per verify size before that size enters the fit
     window: int = 32  # recent samples kept per size (the machine's load drifts)
     probe_every: int = 4  # every so many steps, one token more than the best: positions past the
     # chosen length would otherwise never be tried again, and one unlucky early rejection there
     # would keep the drafts short for the rest of the generation
+    longest_off_gap: int = 32  # while drafting is off, the gap between probes doubles from
+    # probe_every up to this: a drafter that keeps failing its probes costs less and less
     steps: int = field(default=0, init=False)
+    _off_gap: int = field(init=False, repr=False)  # steps from this probe (while off) to the next
+    _next_off_probe: int = field(default=0, init=False, repr=False)  # step count it is due at
     _verify: dict[int, deque] = field(init=False, repr=False)  # verified tokens -> seconds
     _draft: dict[int, deque] = field(init=False, repr=False)  # drafted tokens (>= 1) -> seconds
     _after: deque = field(init=False, repr=False)  # seconds after verification (drafter's observe)
@@ -156,6 +224,7 @@ class DraftLengthModel:
         self._verify = defaultdict(lambda: deque(maxlen=self.window))
         self._draft = defaultdict(lambda: deque(maxlen=self.window))
         self._after = deque(maxlen=self.window)
+        self._off_gap = self.probe_every
 
     # -- learning ------------------------------------------------------------------------------
     def observe(self, cap: int, drafted: int, accepted: int, t_draft: float, t_verify: float,
@@ -185,8 +254,8 @@ class DraftLengthModel:
         return smoothed_rates(self._made, self._allowed, first_prior=1.0, weight=1.0)
 
     def cost(self) -> StepCost | None:
-        """The step's cost lines, or None while the verify slope is unknown."""
-        verify = fit_line(self._verify, self.min_samples)
+        """The step's expected cost, or None while the verify curve is unknown."""
+        verify = fit_curve(self._verify, self.min_samples)
         if verify is None:
             return None
         draft = fit_line(self._draft)
@@ -194,24 +263,45 @@ class DraftLengthModel:
             ratios = [t / d for d, ts in self._draft.items() for t in ts]
             draft = Line(0.0, statistics.median(ratios) if ratios else 0.0)
         after = statistics.median(self._after) if self._after else 0.0
-        return StepCost(verify.intercept + draft.intercept + after, verify.slope, draft.slope)
+        return StepCost(after, verify, draft.slope, draft.intercept)
 
     # -- choosing ------------------------------------------------------------------------------
     def choose(self, cap: int) -> int:
         """The draft length for the next step, at most `cap` (the engine's remaining budget)."""
         cap = min(cap, self.max_length)
-        if cap <= 1 or self.steps < self.warmup_steps:
-            return cap
+        if cap <= 0 or self.steps < self.warmup_steps:
+            return max(cap, 0)
         cost = self.cost()
         if cost is None:
             return self._explore(cap)
-        best = best_length(self.acceptance(), self.production(), cost, cap, self.floor)
-        probe = self.probe_every > 0 and self.steps % self.probe_every == 0
-        return min(best + 1, cap) if probe else best
+        alpha, rho = self.acceptance(), self.production()
+        best = best_length(alpha, rho, cost, cap, self.floor)
+        if self.probe_every <= 0:
+            return best
+        if best == 0:
+            return self._probe_from_off(alpha, rho, cost, cap)
+        self._off_gap, self._next_off_probe = self.probe_every, 0  # drafting pays: a later switch-off probes often again
+        return min(best + 1, cap) if self.steps % self.probe_every == 0 else best
+
+    def _probe_from_off(self, alpha: list[float], rho: list[float], cost: StepCost, cap: int) -> int:
+        """While drafting is off: 0, except on a due probe, which drafts at the best positive
+        length so its acceptance keeps being learned; each probe that leaves drafting off doubles
+        the gap to the next. (State changes here, so the engine calls `choose` once per step.)"""
+        if self._next_off_probe == 0:  # just switched off: the first probe comes after one gap
+            self._next_off_probe = self.steps + self._off_gap
+        if self.steps < self._next_off_probe:
+            return 0
+        self._off_gap = min(2 * self._off_gap, max(self.longest_off_gap, self.probe_every))
+        self._next_off_probe = self.steps + self._off_gap
+        by_rate = rates(alpha, rho, cost, range(1, cap + 1))
+        return max(by_rate, key=by_rate.get)
 
     def _explore(self, cap: int) -> int:
-        """Before the verify slope is known: when every well-sampled verify size is a long draft,
-        a one-token draft (2 verified tokens: the widest spread from k + 1 at the cost of one
-        short step); else the drafter's own k, to sample a long size."""
+        """Before the verify curve is known: plain decoding steps until the one-token verify cost
+        is sampled (when the model may switch drafting off), then, when every well-sampled size
+        is a long draft, a one-token draft (the widest spread from k + 1), else the drafter's own
+        k, to sample a long size."""
         enough = [n for n, ts in self._verify.items() if len(ts) >= self.min_samples]
+        if self.floor == 0 and 1 not in enough:
+            return 0
         return 1 if enough and min(enough) > 2 else cap

@@ -768,6 +768,26 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
 EMPTY_DRAFT_REASONS = {"ctc": ": its confidence cut drops a token below the threshold, here the first one",
                        "prompt-lookup": ": the context's last n-gram occurs nowhere earlier (and, with past answers "
                                         "on, no past answer continues it likely enough)"}
+# a step whose draft the cost model (GenerationConfig.adaptive_length) capped at 0 tokens
+OFF_BY_COST_MODEL = (": the cost model switched drafting off for this step, because plain decoding was expected to "
+                     "be faster at the acceptance seen so far (it drafts again every few steps to check)")
+
+
+def switched_off(trace: Trace, s) -> bool:
+    """Whether the cost model, not the length limit, gave step `s` a draft length of 0: the
+    engine offers the drafter the room left minus the target's own token, and the model's choice
+    is at most that."""
+    if s.draft_cap != 0:
+        return False
+    made = sum(len(x.committed) for x in trace.steps[: s.index])
+    return int(trace.settings.get("max_new_tokens") or 0) - made - 1 > 0
+
+
+def empty_draft_reason(trace: Trace, s, fallback: str = "") -> str:
+    """Why step `s` drafted nothing, as a clause starting with ': ' or ' (' ('' when unknown)."""
+    if switched_off(trace, s):
+        return OFF_BY_COST_MODEL
+    return EMPTY_DRAFT_REASONS.get(trace.drafter, fallback)
 
 
 def step_times_text(trace: Trace, s) -> str:
@@ -776,7 +796,7 @@ def step_times_text(trace: Trace, s) -> str:
         return f"prefill {1000 * trace.t_prefill:.1f} ms"
     text = f"draft {1000 * s.t_draft:.1f} ms · verify {1000 * s.t_verify:.1f} ms · search {1000 * s.t_search:.1f} ms"
     if not s.draft_tokens and s.t_draft >= 0.0005 and trace.drafter != "ar":  # below 0.5 ms: bookkeeping only
-        why = EMPTY_DRAFT_REASONS.get(trace.drafter, "")
+        why = empty_draft_reason(trace, s)
         text += (f" (nothing drafted, yet drafting took time: the drafter ran but proposed nothing{why}; "
                  "the target then added its own token)")
     if (s.info or {}).get("dp_rode_verify"):
@@ -799,7 +819,8 @@ def step_counts(s) -> str:
     """A step's header counts: drafted / accepted / committed, or HiSpec's tokens per level."""
     c = step_levels(s)
     if c is None:
-        return f"{len(s.draft_tokens)} drafted, {s.accepted} accepted, {len(s.committed)} committed"
+        chosen = "" if s.draft_cap is None else f" (length chosen by the cost model: {s.draft_cap})"
+        return f"{len(s.draft_tokens)} drafted{chosen}, {s.accepted} accepted, {len(s.committed)} committed"
     return (f"{c.tentative} tentative: {c.passed_v} exit-d drafts that passed exit v (of {c.drafted_d} drafted) "
             f"+ {c.from_v} from exit v; the full model accepted {c.full_from_d} + {c.full_from_v}, "
             f"{len(s.committed)} committed")

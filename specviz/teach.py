@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import plotly.graph_objects as go
 
-from .figures import (BLUE, EMPTY_DRAFT_REASONS, GREEN, GREY, ORANGE, SKY, VERMILLION, Decode, _fmt_p, _get, _layout,
-                      dp_step, failsafe, fig_title, message_figure, message_html, title_top_margin, token_pieces)
+from .figures import (BLUE, GREEN, GREY, ORANGE, SKY, VERMILLION, Decode, _fmt_p, _get, _layout, dp_step,
+                      empty_draft_reason, failsafe, fig_title, message_figure, message_html, title_top_margin,
+                      token_pieces)
 from .trace import StepEvent, Trace
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def acceptance_html(trace: Trace | None, step: int | None, decode: Decode | None
                      "pick a later step.")
     if not s.draft_tokens:
         (own,) = token_pieces(decode, context, [s.target_token])
-        why = EMPTY_DRAFT_REASONS.get(trace.drafter, " (e.g. the length limit: no room left for a draft)")
+        why = empty_draft_reason(trace, s, " (e.g. the length limit: no room left for a draft)")
         return _wrap(f"<h4>Step {s.index}: nothing drafted</h4>The drafter proposed no token here{html.escape(why)}, "
                      f"so the verify pass added only the target's own token {_tok(own)}.")
     pieces = token_pieces(decode, context, s.draft_tokens)

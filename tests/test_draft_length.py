@@ -9,8 +9,8 @@ from collections import deque
 import pytest
 import torch
 
-from specviz.draft_length import (DraftLengthModel, StepCost, best_length, expected_drafted, expected_seconds,
-                                  expected_tokens, fit_line)
+from specviz.draft_length import (Curve, DraftLengthModel, Line, StepCost, best_length, drafted_distribution,
+                                  expected_drafted, expected_seconds, expected_tokens, fit_curve, fit_line)
 from specviz.engine import Engine, GenerationConfig
 from specviz.drafters import make_drafter
 from specviz.sampling import SamplingConfig
@@ -21,14 +21,14 @@ from tests.tiny import ARCHS, assert_lossless, random_prompt, reference_greedy, 
 
 # -- the choice on hand-made numbers -----------------------------------------------------------
 def test_high_acceptance_and_cheap_verify_draft_long():
-    cost = StepCost(fixed=1.0, per_verified=0.01, per_drafted=0.02)
+    cost = StepCost(fixed=1.0, verify=Line(0.0, 0.01), per_drafted=0.02)
     assert best_length([0.95] * 8, [1.0] * 8, cost, cap=8) == 8
 
 
 def test_low_acceptance_drafts_short():
-    cost = StepCost(fixed=1.0, per_verified=0.2, per_drafted=0.1)
-    assert best_length([0.1] * 8, [1.0] * 8, cost, cap=8) == 1
-    assert best_length([0.1] * 8, [1.0] * 8, cost, cap=8, floor=0) == 0  # plain decoding is best
+    cost = StepCost(fixed=1.0, verify=Line(0.0, 0.2), per_drafted=0.1)
+    assert best_length([0.1] * 8, [1.0] * 8, cost, cap=8, floor=1) == 1
+    assert best_length([0.1] * 8, [1.0] * 8, cost, cap=8) == 0  # plain decoding is best
     assert best_length([0.95] * 8, [1.0] * 8, cost, cap=3) == 3  # never above the cap
 
 
@@ -38,7 +38,7 @@ def test_expected_gain_chains_the_positions():
     alpha, rho = [0.9, 0.9, 0.2, 0.9, 0.9, 0.9], [1.0] * 6
     assert math.isclose(expected_tokens(alpha, rho, 3), 1 + 0.9 + 0.81 + 0.162)
     assert math.isclose(expected_tokens(alpha, rho, 4), 1 + 0.9 + 0.81 + 0.162 + 0.1458)
-    cost = StepCost(fixed=1.0, per_verified=0.05, per_drafted=0.05)
+    cost = StepCost(fixed=1.0, verify=Line(0.0, 0.05), per_drafted=0.05)
     assert math.isclose(expected_seconds(cost, rho, 3), 1.05 + 0.1 * 3)
     # rates: k=1 1.652, k=2 2.168, k=3 2.127, k=4 2.081 tokens per second
     assert best_length(alpha, rho, cost, cap=6) == 2
@@ -50,12 +50,66 @@ def test_positions_seldom_drafted_cost_little():
     as verified (ignoring rho) would choose 0."""
     alpha, rho = [0.9] * 4, [0.1, 1.0, 1.0, 1.0]
     assert math.isclose(expected_drafted(rho, 4), 0.4)
-    cost = StepCost(fixed=1.0, per_verified=0.3, per_drafted=0.0)
+    cost = StepCost(fixed=1.0, verify=Line(0.0, 0.3), per_drafted=0.0)
     assert best_length(alpha, rho, cost, cap=4, floor=0) == 4
 
     def charging_every_allowed_position(k: int) -> float:
-        return expected_tokens(alpha, rho, k) / (cost.fixed + cost.per_verified * (1 + k))
+        return expected_tokens(alpha, rho, k) / (cost.fixed + cost.verify(1 + k))
     assert max(range(5), key=charging_every_allowed_position) == 0
+
+
+# SmolLM2's verify pass inside the engine, in 1-row steps (BENCHMARKS.md): a step-shaped cost by
+# pairs of rows, which a straight line charges evenly
+STEPPED = {1: 1.0, 2: 1.38, 3: 1.43, 4: 1.76, 5: 1.79}
+
+
+def test_the_verify_curve_passes_through_each_sizes_median_and_extends_with_the_slope():
+    samples = {n: deque([t, t, 9.0 if n == 3 else t]) for n, t in STEPPED.items()}
+    curve = fit_curve(samples)
+    assert all(math.isclose(curve(n), t) for n, t in STEPPED.items())  # medians: the 9 s outlier is ignored
+    assert math.isclose(curve(4.5), (1.76 + 1.79) / 2)
+    slope = fit_line(samples).slope
+    assert math.isclose(curve(7), 1.79 + 2 * slope) and curve(-50) == 0.0  # never below zero
+    assert fit_curve({2: deque([0.1])}) is None
+    assert fit_curve({1: deque([0.1]), 3: deque([0.2])}, min_samples=2) is None
+
+
+def test_a_stepped_verify_cost_chooses_the_cheap_sizes_a_line_would_miss():
+    """At alpha 0.75 the fourth draft token rides a nearly free fifth row: the curve drafts 4, a
+    line fitted to the same points charges that row like the others and stops at 3, which the
+    true costs make slower."""
+    samples = {n: deque([t]) for n, t in STEPPED.items()}
+    alpha, rho = [0.75] * 4, [1.0] * 4
+    by_curve = best_length(alpha, rho, StepCost(0.0, fit_curve(samples), 0.0), cap=4)
+    by_line = best_length(alpha, rho, StepCost(0.0, fit_line(samples), 0.0), cap=4)
+    assert (by_curve, by_line) == (4, 3)
+    true = StepCost(0.0, Curve(tuple(STEPPED), tuple(STEPPED.values()), 0.0), 0.0)
+    assert (expected_tokens(alpha, rho, 4) / expected_seconds(true, rho, 4)
+            > expected_tokens(alpha, rho, 3) / expected_seconds(true, rho, 3))
+
+
+def test_expected_verify_cost_weighs_each_draft_size_by_its_chance():
+    rho = [0.5, 1.0, 0.2]
+    probs = drafted_distribution(rho, 3)
+    assert all(math.isclose(a, b) for a, b in zip(probs, [0.5, 0.0, 0.4, 0.1])) and math.isclose(sum(probs), 1.0)
+    curve = Curve(tuple(STEPPED), tuple(STEPPED.values()), 0.0)
+    cost = StepCost(fixed=0.1, verify=curve, per_drafted=0.01, per_draft_step=0.05)
+    expect = 0.1 + 0.5 * 1.0 + 0.4 * 1.43 + 0.1 * 1.76 + 0.01 * expected_drafted(rho, 3) + 0.05 * 0.5
+    assert math.isclose(expected_seconds(cost, rho, 3), expect)
+
+
+def test_a_drafter_that_does_not_pay_is_switched_off_and_back_on_by_the_probes():
+    model = DraftLengthModel(4, probe_every=4, longest_off_gap=16)
+    chosen = []
+    for _ in range(64):  # every draft rejected
+        chosen.append(model.choose(10))
+        model.observe(chosen[-1], chosen[-1], 0, 0.002 * chosen[-1], 0.010 + 0.001 * (chosen[-1] + 1))
+    probes = [i for i, k in enumerate(chosen) if k > 0 and i >= 4]  # after the warm-up and exploration
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert probes[0] == 8 and gaps == [8, 16, 16], chosen  # off at step 4: gaps 4, 8, then the longest, 16
+    assert all(chosen[i] == 1 for i in probes)  # the cheapest probe: one token
+    feed(model, [4] * 40, drafted=4)  # the drafts start to be right: the next probe sees it
+    assert model.choose(10) == 4
 
 
 def test_fit_line_uses_medians_so_a_preempted_step_does_not_bend_it():
@@ -76,17 +130,29 @@ def feed(model: DraftLengthModel, alpha_hits: list[int], drafted: int, verify=(0
         model.observe(cap, d, min(accepted, d), draft * d, verify[0] + verify[1] * (d + 1))
 
 
-def test_warm_up_uses_the_drafters_k_then_explores_a_short_draft():
+def test_warm_up_uses_the_drafters_k_then_samples_plain_decoding():
     model = DraftLengthModel(6)
     assert model.choose(10) == 6 and model.choose(3) == 3  # no data: the drafter's own k
     model.observe(6, 6, 2, 0.01, 0.02)
     model.observe(6, 6, 3, 0.01, 0.02)
     assert model.cost() is None
+    assert model.choose(10) == 0  # the one-token verify cost is unknown: plain decoding steps
+    model.observe(0, 0, 0, 0.0, 0.011)
+    assert model.choose(10) == 0
+    model.observe(0, 0, 0, 0.0, 0.011)
+    cost = model.cost()
+    assert math.isclose(cost.verify(1), 0.011) and math.isclose(cost.verify(7), 0.02)
+    assert math.isclose(cost.verify(4), 0.011 + 0.009 / 2) and math.isclose(cost.per_drafted, 0.01 / 6)
+
+
+def test_with_a_floor_of_one_it_explores_a_short_draft_instead():
+    model = DraftLengthModel(6, floor=1)
+    model.observe(6, 6, 2, 0.01, 0.02)
+    model.observe(6, 6, 3, 0.01, 0.02)
     assert model.choose(10) == 1  # one verify size seen twice: try two verified tokens
     model.observe(1, 1, 1, 0.002, 0.011)
     model.observe(1, 1, 1, 0.002, 0.011)
-    cost = model.cost()
-    assert math.isclose(cost.per_verified, 0.009 / 5) and cost.fixed > 0
+    assert math.isclose(model.cost().verify(2), 0.011)
 
 
 def test_observed_acceptance_and_production_per_position():
@@ -103,12 +169,13 @@ def test_observed_acceptance_and_production_per_position():
     assert math.isclose(rho[1], (1 + 1.0) / (2 + 1))  # 1 of 2 steps went on to position 2
 
 
-@pytest.mark.parametrize("alpha,expect", [(1, lambda k: k == 8), (0, lambda k: k == 1)])
-def test_model_converges_on_extremes(alpha, expect):
-    """Every draft accepted with a cheap verify: the drafter's full k; every draft rejected: 1."""
-    model = DraftLengthModel(8, probe_every=0)
+@pytest.mark.parametrize("alpha,floor,expect", [(1, 0, 8), (0, 0, 0), (0, 1, 1)])
+def test_model_converges_on_extremes(alpha, floor, expect):
+    """Every draft accepted with a cheap verify: the drafter's full k; every draft rejected: plain
+    decoding (or the floor)."""
+    model = DraftLengthModel(8, floor=floor, probe_every=0)
     feed(model, [8 * alpha] * 12, drafted=8)
-    assert expect(model.choose(20))
+    assert model.choose(20) == expect
 
 
 # -- the engine with the flag on ---------------------------------------------------------------
@@ -135,8 +202,12 @@ def test_greedy_matches_generate_with_adaptive_length(arch, name, options):
                                 GenerationConfig(max_new_tokens=48, adaptive_length=True))
         assert_lossless(target, prompt, trace.generated, ref)
         assert trace.settings["adaptive_length"] is True
-        caps |= {s.draft_cap for s in trace.steps[1:]}
+        step_caps = [s.draft_cap for s in trace.steps[1:]]
+        caps |= set(step_caps)
         assert trace.steps[0].draft_cap is None  # the prefill drafts nothing
+        # drafting switched off mid-generation and on again: the drafter must catch up losslessly
+        # (prompt lookup often drafts nothing by itself, so the model seldom needs to switch it off)
+        assert name == "prompt-lookup" or any(a == 0 and b > 0 for a, b in zip(step_caps, step_caps[1:])), step_caps
     assert None not in caps and len(caps) > 1, f"the cost model never changed the length: {caps}"
 
 
@@ -181,7 +252,7 @@ def history_driven_model() -> DraftLengthModel:
     """The real model acting from the first step on a fixed cost, so each step's length follows
     the acceptances before it: 2 on the prior, 1 right after a rejection at position 1."""
     model = DraftLengthModel(2, warmup_steps=0, probe_every=0)
-    model.cost = lambda: StepCost(0.010, 0.0005, 0.0005)
+    model.cost = lambda: StepCost(0.010, Line(0.0, 0.0005), 0.0005)
     return model
 
 

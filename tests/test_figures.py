@@ -605,6 +605,22 @@ def test_time_with_nothing_drafted_is_explained():
     assert "nothing drafted" not in figures.step_details_html(trace, 2, decode)
 
 
+def test_a_step_the_cost_model_switched_off_says_so():
+    """With --adaptive-length each step's header gives the cost model's length; a 0 with room left
+    is the model's choice (plain decoding), a 0 at the end is the length limit."""
+    trace = make_trace("draft-model")
+    trace.settings["max_new_tokens"] = 10  # 1 + 3 + 3 made before step 3: room for 2 drafts and the target's token
+    s = trace.steps[3]
+    s.draft_tokens, s.accepted, s.draft_probs, s.target_probs, s.draft_cap = [], 0, [], [], 0
+    out = figures.step_details_html(trace, 3, decode)
+    assert "0 drafted (length chosen by the cost model: 0)" in out and "cost model switched drafting off" in out
+    trace.settings["max_new_tokens"] = 8  # only the target's own token fits: not the model's doing
+    assert figures.switched_off(trace, s) is False and "switched" not in figures.step_details_html(trace, 3, decode)
+    trace.steps[1].draft_cap = 3
+    assert "3 drafted (length chosen by the cost model: 3)" in figures.step_details_html(trace, 1, decode)
+    assert "cost model" not in figures.step_details_html(make_trace(), 1, decode)  # a fixed length: not mentioned
+
+
 def test_a_tap_pins_token_details_with_the_layers_it_ran():
     """The details were a `title` only (hover, no touch): every token is focusable, CSS :focus pins
     the same escaped text, and layer-skip tokens say which layers their draft ran."""

@@ -87,6 +87,13 @@ def test_acceptance_escapes_token_text_and_handles_prefill_and_empty_drafts():
     assert "nothing drafted" in text(teach.acceptance_html(trace, 2, decode))
     lookup = text(teach.acceptance_html(trace_of([step, empty], drafter="prompt-lookup"), 2, decode))
     assert "last n-gram occurs nowhere earlier" in lookup and "CTC" not in lookup  # the drafter's own reason
+    off = StepEvent(2, [], 0, 20, [20], draft_cap=0)
+    last = StepEvent(3, [], 0, 21, [21], draft_cap=0)  # 3 of 4 tokens made: no room left, whatever the model says
+    switched = trace_of([step, off, last], drafter="draft-model", max_new_tokens=4)
+    assert "cost model switched drafting off" in text(teach.acceptance_html(switched, 2, decode))
+    assert "no room left" in text(teach.acceptance_html(switched, 3, decode))
+    running = trace_of([step, off], drafter="draft-model", max_new_tokens=4)  # mid-run: the newest step too
+    assert "cost model switched drafting off" in text(teach.acceptance_html(running, 2, decode))
     assert "Run or Step" in text(teach.acceptance_html(None, None))
 
 

@@ -113,6 +113,23 @@ def test_sampled_run_matches_engine(app):
     assert "sampled" in final[CARDS]
 
 
+def test_cost_model_draft_length_reaches_the_engine(app):
+    """The "draft length from the cost model" box runs the engine with adaptive_length: the same
+    text as the engine run with it, each step's chosen length in the exported trace."""
+    client, model_dir = app
+    options = {"exit_layer": 2, "k": 4}
+    final = client.predict(model=model_dir, prompt=PROMPT, drafter="early-exit", max_new_tokens=MAX_NEW,
+                           adaptive_length=True, api_name="/run", **ui_kwargs("early-exit", options))
+    loaded, gen = api.start(model_dir, "early-exit", PROMPT, MAX_NEW, 0.0, 1.0, 0, 0, dict(options),
+                            adaptive_length=True)
+    for _ in gen:
+        pass
+    assert final[TEXT] == api.decode(loaded, gen.trace.generated) and "✓ lossless" in final[CARDS]
+    exported = Trace.from_json(Path(final[EXPORT]).read_text())
+    caps = [s.draft_cap for s in exported.steps[1:]]
+    assert exported.settings["adaptive_length"] is True and caps and all(c is not None and 0 <= c <= 4 for c in caps)
+
+
 def test_step_one_cycle_at_a_time(app):
     client, model_dir = app
     kwargs = dict(model=model_dir, prompt=PROMPT, drafter="static-skip", max_new_tokens=MAX_NEW, api_name="/step",

@@ -36,7 +36,8 @@ def start_generation(config: AppConfig, s: RunSettings, stop: threading.Event | 
     """(loaded model, Generation) for `s`; bad settings the engine finds become a gr.Error."""
     try:
         return api.start(s.model, s.drafter, s.prompt, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed,
-                         s.options, device=config.device, dtype=config.dtype, stop=stop, chat=s.chat)
+                         s.options, device=config.device, dtype=config.dtype, stop=stop, chat=s.chat,
+                         adaptive_length=s.adaptive_length)
     except ValueError as err:
         raise user_error(str(err)) from None
     except gr.Error:

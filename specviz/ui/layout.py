@@ -166,6 +166,10 @@ def _sampling_controls(config: AppConfig, c: Components) -> None:
             c["top_p"] = named_slider(0.05, 1.0, value=1.0, step=0.05, label="top-p", name="top_p")
             c["top_k"] = named_number(value=0, precision=0, label="top-k (0 = off)", name="top_k")
             c["seed"] = named_number(value=0, precision=0, label="seed", name="seed")
+        c["adaptive_length"] = gr.Checkbox(
+            value=False, elem_id="sv-adaptive-length",
+            label="draft length from the cost model: each step drafts only as many tokens as the measured costs "
+                  "and acceptance say will pay, up to the drafter's k (0 = a plain decoding step)")
     with gr.Accordion("extra options (JSON, merged over the panel)", open=False):
         c["extra"] = gr.Textbox(value="", label="extra drafter options", placeholder='{"k": 4}', lines=1)
 
@@ -259,7 +263,7 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
     outputs = [c[k] for k in OUTPUT_KEYS] + [session]
     common = [c[k] for k in ("model", "prompt", "drafter", "max_new", "temperature", "top_p", "top_k", "seed",
                              "extra")] + [session]
-    run_kwargs = {**c["controls"], "chat": c["chat"]}
+    run_kwargs = {**c["controls"], "chat": c["chat"], "adaptive_length": c["adaptive_length"]}
     model_event = dict(inputs_kwargs=run_kwargs, concurrency_id="model", concurrency_limit=1)
     # Gradio's full tracker on the line under Run says "queue: 2/3" to a waiting visitor (the
     # minimal one only faded the cards' "No run yet."), then the progress; nothing else fades

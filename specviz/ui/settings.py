@@ -26,10 +26,12 @@ class RunSettings:
     top_k: int
     seed: int
     chat: bool = True  # through the model's chat template (when it has one)
+    adaptive_length: bool = False  # each step's draft length from the cost model (specviz.draft_length)
 
     def key(self) -> tuple:
         return (self.model, self.prompt, self.drafter, json.dumps(self.options, sort_keys=True, default=str),
-                self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed, self.chat)
+                self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed, self.chat,
+                self.adaptive_length)
 
 
 def check_sampling(config: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any, top_k: Any,
@@ -46,12 +48,13 @@ def check_sampling(config: AppConfig, max_new_tokens: Any, temperature: Any, top
     return max_new, temperature, top_p, as_int("top_k", top_k, 0), as_int("seed", seed, 0, 2**31 - 1)
 
 
-def check_chat(opts: dict[str, Any]) -> bool:
-    chat = opts.get("chat", True)
-    chat = True if chat is None else chat
-    if not isinstance(chat, bool):
-        raise user_error(f"chat must be true or false, got {chat!r}")
-    return chat
+def check_flag(opts: dict[str, Any], name: str, default: bool) -> bool:
+    """A checkbox's value (`default` when the request leaves it out)."""
+    value = opts.get(name, default)
+    value = default if value is None else value
+    if not isinstance(value, bool):
+        raise user_error(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def drafter_options(config: AppConfig, drafter: str, extra_options: Any, opts: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +82,7 @@ def settings_from(config: AppConfig, model: Any, prompt: Any, drafter: Any, max_
     if not available(drafter):
         raise user_error(unavailable_message(drafter))
     sampling = check_sampling(config, max_new_tokens, temperature, top_p, top_k, seed)
-    chat = check_chat(opts)
+    chat = check_flag(opts, "chat", True)
+    adaptive = check_flag(opts, "adaptive_length", False)
     options = drafter_options(config, drafter, extra_options, opts)
-    return RunSettings(model, prompt, drafter, options, *sampling, chat)
+    return RunSettings(model, prompt, drafter, options, *sampling, chat, adaptive)
