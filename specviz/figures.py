@@ -626,6 +626,9 @@ def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Fi
     if not any(p is not None for _, p in plans):
         return message_figure(f"The '{trace.drafter}' drafter does not skip layers: it drafts "
                               f"{'nothing (plain decoding)' if trace.drafter == 'ar' else 'without the target’s layers'}.")
+    # a step that drafted nothing (the cost model's plain steps, no room left) skipped nothing: blank
+    drafted = {s.index for s in steps if s.draft_tokens}
+    plans = [(i, p if i in drafted else None) for i, p in plans]
     xs = [i for i, _ in plans]
     z = [[(p[layer] if p is not None else None) for _, p in plans] for layer in range(L)]
     used = sorted({v for row in z for v in row if v is not None})
@@ -635,7 +638,8 @@ def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Fi
     for k, c in enumerate(colours):
         scale += [[k / n_states, c], [(k + 1) / n_states, c]]
     acc = {s.index: (s.accepted, len(s.draft_tokens)) for s in steps}
-    text = [[f"step {x} · layer {layer}: {LAYER_STATES[v] if v is not None else 'no info'}"
+    text = [[f"step {x} · layer {layer}: "
+             f"{LAYER_STATES[v] if v is not None else ('no info' if x in drafted else 'nothing drafted')}"
              f"<br>accepted {acc[x][0]}/{acc[x][1]}" for x, v in zip(xs, row)] for layer, row in enumerate(z)]
     fig = go.Figure(go.Heatmap(
         z=z, x=xs, y=list(range(L)), zmin=-0.5, zmax=n_states - 0.5, colorscale=scale, xgap=1 if len(xs) < 80 else 0, ygap=1,
@@ -651,7 +655,8 @@ def skip_heatmap(trace: Trace | None, selected_step: int | None = None) -> go.Fi
         fig.add_vline(x=selected_step, line=dict(color="black", width=1, dash="dot"))
     fig.update_xaxes(title_text="verification step")
     fig.update_yaxes(title_text="layer", dtick=max(1, L // 8), range=[-0.5, L + 0.2])
-    title = fig_title("Skipped layers per step", f"{trace.drafter} drafts; the target has {L} layers")
+    blank = ("blank columns: steps that drafted nothing",) if len(drafted) < len(steps) else ()
+    title = fig_title("Skipped layers per step", f"{trace.drafter} drafts; the target has {L} layers", *blank)
     return _layout(fig, title, height=340, showlegend=bool(dp_steps))
 
 
@@ -759,6 +764,9 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
              "<th>verdict</th></tr>" + "".join(rows) + "</table></div>" + q_note(s))
     times = html.escape(step_times_text(trace, s))
     info = info_table_html(trace, s, decode)
+    if switched_off(trace, s) and s.info:
+        info = ("<i>The cost model switched drafting off at this step: the rows below are what the drafter "
+                "would have drafted with.</i>" + info)
     return (f"<div style='font-size:13px'><b>Step {s.index}</b> · {html.escape(step_counts(s))} · {times}</div>"
             f"{table}<div style='margin-top:6px'>{info}</div>")
 
@@ -1293,7 +1301,19 @@ def leviathan_markdown(trace: Trace | None, plain: PlainRun | None = None) -> st
                  "verification of γ+1 tokens costs more than one step, so the measured number can land on either "
                  "side of it. For layer-skip drafters c is roughly (layers run) ÷ L, so α has to be high to gain "
                  "anything.")
+    if trace.settings.get("adaptive_length"):
+        lines.append("\n" + cost_model_sentence(trace))
     return "\n".join(lines)
+
+
+def cost_model_sentence(trace: Trace) -> str:
+    """How the cost model (adaptive_length) spent this run's steps, for the Learn tab."""
+    steps = [s for s in trace.steps if s.index > 0]
+    off = sum(switched_off(trace, s) for s in steps)
+    return (f"This run chose each step's draft length with the cost model (at most the drafter's k): "
+            f"{off} of {len(steps)} steps were plain decoding steps, because at the acceptance and costs measured "
+            "so far a draft was expected to cost more than it saves; the others drafted, some of them as probes "
+            "that keep the acceptance up to date. γ above is the mean over every step, those included.")
 
 
 @failsafe("figure")

@@ -166,6 +166,17 @@ def test_skip_heatmap_static():
     assert z == [[0, 0, 0], [1, 1, 1], [1, 1, 1], [0, 0, 0]]
 
 
+def test_skip_heatmap_leaves_a_step_that_drafted_nothing_blank():
+    """The cost model's plain steps skipped nothing, whatever layers the drafter would have used."""
+    trace = make_trace()
+    trace.steps[2].draft_tokens, trace.steps[2].accepted = [], 0
+    fig = figures.skip_heatmap(trace)
+    assert [list(row) for row in fig.data[0].z] == [[0, None, 0], [1, None, 1], [1, None, 1], [0, None, 0]]
+    assert "nothing drafted" in fig.data[0].text[0][1]
+    assert "blank columns: steps that drafted nothing" in plain_text(fig.layout.title.text)
+    assert "blank" not in figures.skip_heatmap(make_trace()).layout.title.text
+
+
 def test_skip_heatmap_hispec_levels_and_early_exit():
     fig = figures.skip_heatmap(make_trace("hispec", 8, info=lambda i: {"exit_layer": 1, "verify_exit": 3,
                                                                          "skipped_layers": list(range(1, 8))}))
@@ -614,11 +625,15 @@ def test_a_step_the_cost_model_switched_off_says_so():
     s.draft_tokens, s.accepted, s.draft_probs, s.target_probs, s.draft_cap = [], 0, [], [], 0
     out = figures.step_details_html(trace, 3, decode)
     assert "0 drafted (length chosen by the cost model: 0)" in out and "cost model switched drafting off" in out
+    assert "what the drafter would have drafted with" in out  # its info rows are settings, not what ran
     trace.settings["max_new_tokens"] = 8  # only the target's own token fits: not the model's doing
     assert figures.switched_off(trace, s) is False and "switched" not in figures.step_details_html(trace, 3, decode)
     trace.steps[1].draft_cap = 3
     assert "3 drafted (length chosen by the cost model: 3)" in figures.step_details_html(trace, 1, decode)
     assert "cost model" not in figures.step_details_html(make_trace(), 1, decode)  # a fixed length: not mentioned
+    trace.settings.update(adaptive_length=True, max_new_tokens=10)
+    assert "1 of 3 steps were plain decoding steps" in figures.leviathan_markdown(trace)
+    assert "cost model" not in figures.leviathan_markdown(make_trace())
 
 
 def test_a_tap_pins_token_details_with_the_layers_it_ran():
