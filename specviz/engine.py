@@ -3,7 +3,9 @@
     prefill the prompt -> first token (pending)
     repeat until EOS or max_new_tokens:
         draft    = drafter.propose(state)                 # up to k tokens
-        hidden   = target([pending, *draft])              # one pass, reusing exact draft work
+        hidden   = target([pending, *draft])              # one pass, reusing exact draft work (greedy
+                                                          # on a CPU: a long draft likely to fail early
+                                                          # runs its first rows first, specviz.verify_split)
         verdict  = accept(draft, p, q)                    # greedy prefix (the LM head read only as
                                                           # far as the first mismatch) or rejection sampling
         commit     accepted drafts + the target's own token; crop the cache to the commit
@@ -34,6 +36,7 @@ from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
 from .layers import LayerRunner, PassOutput
 from .sampling import SamplingConfig, Verdict, accept_greedy, accept_greedy_in_chunks, accept_rejection
 from .trace import StepEvent, Trace
+from .verify_split import PassCosts, SplitPlanner
 
 AcceptRule = Callable[[list[int], "torch.Tensor | None", torch.Tensor, torch.Generator], Verdict]
 
@@ -62,6 +65,11 @@ class GenerationConfig:
     # cap each step's draft by the length a cost model learned from this generation's past steps
     # finds fastest (specviz.draft_length); the drafter's own k is the most it may choose
     adaptive_length: bool = False
+    # greedy on a CPU: verify a long draft in two passes where the measured pass costs and this
+    # generation's acceptance say it is cheaper (specviz.verify_split; not with adaptive_length,
+    # whose cost model times whole passes); an int forces a first pass of that many drafts
+    # (tests), False keeps one pass
+    verify_split: bool | int = True
 
 
 class Engine:
@@ -73,6 +81,9 @@ class Engine:
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.eos_token_ids = eos_ids(model)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)
+        # plain verify passes' seconds by rows, shared by this engine's generations: on a CPU a
+        # long draft likely to fail early is verified in two passes (specviz.verify_split)
+        self.pass_costs = PassCosts()
 
     def start(
         self,
@@ -126,6 +137,7 @@ class Generation:
         self.cache = self.runner.new_cache()
         self.tokens = prompt
         self.length_model = self._length_model() if config.adaptive_length else None
+        self.splitter = self._splitter()
         settings = dict(drafter.settings(), **self._sampling_settings())
         if self.length_model is not None:
             settings["adaptive_length"] = True
@@ -144,6 +156,20 @@ class Generation:
         settings = self.drafter.settings()
         longest = settings.get("n") if self.drafter.name == "hispec" else settings.get("k")
         return DraftLengthModel(int(longest)) if isinstance(longest, int) and longest >= 1 else None
+
+    def _splitter(self) -> SplitPlanner | None:
+        """The two-pass plan for greedy verdicts on a CPU (on a GPU a long pass costs about what a
+        short one does), or None. Sampling keeps one pass: it scores every row."""
+        split = self.config.verify_split
+        if split is False or not self.config.sampling.greedy or self.accept_rule is not None:
+            return None
+        if self.length_model is not None and isinstance(split, bool):
+            return None  # the cost model times whole verify passes by size: a split pass would mislead it
+        if self.runner.device.type != "cpu" and isinstance(split, bool):
+            return None
+        if not isinstance(split, bool) and (not isinstance(split, int) or split < 0):
+            raise ValueError(f"verify_split must be true, false or a number of drafts >= 0, got {split!r}")
+        return SplitPlanner(self.engine.pass_costs, fixed=None if isinstance(split, bool) else split)
 
     def _sampling_settings(self) -> dict[str, Any]:
         s = self.config.sampling
@@ -220,8 +246,14 @@ class Generation:
             cap = state.max_draft = self.length_model.choose(state.max_draft)
         draft = self.drafter.propose(state)
         t_drafted = _clock(runner.device)
-        hidden, states = self._verify(draft)
-        verdict, logits = self._judge(draft, hidden)
+        split = self._split_of(draft)
+        if split is None:
+            hidden, states = self._verify(draft)
+            verdict, logits = self._judge(draft, hidden)
+        else:
+            (verdict, logits), states = self._verify_in_two_passes(draft, split), None
+        if self.splitter is not None:
+            self.splitter.observe(len(draft.tokens), verdict.accepted)
         committed = self._commit(draft.tokens[: verdict.accepted] + [verdict.next_token])
         result = VerifyResult(draft=draft, accepted=verdict.accepted, target_token=verdict.next_token,
                               tokens=self.tokens, runner=runner, cache=self.cache, states=states)
@@ -229,11 +261,49 @@ class Generation:
         now = _clock(runner.device)
         event = self._event(draft.tokens, verdict, committed, (draft, logits),
                             t_drafted - t_adapted, now - t_drafted, t_adapted - t_start, now)
+        event.verify_split = split
         if cap is not None:
             event.draft_cap = cap
             self.length_model.observe(cap, len(draft.tokens), verdict.accepted, event.t_draft, event.t_verify,
                                       event.t_search)
         return event
+
+    def _plain_pass(self, draft: Draft) -> bool:
+        """Whether the verify pass is the plain one: no reused draft work, no riders, no states
+        (the pass whose cost `PassCosts` learns and `_verify_in_two_passes` may split)."""
+        return draft.reuse is None and draft.riders is None and not self.drafter.wants_states
+
+    def _split_of(self, draft: Draft) -> int | None:
+        """Drafts in the first of two verify passes, or None for one pass."""
+        if self.splitter is None or not self._plain_pass(draft):
+            return None
+        return self.splitter.split(len(draft.tokens))
+
+    def _timed_pass(self, inputs: torch.Tensor, start: int) -> torch.Tensor:
+        """A plain pass of `inputs` ([1, r]) at absolute position `start` -> last-layer output
+        [r, d], its seconds recorded by rows for the two-pass plan."""
+        runner = self.runner
+        t0 = _clock(runner.device)
+        out = runner.forward(runner.embed(inputs), range(runner.num_layers), start, self.cache)
+        self.engine.pass_costs.observe(inputs.shape[1], _clock(runner.device) - t0)
+        return out.hidden[0]
+
+    def _verify_in_two_passes(self, draft: Draft, split: int) -> tuple[Verdict, torch.Tensor]:
+        """The greedy verdict from rows [0, split + 1) first; rows behind them are run through the
+        model only if the LM head is asked for them, i.e. if drafts 1..split+1 were all accepted."""
+        start = len(self.tokens) - 1
+        inputs = torch.tensor([[self.tokens[-1], *draft.tokens]], device=self.runner.device)
+        self.runner.crop(self.cache, start)
+        blocks: list[torch.Tensor] = []
+
+        def logits_of(lo: int, hi: int) -> torch.Tensor:
+            done = sum(block.shape[0] for block in blocks)
+            if hi > done:  # the second pass: every row left (the cache holds the first pass's rows)
+                blocks.append(self._timed_pass(inputs[:, done:], start + done))
+            return self.runner.head(torch.cat(blocks)[lo:hi] if len(blocks) > 1 else blocks[0][lo:hi])
+
+        blocks.append(self._timed_pass(inputs[:, : split + 1], start))
+        return accept_greedy_in_chunks(draft.tokens, logits_of, first_rows=(min(2, split + 1), split + 1))
 
     def _verify(self, draft: Draft) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """One target pass over [pending, *draft] -> the last layer's output [k+1, d] (+ per-layer
@@ -243,6 +313,10 @@ class Generation:
         inputs = torch.tensor([[self.tokens[-1], *draft.tokens]], device=runner.device)
         wants = self.drafter.wants_states
         reuse, riders = draft.reuse, draft.riders
+        if self._plain_pass(draft):
+            runner.crop(cache, start)
+            return (self._timed_pass(inputs, start) if self.splitter is not None else
+                    runner.forward(runner.embed(inputs), range(runner.num_layers), start, cache).hidden[0]), None
         if reuse is None:
             runner.crop(cache, start)
             out = runner.forward(runner.embed(inputs), range(runner.num_layers), start, cache, capture=wants,

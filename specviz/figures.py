@@ -807,6 +807,7 @@ def step_times_text(trace: Trace, s) -> str:
         why = empty_draft_reason(trace, s)
         text += (f" (nothing drafted, yet drafting took time: the drafter ran but proposed nothing{why}; "
                  "the target then added its own token)")
+    text += split_text(s)
     if (s.info or {}).get("dp_rode_verify"):
         text += (f" (the layer DP whose skip set this step drafts with rode step {s.index - 1}'s verify pass: "
                  "its layer calls and bookkeeping are in that step's verify time)")
@@ -817,6 +818,20 @@ def step_times_text(trace: Trace, s) -> str:
         text += (f" (this verify pass also carried the layer DP that step {carried.index} drafts with: "
                  "its time includes the DP's layer calls)")
     return text
+
+
+def split_text(s) -> str:
+    """What a verify pass split in two (specviz.verify_split) ran, '' for one pass."""
+    first = s.verify_split
+    if first is None:
+        return ""
+    rows = len(s.draft_tokens) + 1
+    if s.accepted > first:
+        return (f" (verified in two passes: the pending token and {first} draft(s) first, then the other "
+                f"{rows - first - 1}, because every draft in the first pass was accepted)")
+    return (f" (verified {first + 1} of {rows} rows: their logits already rejected draft {s.accepted + 1}, so "
+            f"the other {rows - first - 1} rows never ran; the plan split this draft because it looked likely to "
+            "fail early)")
 
 
 def _next_step(trace: Trace, s):

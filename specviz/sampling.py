@@ -8,7 +8,7 @@ through `SamplingConfig.probs`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -107,18 +107,21 @@ def accept_greedy(draft: list[int], target_probs: torch.Tensor) -> Verdict:
 
 
 def accept_greedy_in_chunks(draft: list[int], logits_of: Callable[[int, int], torch.Tensor],
-                            first_rows: int = 2) -> tuple[Verdict, torch.Tensor]:
+                            first_rows: int | Sequence[int] = 2) -> tuple[Verdict, torch.Tensor]:
     """`accept_greedy`, scoring the target's rows only as far as the verdict needs.
 
     `logits_of(start, stop)` gives the target's logits for rows [start, stop) of the k + 1
     verified. The first `first_rows` rows are scored alone, and the rest only if every draft
     token among them was accepted, so a draft rejected early never pays for the LM head over the
     rows behind it. On a CPU the head over a large vocabulary is a real share of a verification
-    (a fifth of a step for SmolLM2's 49k tokens), and most drafts that fail fail early. The
-    verdict is `accept_greedy`'s. Returns it with the rows scored up to it ([accepted + 1, V]).
+    (a fifth of a step for SmolLM2's 49k tokens), and most drafts that fail fail early. Several
+    row counts (increasing) make several chunks: the engine's split verify pass computes the
+    rows behind a chunk only when it is asked for them. The verdict is `accept_greedy`'s.
+    Returns it with the rows scored up to it ([accepted + 1, V]).
     """
     rows, start, scored = len(draft) + 1, 0, []
-    for stop in (min(first_rows, rows), rows):
+    stops = [first_rows] if isinstance(first_rows, int) else list(first_rows)
+    for stop in [min(n, rows) for n in stops] + [rows]:
         if stop <= start:
             continue
         chunk = logits_of(start, stop)

@@ -39,6 +39,9 @@ class StepEvent:
     # the draft length the cost model allowed this step (GenerationConfig.adaptive_length);
     # None: no cost model (older traces lack the field and load as None)
     draft_cap: int | None = None
+    # greedy on a CPU: the verify pass was split, its first pass covering this many drafts (the
+    # rest ran only if they were all accepted; specviz.verify_split); None: one pass
+    verify_split: int | None = None
 
     @property
     def rejected(self) -> list[int]:

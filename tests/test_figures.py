@@ -636,6 +636,17 @@ def test_a_step_the_cost_model_switched_off_says_so():
     assert "cost model" not in figures.leviathan_markdown(make_trace())
 
 
+def test_a_split_verify_pass_says_which_rows_ran():
+    trace = make_trace("prompt-lookup")
+    trace.steps[1].verify_split = 1  # 3 drafts, 2 accepted: drafts 1-2 checked by the first pass, the second ran
+    trace.steps[3].verify_split = 0  # 2 drafts, none accepted: one row ran
+    assert "verified in two passes: the pending token and 1 draft(s) first, then the other 2" in \
+        figures.step_details_html(trace, 1, decode)
+    out = figures.step_details_html(trace, 3, decode)
+    assert "verified 1 of 3 rows: their logits already rejected draft 1" in out
+    assert figures.split_text(trace.steps[2]) == ""  # one pass: nothing to say
+
+
 def test_a_tap_pins_token_details_with_the_layers_it_ran():
     """The details were a `title` only (hover, no touch): every token is focusable, CSS :focus pins
     the same escaped text, and layer-skip tokens say which layers their draft ran."""
