@@ -8,6 +8,7 @@ import torch
 
 from specviz.engine import Engine, Generation, GenerationConfig
 from specviz.sampling import SamplingConfig
+from specviz import verify_split
 from specviz.verify_split import PassCosts, SplitPlanner
 from tests.test_engine import build, model_for
 from tests.tiny import ARCHS, assert_lossless, random_prompt, reference_greedy
@@ -57,6 +58,22 @@ def test_acceptance_is_counted_by_draft_length():
         planner.observe(24, 24)
     assert planner.split(24) is None and planner.split(2) == 0
     assert planner.acceptance(3)[0] < 0.1 < 0.9 < planner.acceptance(20)[0]
+
+
+def test_an_unseen_length_leans_on_the_drafters_overall_record_not_a_coin():
+    """Drafts of 8 always right: a first 32-token draft is trusted too (a 0.5 prior would split it),
+    and a drafter whose drafts always fail splits its first 32-token draft."""
+    assert planner_seeing(MEASURED, 8, [8] * 30).split(32) is None
+    assert planner_seeing(MEASURED, 8, [0] * 30).split(32) == 0
+
+
+def test_a_saving_within_the_margin_keeps_one_pass(monkeypatch):
+    """32-token drafts right 6 times in 10: a one-row first pass would save about 8 % on this curve,
+    within the margin, so one pass; without the margin the plan would split."""
+    planner = planner_seeing(MEASURED, 32, [32] * 6 + [0] * 4)  # one pass 3.05, split 1 + 0.6 V(32) = 2.80
+    assert planner.split(32) is None
+    monkeypatch.setattr(verify_split, "MARGIN", 0.0)
+    assert planner.split(32) == 0
 
 
 def test_unknown_costs_explore_with_one_row_and_tiny_drafts_never_split():
