@@ -3,9 +3,10 @@
     prefill the prompt -> first token (pending)
     repeat until EOS or max_new_tokens:
         draft    = drafter.propose(state)                 # up to k tokens
-        hidden   = target([pending, *draft])              # one pass, reusing exact draft work (greedy
-                                                          # on a CPU: a long draft likely to fail early
-                                                          # runs its first rows first, specviz.verify_split)
+        hidden   = target([pending, *draft])              # one pass, reusing exact draft work (with
+                                                          # verify_split, greedy on a CPU: a long draft
+                                                          # likely to fail early runs its first rows
+                                                          # first, specviz.verify_split)
         verdict  = accept(draft, p, q)                    # greedy prefix (the LM head read only as
                                                           # far as the first mismatch) or rejection sampling
         commit     accepted drafts + the target's own token; crop the cache to the commit
@@ -68,8 +69,10 @@ class GenerationConfig:
     # greedy on a CPU: verify a long draft in two passes where the measured pass costs and this
     # generation's acceptance say it is cheaper (specviz.verify_split; not with adaptive_length,
     # whose cost model times whole passes); an int forces a first pass of that many drafts
-    # (tests), False keeps one pass
-    verify_split: bool | int = True
+    # (tests). Off by default: it wins where long drafts fail early (transformers' fixed-length
+    # prompt lookup, the draft model on SmolLM2) and loses a few percent on prompt lookup's own
+    # drafts, whose estimates it misjudges (BENCHMARKS.md)
+    verify_split: bool | int = False
 
 
 class Engine:

@@ -148,9 +148,10 @@ def test_a_second_pass_fed_the_wrong_tokens_fails_the_lossless_check(monkeypatch
 def test_sampling_the_cost_model_and_off_keep_one_pass_and_a_bad_setting_is_named():
     target, draft, engine = model_for("llama", 0)
     prompt = random_prompt(6, length=10, repeat=True)
-    for config in (GenerationConfig(max_new_tokens=20, verify_split=False),
-                   GenerationConfig(max_new_tokens=20, adaptive_length=True),  # its cost model times whole passes
-                   GenerationConfig(max_new_tokens=20, sampling=SamplingConfig(temperature=0.8, seed=1))):
+    for config in (GenerationConfig(max_new_tokens=20),  # off by default
+                   GenerationConfig(max_new_tokens=20, verify_split=True, adaptive_length=True),  # times whole passes
+                   GenerationConfig(max_new_tokens=20, verify_split=True,
+                                    sampling=SamplingConfig(temperature=0.8, seed=1))):
         trace = engine.generate(prompt, build("prompt-lookup", {"k": 8}, target, draft), config)
         assert all(s.verify_split is None for s in trace.steps)
     with pytest.raises(ValueError, match="verify_split must be"):
@@ -162,5 +163,5 @@ def test_pass_costs_are_learned_per_engine_across_generations():
     engine = Engine(target)
     assert engine.pass_costs.curve() is None
     engine.generate(random_prompt(7, length=10, repeat=True), build("prompt-lookup", {"k": 6}, target, draft),
-                    GenerationConfig(max_new_tokens=40))
+                    GenerationConfig(max_new_tokens=40, verify_split=True))
     assert engine.pass_costs.curve() is not None  # the next generation plans from the first step

@@ -60,9 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive-length", action="store_true",
                    help="also run each drafter with its draft length chosen per step by the cost model "
                         "(specviz.draft_length; the drafter's k is the most it drafts), as '<drafter>+cost-k'")
-    p.add_argument("--one-pass", action="store_true",
-                   help="also run each of our drafter rows with every draft verified in one pass (no two-pass "
-                        "verify, specviz.verify_split), as '<row>+one-pass': the two-pass verify's A/B")
+    p.add_argument("--two-pass", action="store_true",
+                   help="also run each of our drafter rows with the two-pass verify on (greedy, CPU: a long draft "
+                        "likely to fail early is verified rows-first, specviz.verify_split), as '<row>+two-pass'")
     p.add_argument("--variant", action="append", default=[], metavar="DRAFTER.OPTION=VALUE[;OPTION=VALUE]",
                    help="also run DRAFTER with these options on top of its own, interleaved with the rest, as "
                         "'DRAFTER[OPTION=VALUE;...]' (repeatable), e.g. clasp.ride_verify=false")

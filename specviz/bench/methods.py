@@ -26,7 +26,7 @@ from .baselines import (HF_COUNTERPART, MATCHED_SUFFIX, NoCounterpart, assisted_
                         settings_transformers_lacks)
 
 COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptive_length
-ONE_PASS = "+one-pass"  # name suffix of a drafter run with GenerationConfig.verify_split off
+TWO_PASS = "+two-pass"  # name suffix of a drafter run with GenerationConfig.verify_split on
 
 
 @dataclass
@@ -151,20 +151,20 @@ class MethodList:
             methods += self._cost_k_twin(name, options, settings)
         if name == args.trace_overhead:
             methods += self._trace_overhead_twin(name, options, settings)
-        if getattr(args, "one_pass", False) and name != "ar":
-            methods += self._one_pass_twin(name, name, options, settings)
+        if getattr(args, "two_pass", False) and name != "ar":
+            methods += self._two_pass_twin(name, name, options, settings)
         if not args.no_transformers and name in HF_COUNTERPART:
             methods += self._transformers_comparison(methods[0], options)
         return methods
 
-    def _one_pass_twin(self, row: str, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
-        """Row `row` (drafter `name` at `options`) again with every draft verified in one pass."""
-        label = f"{row}{ONE_PASS}"
+    def _two_pass_twin(self, row: str, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
+        """Row `row` (drafter `name` at `options`) again with the two-pass verify on."""
+        label = f"{row}{TWO_PASS}"
         twin = self._build_or_skip(label, name, options)
         if twin is None:
             return []
-        call = self._engine_call(twin, self.args.record, verify_split=False)
-        return [Method(label, "drafter", call, dict(settings, verify_split=False), name)]
+        call = self._engine_call(twin, self.args.record, verify_split=True)
+        return [Method(label, "drafter", call, dict(settings, verify_split=True), name)]
 
     def _build(self, name: str, options: dict[str, Any]):
         return api.build_drafter(name, self.loaded, options, self.args.device, self.args.dtype)
@@ -218,8 +218,8 @@ class MethodList:
         settings = dict(twin.settings())
         matched = Method(label, "drafter", self._engine_call(twin, self.args.record), settings, name,
                          HF_COUNTERPART[name])
-        one_pass = self._one_pass_twin(label, name, options, settings) if getattr(self.args, "one_pass", False) else []
-        return [matched, *one_pass, *self._transformers_counterpart(name, settings, options)]
+        two_pass = self._two_pass_twin(label, name, options, settings) if getattr(self.args, "two_pass", False) else []
+        return [matched, *two_pass, *self._transformers_counterpart(name, settings, options)]
 
     def _transformers_counterpart(self, name: str, settings: dict[str, Any], options: dict[str, Any]) -> list[Method]:
         try:
@@ -239,7 +239,7 @@ class MethodList:
         return self.draft_loaded
 
     def _engine_call(self, drafter, record: bool, adaptive_length: bool = False,
-                     verify_split: bool = True) -> Callable[[list[int], int, int], RunResult]:
+                     verify_split: bool = False) -> Callable[[list[int], int, int], RunResult]:
         def call(ids: list[int], max_new: int, seed: int) -> RunResult:
             sampling = SamplingConfig(self.sampling.temperature, self.sampling.top_k, self.sampling.top_p, seed)
             config = GenerationConfig(max_new_tokens=max_new, sampling=sampling, record=record,
