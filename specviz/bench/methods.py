@@ -159,12 +159,17 @@ class MethodList:
 
     def _two_pass_twin(self, row: str, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
         """Row `row` (drafter `name` at `options`) again with the two-pass verify on."""
-        label = f"{row}{TWO_PASS}"
+        return self._config_twin(f"{row}{TWO_PASS}", name, options, settings, verify_split=True)
+
+    def _config_twin(self, label: str, name: str, options: dict[str, Any], settings: dict[str, Any],
+                     **config: bool) -> list[Method]:
+        """The drafter again as row `label` (a second instance: drafters keep state between
+        steps), run with these GenerationConfig switches, which its settings record."""
         twin = self._build_or_skip(label, name, options)
         if twin is None:
             return []
-        call = self._engine_call(twin, self.args.record, verify_split=True)
-        return [Method(label, "drafter", call, dict(settings, verify_split=True), name)]
+        call = self._engine_call(twin, self.args.record, **config)
+        return [Method(label, "drafter", call, dict(settings, **config), name)]
 
     def _build(self, name: str, options: dict[str, Any]):
         return api.build_drafter(name, self.loaded, options, self.args.device, self.args.dtype)
@@ -186,14 +191,8 @@ class MethodList:
         return [Method(label, "drafter", self._engine_call(drafter, self.args.record), dict(drafter.settings()), name)]
 
     def _cost_k_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
-        """The drafter again, its draft length chosen each step by the cost model (a second
-        instance: drafters keep state between steps)."""
-        label = f"{name}{COST_K}"
-        twin = self._build_or_skip(label, name, options)
-        if twin is None:
-            return []
-        call = self._engine_call(twin, self.args.record, adaptive_length=True)
-        return [Method(label, "drafter", call, dict(settings, adaptive_length=True), name)]
+        """The drafter again, its draft length chosen each step by the cost model."""
+        return self._config_twin(f"{name}{COST_K}", name, options, settings, adaptive_length=True)
 
     def _trace_overhead_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
         label = f"{name}{'-record' if self.args.record else '+record'}"
