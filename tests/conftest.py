@@ -11,6 +11,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "SPECVIZ_CACHE_DIR" not in os.environ:
     os.environ["SPECVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="specviz-test-cache-")
 
+# Under pytest-xdist (`-n auto`, the default in pyproject.toml) every core runs its own worker, so
+# each worker keeps to one torch thread: the tiny test models gain nothing from a second thread
+# (measured: the same wall time at twice the CPU), and two workers of two threads would contend.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    torch.set_num_threads(1)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
 
 

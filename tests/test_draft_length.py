@@ -237,13 +237,13 @@ def test_draft_cap_round_trips_and_old_traces_load():
 # -- sampling stays exact ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sampling_setup():
-    """test_engine's sampling model: early exit at layer 1 of 3 drafts from a q far from p."""
-    target = tiny_model("llama", seed=4, num_layers=3, vocab=V, hidden=32, damp={1: 0.5, 2: 0.5})
-    with torch.no_grad():
-        target.lm_head.weight.mul_(0.5)
+    """test_sampling_power's target: amplified upper layers put early exit's q far from p, so
+    rejections are common and the planted rule shows in few runs (p ~ 5e-14 at 600 runs, where
+    test_engine's softer target needed 2000 runs to reach 2e-5)."""
+    target = tiny_model("llama", seed=7, num_layers=3, vocab=V, hidden=32, damp={1: 4.0, 2: 4.0})
     target.generation_config.eos_token_id = None
     target.config.eos_token_id = None
-    prompt = [3, 1, 0, 1, 2]
+    prompt = [3, 1, 0, 1, 2, 3, 1, 0]
     sampling = {"temperature": 1.0}
     return target, prompt, sampling, exact_joint(target, prompt, SamplingConfig(**sampling), 3)
 
@@ -271,7 +271,7 @@ def adaptive_counts(engine, target, prompt, sampling, runs, accept_rule=None):
     return counts, caps
 
 
-RUNS = 2000
+RUNS = 600
 
 
 def test_sampling_stays_exact_with_adaptive_length_and_the_test_has_teeth(sampling_setup):
