@@ -221,18 +221,25 @@ def spec_steps(trace: Trace):
     return [s for s in trace.steps if s.index > 0]
 
 
-def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs) -> go.Figure:
+def _layout(fig: go.Figure, title: str, height: int = 320, legend_below: bool = False, **kwargs) -> go.Figure:
     """The shared look. `title` comes from `fig_title`: pinned to the top, with room made for all
     its lines and a legend row under them; a title taller than one line with a legend makes the
-    figure taller, so the plot area keeps its size."""
+    figure taller, so the plot area keeps its size. `legend_below`: the legend goes under the
+    x axis instead, for legends of long entries: on a phone a horizontal legend above the plot
+    wraps to more rows and grows upward into the title."""
     shown = kwargs.get("showlegend")  # unset: Plotly shows a legend for two or more traces
-    top = title_top_margin(title, bool(shown) if shown is not None else len(fig.data) > 1)
-    height += max(0, top - BASE_TOP_MARGIN)
+    legend = bool(shown) if shown is not None else len(fig.data) > 1
+    top = title_top_margin(title, legend and not legend_below)
+    bottom = 45 + (2 * LEGEND_ROW_PX + 20 if legend and legend_below else 0)
+    height += max(0, top - BASE_TOP_MARGIN) + (bottom - 45)
+    # below: its top 48 px under the plot area (paper units are fractions of the plot's height), clear of the axis title
+    placement = (dict(orientation="h", yanchor="top", y=-48 / (height - top - bottom), xanchor="left", x=0.0)
+                 if legend_below
+                 else dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1 - TITLE_TOP_PX / height, yref="container",
                                  yanchor="top", font=dict(size=14)),
                       height=height,
-                      margin=dict(l=55, r=20, t=top, b=45), font=FIG_FONT,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+                      margin=dict(l=55, r=20, t=top, b=bottom), font=FIG_FONT, legend=placement,
                       paper_bgcolor="rgba(0,0,0,0)", **kwargs)
     return fig
 
@@ -924,8 +931,9 @@ INFO_LABELS = {
     "dp_budget": "layers the DP skips (M)",
     "dp_run_cos": "cosines of the “run the layer” candidates",
     "dp_skip_cos": "cosines of the “skip the layer” candidates",
-    "exit_layer": "the draft exits after layer",
-    "verify_exit": "the intermediate check exits after layer (v)",
+    # E counts layers: exit E runs layers 0 … E − 1 (the heatmap numbers layers from 0)
+    "exit_layer": "the draft's exit E: it runs this many layers, 0 to E − 1",
+    "verify_exit": "the intermediate check's exit v: it runs this many layers, 0 to v − 1",
     "draft_model": "draft model",
     "ngram": "matched n-gram length",
     "match_start": "the match starts at context position",
@@ -1117,7 +1125,8 @@ def acceptance_figure(trace: Trace | None) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=pos, y=m.acceptance_per_position, marker_color=BLUE, name="accepted",
         text=[f"{100 * a:.0f}%<br>n={n}" for a, n in zip(m.acceptance_per_position, m.drafted_per_position)],
-        textposition="outside", cliponaxis=False,
+        # a fixed size: Plotly shrinks outside labels to the bar's width, unreadable on a phone
+        textposition="outside", cliponaxis=False, constraintext="none", textfont=dict(size=11),
         hovertemplate="position %{x}: %{y:.1%} accepted<extra></extra>",
     ))
     fig.update_xaxes(title_text="draft position", dtick=1)
@@ -1282,8 +1291,9 @@ def leviathan_markdown(trace: Trace | None, plain: PlainRun | None = None) -> st
     head = ("### The speedup formula (Leviathan et al., 2023)\n\n"
             "With per-token acceptance probability $\\alpha$, $\\gamma$ draft tokens per verification and a draft "
             "token costing $c$ target steps:\n\n"
-            "$$E[\\text{tokens per verification}] = \\frac{1-\\alpha^{\\gamma+1}}{1-\\alpha} \\qquad "
-            "S = \\frac{1-\\alpha^{\\gamma+1}}{(1-\\alpha)(\\gamma c+1)}$$\n\n")
+            "$$E[\\text{tokens per verification}] = \\frac{1-\\alpha^{\\gamma+1}}{1-\\alpha}$$\n\n"
+            # two displays, not one with both: side by side they ran off a phone's screen
+            "$$S = \\frac{1-\\alpha^{\\gamma+1}}{(1-\\alpha)(\\gamma c+1)}$$\n\n")
     if trace is None or not trace.steps:
         return head + "*Run a drafter to plug in this run's measured α and c.*"
     x = leviathan_inputs(trace, plain)
@@ -1359,7 +1369,7 @@ def leviathan_figure(trace: Trace | None, plain: PlainRun | None = None) -> go.F
     fig.update_xaxes(title_text="γ (draft tokens per verification)", dtick=2)
     fig.update_yaxes(title_text="speedup S", rangemode="tozero")
     return _layout(fig, fig_title("Leviathan speedup vs draft length", f"c = {c:.2f}: a draft token's cost ÷ a verification's"),
-                   height=330)
+                   height=330, legend_below=True)
 
 
 def method_plans(num_layers: int, options: dict[str, dict[str, Any]] | None = None

@@ -37,6 +37,9 @@ TEACH_CSS = """
 .sv-grid > div { font-size: 11px; text-align: center; min-width: 1.6em; padding: 1px 3px; border-radius: 2px; }
 .sv-scrollx { overflow-x: auto; max-width: 100%; }
 .sv-teach table.sv-rule td:last-child, .sv-teach th { white-space: nowrap; }
+@media (max-width: 600px) {  /* a phone: the verdict column wraps instead of running off the screen */
+  .sv-teach table.sv-rule td:last-child { white-space: normal; min-width: 6.5em; }
+}
 """
 
 
@@ -624,7 +627,7 @@ def lens_figure(result: "LensResult | None", decode: Decode | None = None) -> go
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(side="top", type="category")
     title = fig_title(f"Logit lens at generated token {result.position + 1} ('{chosen}')",
-                      "rows: exit after layer e; colour: probability", "✓ = the token the run chose; last column: its p and rank")
+                      "rows: exit e (the first e layers); colour: probability", "✓ = the token the run chose; last column: its p and rank")
     _layout(fig, title, height=max(260, 26 * len(rows) + 120))
     # the row a legend would take under the title holds the column labels (the x axis is on top)
     fig.update_layout(margin=dict(l=8, r=8, t=title_top_margin(title, legend=True), b=10))

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from specviz.ui.controls import drafter_choice
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
@@ -65,9 +67,11 @@ def wait_finished(page, drafter: str):
 
 
 def choose_drafter(page, name: str):
+    """Pick a drafter by its name; the list shows "name · title"."""
+    label = drafter_choice(name)[0]
     page.locator("#sv-drafter input").click()
-    page.get_by_role("option", name=name, exact=True).click()
-    page.wait_for_function("(n) => document.querySelector('#sv-drafter input').value === n", arg=name)
+    page.get_by_role("option", name=label, exact=True).click()
+    page.wait_for_function("(n) => document.querySelector('#sv-drafter input').value === n", arg=label)
 
 
 def test_run_switch_drafter_step(page):

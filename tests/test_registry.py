@@ -92,7 +92,7 @@ def test_toy_has_a_ui_panel(toy, tiny_model_dir):
     params = [p["parameter_name"] for p in demo.get_api_info()["named_endpoints"]["/run"]["parameters"]]
     assert ui.param_name("toy-echo", "width") == "toy_echo_width" and "toy_echo_width" in params
     dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sv-drafter")
-    assert ("toy-echo", "toy-echo") in dropdown.choices
+    assert ("toy-echo · Echo (toy)", "toy-echo") in dropdown.choices, dropdown.choices
 
 
 def test_toy_runs_through_the_handlers(toy, tiny_model_dir):

@@ -23,20 +23,38 @@ def clasp_session(tiny_model_dir):
 
 
 def test_on_step_explains_the_step_and_sets_the_lens_range(clasp_session):
-    lesson, cell, lens_update = ui_teach.on_step(1, None, None, clasp_session)
+    clasp_session.selected_step = 1
+    lesson, cell, lens_update = ui_teach.on_step(None, None, clasp_session)
     assert "greedy acceptance" in lesson and "what the verifier reused" in lesson
     assert "DP table used from step 1" in cell and "on the chosen path" in cell  # blank = the final cell
     assert lens_update["maximum"] == len(clasp_session.trace.generated)
 
 
 def test_explain_cell_follows_the_picked_cell(clasp_session):
-    assert "cell (i = 2, j = 1)" in ui_teach.explain_cell(1, 2, 1, clasp_session)
-    assert "inside the table" in ui_teach.explain_cell(1, 99, 0, clasp_session)
+    clasp_session.selected_step = 1
+    assert "cell (i = 2, j = 1)" in ui_teach.explain_cell(2, 1, clasp_session)
+    assert "inside the table" in ui_teach.explain_cell(99, 0, clasp_session)
+
+
+def test_explanations_follow_the_step_the_views_show_not_the_slider(clasp_session):
+    """A run's updates and a pick on the slider set the session's step; the Explain views read it
+    there (the slider's value in the browser lagged a run, and after a shorter run Gradio refused
+    the old value as above the slider's new maximum)."""
+    from specviz.ui.handlers import rerender_step
+    from specviz.ui.render import render
+
+    render(clasp_session, {"plots"})
+    last = len(clasp_session.trace.steps) - 1
+    assert clasp_session.selected_step == last
+    assert f"<h4>Step {last}:" in ui_teach.on_step(None, None, clasp_session)[0]
+    rerender_step(1, clasp_session)
+    assert clasp_session.selected_step == 1
+    assert "<h4>Step 1:" in ui_teach.on_step(None, None, clasp_session)[0]
 
 
 def test_handlers_without_a_run_say_what_to_do():
     assert "Run or Step" in ui_teach.explain_step(0, None)
-    assert "Run CLaSp" in ui_teach.explain_cell(0, 1, 1, Session())
+    assert "Run CLaSp" in ui_teach.explain_cell(1, 1, Session())
     fig = ui_teach.lens(None, 1, Session())
     assert "Pick a position" in fig.layout.annotations[0].text
 

@@ -62,5 +62,7 @@ def control_component(c: Control, model_names: Sequence[str], model: str, value:
     if c.kind == "bool":
         return gr.Checkbox(value=bool(value), label=c.label, info=info)
     if c.kind == "model":
-        return gr.Dropdown(["(default)"] + list(model_names), value=value, label=c.label, info=info)
+        # "(default)" is what reaches the handlers; the label says what it picks
+        default = ("(default) the model's own draft model, from its registry entry", "(default)")
+        return gr.Dropdown([default] + [(n, n) for n in model_names], value=value, label=c.label, info=info)
     return gr.Textbox(value=value, label=c.label, info=info)

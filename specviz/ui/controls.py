@@ -101,6 +101,13 @@ def available(name: str) -> bool:
     return name in DRAFTERS
 
 
+def drafter_choice(name: str) -> tuple[str, str]:
+    """The drafter list's entry: its name (what the CLI, the API and the cards call it) and its
+    title, so a visitor knows what "ar" or "ctc" is before picking it."""
+    label = f"{name} · {spec_for(name).title}"
+    return (label if available(name) else f"{label} (not available)", name)
+
+
 def unavailable_message(name: str) -> str:
     return (f"Drafter '{name}' is not available in this build: specviz/drafters/{spec_for(name).module}.py is "
             "missing or did not register.")

@@ -268,6 +268,8 @@ def rerender_step(step_index, session) -> tuple:
         idx = int(step_index)
     except (TypeError, ValueError):
         idx = None
+    if session is not None:
+        session.selected_step = idx  # the Explain step views follow it (they run on the details' change)
     return (figures.dp_grid_figure(trace, idx), figures.step_details_html(trace, idx, decode),
             figures.skip_heatmap(trace, idx))
 
@@ -308,9 +310,10 @@ def on_model(config: AppConfig, model, drafter, prompt) -> list:
         return [gr.skip()] * (6 + len(control_keys))
     exs = config.examples_of(model)
     known = {e.prompt for m in config.model_names for e in config.examples_of(m)}
-    new_prompt = exs[0].prompt if exs and (not (prompt or "").strip() or prompt in known) else gr.skip()
+    first_example = bool(exs) and (not (prompt or "").strip() or prompt in known)  # else keep the visitor's text
     return [model_markdown(model), model_status_text(config, model), gr.update(visible=has_chat_template(model)),
-            gr.update(choices=[(e.label, i) for i, e in enumerate(exs)], value=None), new_prompt,
+            gr.update(choices=[(e.label, i) for i, e in enumerate(exs)], value=0 if first_example else None),
+            exs[0].prompt if first_example else gr.skip(),
             drafter_note_text(drafter, model)] + control_updates(config, model)
 
 

@@ -30,7 +30,7 @@ from . import teach as ui_teach
 from .catalog import has_chat_template, model_label, model_markdown, num_layers
 from .components import control_component, named_number, named_slider
 from .config import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, PLOT_EVERY, AppConfig
-from .controls import (available, control_values, initial_drafter, options_from_values, param_name, spec_for,
+from .controls import (available, control_values, drafter_choice, initial_drafter, options_from_values, param_name, spec_for,
                        unavailable_message)
 from .gpu import gpu_decorator
 from .loading import preload_in_background
@@ -121,14 +121,15 @@ def _inputs_column(config: AppConfig, c: Components) -> None:
                              allow_custom_value=True, elem_id="sv-model")
     c["model_info"] = gr.Markdown(model_markdown(default_model))
     c["model_status"] = gr.Markdown(config.load_status.message, elem_id="sv-model-status")
-    c["examples"] = gr.Dropdown([(e.label, i) for i, e in enumerate(first_examples)], value=None,
+    # the prompt box starts with the first example, so the list says so
+    c["examples"] = gr.Dropdown([(e.label, i) for i, e in enumerate(first_examples)], value=0 if first_examples else None,
                                 label="example prompts", info="pick one to fill the prompt box", elem_id="sv-examples")
     c["prompt"] = gr.Textbox(label="prompt", lines=7, max_lines=20,
                              value=first_examples[0].prompt if first_examples else "",
                              placeholder="Ask something, or pick an example above", elem_id="sv-prompt")
     c["chat"] = gr.Checkbox(value=True, label="chat: send the prompt as a user message (the model's chat "
                             "template); off = raw text", visible=has_chat_template(default_model), elem_id="sv-chat")
-    c["drafter"] = gr.Dropdown([(n if available(n) else f"{n} (not available)", n) for n in config.drafters],
+    c["drafter"] = gr.Dropdown([drafter_choice(n) for n in config.drafters],
                                value=initial_drafter(default_model, config.drafters), label="drafter",
                                allow_custom_value=True, elem_id="sv-drafter")
     c["drafter_note"] = gr.Markdown()
@@ -200,7 +201,7 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
         with gr.Tab("Compare", elem_id="sv-tab-compare"):
             _compare_tab(config, c)
         with gr.Tab("Learn", elem_id="sv-tab-learn"):
-            c["learn_md"] = gr.Markdown(figures.leviathan_markdown(None),
+            c["learn_md"] = gr.Markdown(figures.leviathan_markdown(None), elem_id="sv-learn-md",
                                         latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                           {"left": "$", "right": "$", "display": False}])
             c["learn_fig"] = gr.Plot(label="speedup formula")
@@ -289,7 +290,7 @@ def _wire_explain_events(config: AppConfig, c: Components) -> None:
     """The Explain step views follow the step details (which every run update and every step pick
     redraw: a run that ends on the same step number as the last one still refreshes them)."""
     session = c["session"]
-    cell = [c["step_sel"], c["dp_i"], c["dp_j"], session]
+    cell = [c["dp_i"], c["dp_j"], session]  # the step comes from the session (Session.selected_step)
     c["details"].change(ui_teach.on_step, cell, [c["lesson"], c["dp_cell"], c["lens_pos"]], concurrency_limit=4,
                         **PRIVATE)
     for box in (c["dp_i"], c["dp_j"]):

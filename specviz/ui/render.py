@@ -48,6 +48,7 @@ def _speed_parts(session: Session, clock: str) -> dict[str, Any]:
 def _plot_parts(session: Session, decode: Decode | None, clock: str) -> dict[str, Any]:
     trace = session.trace
     last = max(0, (len(trace.steps) if trace else 0) - 1)
+    session.selected_step = last
     return {"heatmap": figures.skip_heatmap(trace, last if session.mode == "step" else None),
             "dp": figures.dp_grid_figure(trace, last),
             "step_sel": gr.update(maximum=max(1, last), value=last),

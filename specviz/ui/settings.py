@@ -76,7 +76,7 @@ def settings_from(config: AppConfig, model: Any, prompt: Any, drafter: Any, max_
     if not isinstance(model, str) or model not in names:
         raise user_error(f"Unknown model {model!r}: choose one of {', '.join(names)}.")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise user_error("Prompt must not be empty: type some code or pick an example.")
+        raise user_error("Prompt must not be empty: type a prompt or pick an example.")
     if drafter not in config.drafters:
         raise user_error(f"Unknown drafter {drafter!r}: choose one of {', '.join(config.drafters)}.")
     if not available(drafter):

@@ -48,19 +48,24 @@ def explain_step(step_index, session) -> str:
     return teach.step_lesson_html(trace, _index(step_index), decode)
 
 
-def explain_cell(step_index, layer_i, skipped_j, session) -> str:
+def selected_step(session: Any) -> int | None:
+    """The step the step views show (the session keeps it: see `Session.selected_step`)."""
+    return session.selected_step if isinstance(session, Session) else None
+
+
+def explain_cell(layer_i, skipped_j, session) -> str:
     """How cell (i, j) of the CLaSp DP in force at the selected step was decided (blank inputs: the
     final cell (L, M))."""
     trace, decode = _trace_and_decode(session)
-    return teach.dp_cell_html(trace, _index(step_index), _index(layer_i), _index(skipped_j), decode)
+    return teach.dp_cell_html(trace, selected_step(session), _index(layer_i), _index(skipped_j), decode)
 
 
-def on_step(step_index, layer_i, skipped_j, session) -> tuple:
+def on_step(layer_i, skipped_j, session) -> tuple:
     """A new selected step (picked, or set by a run): both explanations, and the lens slider's
     range (the run's generated tokens)."""
     trace, _ = _trace_and_decode(session)
     n = len(trace.generated) if trace is not None else 0
-    return (explain_step(step_index, session), explain_cell(step_index, layer_i, skipped_j, session),
+    return (explain_step(selected_step(session), session), explain_cell(layer_i, skipped_j, session),
             gr.update(maximum=max(1, n)))
 
 

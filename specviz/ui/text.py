@@ -12,6 +12,8 @@ CSS = """
 .sv-progress a { white-space: nowrap; }
 /* Stop's instant feedback: shown while the stopped run still streams (its caret), gone with its final update */
 body:has(#sv-tokens .sv-caret) #sv-progress[data-stopping] .sv-progress::before { content: "Stopping… · "; font-weight: 600; }
+/* a formula wider than a phone scrolls inside its line instead of being cut off */
+#sv-learn-md .katex-display { overflow-x: auto; overflow-y: hidden; }
 """
 
 LEARN_MD = r"""
