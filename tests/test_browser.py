@@ -129,3 +129,18 @@ def test_error_toast(page):
     toast.first.wait_for(state="visible")
     page.wait_for_timeout(800)  # the toast flies in
     page.screenshot(path=str(ARTIFACTS / "07-error-toast.png"))
+
+
+def test_a_typed_value_outside_a_slider_is_announced_not_clamped_silently(page):
+    """Gradio's page clamps a slider's typed value when its box loses focus; the app says so."""
+    box = page.locator("input[aria-label='number input for max new tokens']")
+    box.fill("0")
+    box.press("Tab")  # blur: the value is clamped to the minimum
+    notice = page.locator("#sv-clamp-notice")
+    notice.wait_for(state="visible")
+    assert notice.inner_text() == "max new tokens: 0 is below the minimum 1, so it was set to 1."
+    assert box.input_value() == "1"
+    page.screenshot(path=str(ARTIFACTS / "08-clamp-notice.png"))
+    box.fill("40")
+    box.press("Tab")  # in range: nothing new to say
+    assert box.input_value() == "40"

@@ -45,6 +45,39 @@ PRIVATE = dict(api_visibility="private", show_progress="hidden")  # UI-only even
 # line's wrapper that CSS shows while the run still streams; the DOM Gradio renders is left alone
 STOP_JS = "() => { document.querySelector('#sv-progress')?.setAttribute('data-stopping', ''); }"
 RUN_JS = "() => { document.querySelector('#sv-progress')?.removeAttribute('data-stopping'); }"
+# A slider's number box: Gradio's page clamps a typed value into [min, max] when the box loses
+# focus, before any handler sees it, so the server cannot refuse it. This says so instead of
+# clamping silently: a capture-phase blur listener reads the typed value before Gradio's own
+# handler clamps it and shows a notice (text only, built with textContent) naming the setting,
+# the value, the bound and what it became.
+CLAMP_NOTICE_JS = """() => {
+  if (window.svClampNotice) return;
+  window.svClampNotice = true;
+  const show = (text) => {
+    let box = document.getElementById('sv-clamp-notice');
+    if (!box) {
+      box = document.createElement('div');
+      box.id = 'sv-clamp-notice';
+      box.setAttribute('role', 'alert');
+      document.body.appendChild(box);
+    }
+    box.textContent = text;
+    box.hidden = false;
+    clearTimeout(window.svClampTimer);
+    window.svClampTimer = setTimeout(() => { box.hidden = true; }, 9000);
+  };
+  document.addEventListener('blur', (event) => {
+    const box = event.target;
+    if (!(box instanceof HTMLInputElement) || box.type !== 'number' || box.value === '') return;
+    if (!box.closest('.wrap')?.querySelector('input[type=range]')) return;  // sliders only
+    const value = Number(box.value), low = Number(box.min), high = Number(box.max);
+    if (!(value < low || value > high)) return;
+    const bound = value < low ? low : high;
+    const name = (box.getAttribute('aria-label') || 'this setting').replace(/^number input for /, '');
+    show(`${name}: ${value} is ${value < low ? 'below the minimum' : 'above the maximum'} ${bound}, ` +
+         `so it was set to ${bound}.`);
+  }, true);
+}"""
 
 
 def build_app(model_names: Sequence[str] | None = None, *, default_model: str | None = None,
@@ -320,6 +353,7 @@ def _wire_view_events(config: AppConfig, c: Components, demo: gr.Blocks) -> None
     status_timer = gr.Timer(1.0, active=not config.load_status.done.is_set())
     status_outputs = [c["model_status"], status_timer]
     status_timer.tick(poll_status, None, status_outputs, concurrency_limit=None, queue=False, **PRIVATE)
+    demo.load(None, None, None, js=CLAMP_NOTICE_JS, **PRIVATE)
     demo.load(on_drafter, [c["drafter"], c["model"]], drafter_outputs, **PRIVATE)
     demo.load(poll_status, None, status_outputs, queue=False, **PRIVATE)
     demo.load(initial_figures, None, [c[k] for k in ("heatmap", "dp", "speed", "speedup", "accpos", "hist",

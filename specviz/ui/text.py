@@ -12,6 +12,10 @@ CSS = """
 .sv-progress a { white-space: nowrap; }
 /* Stop's instant feedback: shown while the stopped run still streams (its caret), gone with its final update */
 body:has(#sv-tokens .sv-caret) #sv-progress[data-stopping] .sv-progress::before { content: "Stopping… · "; font-weight: 600; }
+/* what a slider did to a typed value outside its range (layout.CLAMP_NOTICE_JS) */
+#sv-clamp-notice { position: fixed; left: 50%; bottom: 24px; transform: translateX(-50%); z-index: 1000;
+  max-width: min(92vw, 560px); padding: 10px 14px; border-radius: 8px; font-size: 14px;
+  background: #fff7ed; color: #7c2d12; border: 1px solid #fb923c; box-shadow: 0 4px 14px rgba(0,0,0,.18); }
 /* a formula wider than a phone scrolls inside its line instead of being cut off */
 #sv-learn-md .katex-display { overflow-x: auto; overflow-y: hidden; }
 """
