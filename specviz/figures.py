@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import plotly.graph_objects as go
 
-from .trace import Trace, compute_metrics
+from .trace import Metrics, Trace, compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -512,6 +512,12 @@ def lossless_check(trace: Trace, plain: PlainRun | None) -> tuple[str, str]:
 
 
 @failsafe("html")
+def run_seconds(trace: Trace, m: Metrics, clock: str) -> float:
+    """The run's time on `clock`: "wall", or "busy" (the engine's own time: step mode, where the
+    wall clock would count the visitor's pauses between Step presses)."""
+    return busy_times(trace)[-1] if clock == "busy" else m.wall_time
+
+
 def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall",
                status: str = "") -> str:
     """Metric cards: tokens/s, speedup vs plain generate(), τ, acceptance, time split, and the
@@ -522,7 +528,7 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
             status = status or "Stopped before the first token."
         return head + f'<div class="sv-status">{html.escape(status or "No run yet.")}</div>'
     m = compute_metrics(trace)
-    elapsed = busy_times(trace)[-1] if clock == "busy" else m.wall_time
+    elapsed = run_seconds(trace, m, clock)
     tps = m.new_tokens / elapsed if elapsed > 0 else 0.0
     cards = []
     sub = f"{m.new_tokens} tokens in {elapsed:.2f} s" + (" (engine time)" if clock == "busy" else "")
@@ -1262,7 +1268,7 @@ def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
     return leviathan_expected_tokens(alpha, gamma) / (gamma * c + 1)
 
 
-def leviathan_inputs(trace: Trace, plain: PlainRun | None = None) -> LeviathanInputs:
+def leviathan_inputs(trace: Trace, plain: PlainRun | None = None, clock: str = "wall") -> LeviathanInputs:
     """Plug a run into Leviathan et al.'s formula.
 
     α: each verification tests draft positions until the first rejection, so under the i.i.d.
@@ -1282,12 +1288,14 @@ def leviathan_inputs(trace: Trace, plain: PlainRun | None = None) -> LeviathanIn
     c = mean_draft / mean_verify if (mean_draft is not None and mean_verify) else None
     expected = leviathan_expected_tokens(alpha, gamma) if alpha is not None else None
     predicted = leviathan_speedup(alpha, gamma, c) if (alpha is not None and c is not None) else None
-    measured = (m.tokens_per_s / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 and m.tokens_per_s > 0 else None
+    elapsed = run_seconds(trace, m, clock)  # the cards' clock: in step mode, not the pauses between Steps
+    tps = m.new_tokens / elapsed if elapsed > 0 else 0.0
+    measured = (tps / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 and tps > 0 else None
     return LeviathanInputs(alpha, gamma, c, expected, predicted, m.tau, measured, m.acceptance_rate, mean_draft, mean_verify)
 
 
 @failsafe("markdown")
-def leviathan_markdown(trace: Trace | None, plain: PlainRun | None = None) -> str:
+def leviathan_markdown(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall") -> str:
     head = ("### The speedup formula (Leviathan et al., 2023)\n\n"
             "With per-token acceptance probability $\\alpha$, $\\gamma$ draft tokens per verification and a draft "
             "token costing $c$ target steps:\n\n"
@@ -1296,7 +1304,7 @@ def leviathan_markdown(trace: Trace | None, plain: PlainRun | None = None) -> st
             "$$S = \\frac{1-\\alpha^{\\gamma+1}}{(1-\\alpha)(\\gamma c+1)}$$\n\n")
     if trace is None or not trace.steps:
         return head + "*Run a drafter to plug in this run's measured α and c.*"
-    x = leviathan_inputs(trace, plain)
+    x = leviathan_inputs(trace, plain, clock)
     if x.alpha is None:
         return head + (f"*This run ('{trace.drafter}') drafted nothing, so α is undefined: "
                        "plain decoding is the formula's baseline, S = 1.*")
@@ -1342,12 +1350,12 @@ def cost_model_sentence(trace: Trace) -> str:
 
 
 @failsafe("figure")
-def leviathan_figure(trace: Trace | None, plain: PlainRun | None = None) -> go.Figure:
+def leviathan_figure(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall") -> go.Figure:
     """S(γ) for this run's α and c, with the run's γ and its measured speedup marked."""
     if trace is None or not trace.steps:
         alpha, c, inputs = 0.8, 0.5, None
     else:
-        inputs = leviathan_inputs(trace, plain)
+        inputs = leviathan_inputs(trace, plain, clock)
         if inputs.alpha is None or inputs.c is None:
             alpha, c, inputs = 0.8, 0.5, None
         else:

@@ -661,3 +661,18 @@ def test_a_tap_pins_token_details_with_the_layers_it_ran():
     assert "layers 0–1 produced it (exit v)" in hispec
     assert "draft ran" not in figures.token_html(make_trace("ctc", info=lambda i: {"head": "ctc"}), decode)
     assert figures._ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"
+
+
+def test_learn_measures_a_step_mode_run_on_the_engine_clock_like_the_cards():
+    """Step mode: the wall clock counts the visitor's pauses between Step presses, so the cards
+    use the engine's own time; the Learn tab's measured speedup must use the same clock."""
+    trace = make_trace()
+    plain = plain_for(trace, wall=0.08)
+    busy = figures.busy_times(trace)[-1]
+    trace.steps[-1].t_end += 100.0  # a long pause before the last Step
+    paused = figures.leviathan_inputs(trace, plain, "wall").measured_speedup
+    engine = figures.leviathan_inputs(trace, plain, "busy").measured_speedup
+    assert engine == pytest.approx((8 / busy) / plain.tokens_per_s)
+    assert paused < 0.01 < engine
+    assert f"**{engine:.2f}×**" in figures.leviathan_markdown(trace, plain, "busy")
+    assert f"{engine:.2f}×" in figures.cards_html(trace, plain, "busy")

@@ -56,8 +56,8 @@ def _plot_parts(session: Session, decode: Decode | None, clock: str) -> dict[str
             **_speed_parts(session, clock),
             "accpos": figures.acceptance_figure(trace),
             "hist": figures.accepted_histogram(trace),
-            "learn_md": figures.leviathan_markdown(trace, session.plain),
-            "learn_fig": figures.leviathan_figure(trace, session.plain)}
+            "learn_md": figures.leviathan_markdown(trace, session.plain, clock),
+            "learn_fig": figures.leviathan_figure(trace, session.plain, clock)}
 
 
 def render(session: Session, parts: set[str], export_dir: Path | None = None, streaming: bool = False,
