@@ -11,7 +11,7 @@ import torch
 
 from specviz.drafters.ctc import load_head
 from specviz.drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE, adapter_meta, load_vocab_rank
-from specviz.train import selfdistill, train_adapters, train_ctc, train_draft
+from specviz.train import answer_shards, selfdistill, train_adapters, train_ctc, train_draft
 from specviz.train.instructions import HELDOUT_CATEGORIES, HELDOUT_TOPICS, TEMPLATES, TOPICS, build
 
 
@@ -60,6 +60,16 @@ def test_the_pipeline_trains_every_part(shards, tmp_path):
                       "--minutes", "0.05", "--batch-tokens", "256", "--train-vocab", "2048", "--teacher-kl", "0.5"])
     stored = json.loads((tmp_path / "draft" / "training_meta.json").read_text())
     assert stored["layers"] == 2 and "command" in stored and stored["teacher_kl"] == 0.5
+    # a later sitting from the exported draft, on shards rebuilt from the answers alone
+    dialogues = [(p, a) for shard in sorted((shards / "train").glob("shard_*.pt"))
+                 for p, a in recorded_dialogues(torch.load(shard, weights_only=False))]
+    answer_shards.write_shards(dialogues, tmp_path / "answers" / "train")
+    answer_shards.write_shards(dialogues, tmp_path / "answers" / "heldout")
+    train_draft.main(["--data", str(tmp_path / "answers"), "--init-draft", str(tmp_path / "draft"),
+                      "--run", str(tmp_path / "draft_run2"), "--out", str(tmp_path / "draft2"), "--minutes", "0.05",
+                      "--batch-tokens", "256", "--train-vocab", "2048"])
+    again = json.loads((tmp_path / "draft2" / "training_meta.json").read_text())
+    assert again["init_draft"] == str(tmp_path / "draft") and again["steps"] >= 1
     train_ctc.main(["--shards", str(shards), "--model", "smollm2-135m-instruct", "--head", "medusa", "--steps", "2",
                     "--batch-size", "4", "--eval-every", "1", "--val-samples", "4", "--heldout-samples", "4",
                     "--out", str(tmp_path / "heads"), "--export-dir", str(parts), "--threads", "2"])
@@ -84,3 +94,39 @@ def test_distill_loss_mixes_the_teachers_label_and_its_distribution():
     assert train_adapters.distill_loss(teacher + 3.0, teacher, labels, 1.0).abs() < 1e-5
     with pytest.raises(SystemExit):
         train_draft.main(["--teacher-kl", "1.5"])
+
+
+def recorded_dialogues(shard) -> list[tuple[list[int], list[int]]]:
+    out, offset = [], 0
+    for length, prompt in zip(shard["lengths"].tolist(), shard["prompt_lengths"].tolist()):
+        ids = shard["ids"][offset: offset + length].tolist()
+        out.append((ids[:prompt], ids[prompt:]))
+        offset += length
+    return out
+
+
+def test_answer_shards_label_what_the_teacher_pass_labels(shards, tmp_path):
+    """Shards rebuilt from the answers alone carry the real shards' labels wherever a greedy answer
+    tells them (the last prompt position and the answer), and -1 (unscored) elsewhere."""
+    real = torch.load(next((shards / "train").glob("shard_*.pt")), weights_only=False)
+    answer_shards.write_shards(recorded_dialogues(real), tmp_path)
+    rebuilt = torch.load(tmp_path / "shard_00000.pt", weights_only=False)
+    assert torch.equal(rebuilt["ids"], real["ids"].int()) and torch.equal(rebuilt["lengths"], real["lengths"])
+    known = rebuilt["argmax"] >= 0
+    assert torch.equal(rebuilt["argmax"][known], real["argmax"].int()[known])
+    answer = train_adapters.load_shards(tmp_path, ["ids"])["answer"]
+    assert torch.equal(known, answer)  # exactly the positions that predict an answer token
+
+
+def test_store_answers_come_back_in_order():
+    import numpy as np
+
+    from specviz.drafters.answer_store import SEPARATOR, AnswerStore
+    from specviz.train.answer_store import store_tokens
+
+    opening, answers = [1, 2], [[5, 6, 7], [8], [9, 9]]
+    tokens = np.concatenate([store_tokens(answers, opening), np.full(4, SEPARATOR, dtype=np.int32)])  # padded
+    assert answer_shards.store_answers(AnswerStore(tokens), opening) == answers
+    with pytest.raises(ValueError, match="turn opening"):
+        answer_shards.store_answers(AnswerStore(store_tokens(answers, [3])), opening)
+    assert answer_shards.labels([4, 4, 4], [5, 6]) == [-1, -1, 5, 6, -1]

@@ -68,6 +68,17 @@ def make_draft(target, layers: int, init: list[int]):
     return draft
 
 
+def load_exported(draft, folder: Path) -> None:
+    """An exported draft's layers and norm (fp16 on disk) into `draft`; the shared embeddings and
+    head stay the target's."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(("model.embed_tokens", "lm_head")) for k in missing):
+        raise SystemExit(f"{folder} does not hold this draft's layers (missing {missing}, unexpected {unexpected})")
+
+
 def batches(seqs: list, tokens_per_batch: int, gen: torch.Generator):
     """Sequences grouped to about `tokens_per_batch` padded tokens, in a seeded order."""
     order = torch.randperm(len(seqs), generator=gen).tolist()
@@ -140,6 +151,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="export folder (default assets/models/<model>-draft)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--init", default="0,1", help="target layers the draft's layers start from")
+    ap.add_argument("--init-draft", type=Path, default=None,
+                    help="start from an exported draft instead (its layers and norm; a new sitting of an "
+                         "earlier run whose checkpoint is gone, e.g. the shipped draft)")
     ap.add_argument("--train-vocab", type=int, default=8192)
     ap.add_argument("--teacher-kl", type=unit_interval, default=0.0,
                     help="share of the loss that is KL from the full model's distribution (0 = hard labels only)")
@@ -167,6 +181,8 @@ def main(argv=None) -> None:
     weight = target.lm_head.weight[subset].detach()
     init = [int(x) for x in args.init.split(",")]
     draft = make_draft(target, args.layers, init).to(target.device)
+    if args.init_draft is not None and not (args.resume and (args.run / "ckpt.pt").exists()):
+        load_exported(draft, args.init_draft)
     train_seqs = load_sequences(args.data / "train", with_states=args.teacher_kl > 0)
     held_seqs = load_sequences(args.data / "heldout")
     n_tokens = sum(s[0].numel() for s in train_seqs)
@@ -183,7 +199,8 @@ def main(argv=None) -> None:
         step, spent = ckpt["step"], ckpt["spent"]
     best = {"agreement": agreement(draft, held_seqs, weight, subset), "step": step}
     log(f"start (step {step}): held-out agreement {best['agreement']:.4f}"
-        + ("" if step else f" (layers {init} of the target as they are)"))
+        + ("" if step else f" (the draft in {args.init_draft})" if args.init_draft
+           else f" (layers {init} of the target as they are)"))
     start = time.time() - spent
     epoch = 0
     while step < total and time.time() - start < args.minutes * 60:
@@ -220,7 +237,7 @@ def main(argv=None) -> None:
         draft.load_state_dict(torch.load(args.run / "best.pt", weights_only=False))
     share_embeddings(draft, target)
     meta = {"layers": args.layers, "init_from_target_layers": init, "train_vocab": args.train_vocab,
-            "teacher_kl": args.teacher_kl,
+            "teacher_kl": args.teacher_kl, "init_draft": str(args.init_draft) if args.init_draft else None,
             "train_tokens": n_tokens, "steps": step, "best": best, "seed": args.seed,
             "heldout_sequences": len(held_seqs),
             "command": "python -m specviz.train.train_draft " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
