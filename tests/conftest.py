@@ -8,8 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The default model's converted copy goes to a fresh cache per test session, so the run tests the
 # GGUF -> cache conversion from scratch and never touches the user's cache (~20 s, once).
+# pytest-xdist's workers inherit the variable from the main process, so they share that cache.
 if "SPECVIZ_CACHE_DIR" not in os.environ:
     os.environ["SPECVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="specviz-test-cache-")
+    os.environ["SPECVIZ_TEST_SESSION_CACHE"] = os.environ["SPECVIZ_CACHE_DIR"]  # fresh: this run converts into it
 
 # Under pytest-xdist (`-n auto`, the default in pyproject.toml) every core runs its own worker, so
 # each worker keeps to one torch thread: the tiny test models gain nothing from a second thread

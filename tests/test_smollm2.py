@@ -5,6 +5,7 @@ clear messages where it cannot load or a drafter would not pay."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -26,8 +27,14 @@ def reference(model, ids: list[int], n: int) -> list[int]:
 
 
 def test_first_load_converted_into_the_cache(smollm2):
-    assert smollm2.source.startswith("converted from the GGUF"), smollm2.source
+    """The session's cache starts empty (conftest), so the converted copy in it was written from
+    the GGUF during this run: by this fixture's load, or by whichever test (or pytest-xdist worker,
+    which share the session's cache) loaded SmolLM2 first."""
     folder = models.converted_folder(models.REGISTRY[SMOLLM2])
+    session_cache = os.environ.get("SPECVIZ_TEST_SESSION_CACHE")
+    if session_cache:
+        assert folder.is_relative_to(session_cache), folder
+    assert smollm2.source.startswith(("converted from the GGUF", f"converted copy in {folder}")), smollm2.source
     assert (folder / MANIFEST).is_file() and (folder / "model.safetensors").is_file()
     assert check_entry(folder, SMOLLM2_GGUF.source_key).ok
     assert smollm2.model.config.num_hidden_layers == 30 and smollm2.model.config.vocab_size == 49152

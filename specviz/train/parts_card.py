@@ -108,14 +108,27 @@ def draft_section(model: str) -> list[str]:
     if not meta_path.is_file():
         return ["## Draft model", "", "Not trained yet."]
     meta = json.loads(meta_path.read_text())
-    return ["## Draft model", "",
-            f"`assets/models/{model}-draft/` ({_size(folder / 'model.safetensors')} of weights, fp16): "
-            f"{meta['layers']} decoder layers started from the target's layers {meta['init_from_target_layers']}, "
-            "with the target's own embeddings and LM head (shared at load, not stored). "
-            f"Trained {meta['steps']} steps on {meta['train_tokens']:,} tokens; loss over the "
-            f"{meta['train_vocab']} most frequent tokens{_loss_note(meta)}. Held-out agreement with the target (answer positions of "
-            f"{meta['heldout_sequences']} held-out instructions): {meta['best']['agreement']:.3f} "
-            f"(step {meta['best']['step']}).", "", f"Reproduce: `{meta['command']}`"]
+    sittings = [meta]
+    while "earlier" in sittings[0]:  # a sitting that started from an earlier export (--init-draft)
+        sittings.insert(0, sittings[0]["earlier"])
+    first = sittings[0]
+    lines = ["## Draft model", "",
+             f"`assets/models/{model}-draft/` ({_size(folder / 'model.safetensors')} of weights, fp16): "
+             f"{first['layers']} decoder layers started from the target's layers {first['init_from_target_layers']}, "
+             "with the target's own embeddings and LM head (shared at load, not stored). Loss over the "
+             f"{first['train_vocab']} most frequent tokens{_loss_note(first)}. Held-out agreement with the target "
+             f"(answer positions of {meta['heldout_sequences']} held-out instructions; the greedy acceptance of a "
+             "one-token draft there), sitting by sitting:", "",
+             "| sitting | steps | training tokens | held-out agreement (best step) | command |", "|---:|---:|---:|---:|---|"]
+    for n, sitting in enumerate(sittings, 1):
+        lines.append(f"| {n} | {sitting['steps']} | {sitting['train_tokens']:,} | "
+                     f"{sitting['best']['agreement']:.3f} (step {sitting['best']['step']}) | `{sitting['command']}` |")
+    if len(sittings) > 1:
+        lines += ["", "A later sitting starts from the export of the one before (`--init-draft`) with a new optimizer, "
+                  "so its steps count from 0. Its shards can be rebuilt from the shipped answer store alone: "
+                  "`python -m specviz.train.answer_shards` (and `--split heldout --answers DIR` on the held-out "
+                  "answers of `selfdistill --answers-only --split heldout --limit 144`)."]
+    return lines
 
 
 def _walk_row(label: str, r: dict) -> str:

@@ -241,6 +241,9 @@ def main(argv=None) -> None:
             "train_tokens": n_tokens, "steps": step, "best": best, "seed": args.seed,
             "heldout_sequences": len(held_seqs),
             "command": "python -m specviz.train.train_draft " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    earlier = args.init_draft / "training_meta.json" if args.init_draft else None
+    if earlier is not None and earlier.is_file():  # the sittings before this one, for the card
+        meta["earlier"] = json.loads(earlier.read_text())
     out = args.out or (MODELS_DIR / f"{args.model}-draft")
     export(draft, out, meta, loaded.tokenizer)
     log(f"wrote {out}: best held-out agreement {best['agreement']:.4f} at step {best['step']}")
