@@ -512,10 +512,11 @@ def lossless_check(trace: Trace, plain: PlainRun | None) -> tuple[str, str]:
 
 
 @failsafe("html")
-def run_seconds(trace: Trace, m: Metrics, clock: str) -> float:
-    """The run's time on `clock`: "wall", or "busy" (the engine's own time: step mode, where the
-    wall clock would count the visitor's pauses between Step presses)."""
-    return busy_times(trace)[-1] if clock == "busy" else m.wall_time
+def run_speed(trace: Trace, m: Metrics, clock: str) -> tuple[float, float]:
+    """The run's (seconds, tokens/s) on `clock`: "wall", or "busy" (the engine's own time: step
+    mode, where the wall clock would count the visitor's pauses between Step presses)."""
+    elapsed = busy_times(trace)[-1] if clock == "busy" else m.wall_time
+    return elapsed, (m.new_tokens / elapsed if elapsed > 0 else 0.0)
 
 
 def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = "wall",
@@ -528,8 +529,7 @@ def cards_html(trace: Trace | None, plain: PlainRun | None = None, clock: str = 
             status = status or "Stopped before the first token."
         return head + f'<div class="sv-status">{html.escape(status or "No run yet.")}</div>'
     m = compute_metrics(trace)
-    elapsed = run_seconds(trace, m, clock)
-    tps = m.new_tokens / elapsed if elapsed > 0 else 0.0
+    elapsed, tps = run_speed(trace, m, clock)
     cards = []
     sub = f"{m.new_tokens} tokens in {elapsed:.2f} s" + (" (engine time)" if clock == "busy" else "")
     cards.append(_card("tokens / s", f"{tps:.1f}", sub, BLUE))
@@ -1288,8 +1288,7 @@ def leviathan_inputs(trace: Trace, plain: PlainRun | None = None, clock: str = "
     c = mean_draft / mean_verify if (mean_draft is not None and mean_verify) else None
     expected = leviathan_expected_tokens(alpha, gamma) if alpha is not None else None
     predicted = leviathan_speedup(alpha, gamma, c) if (alpha is not None and c is not None) else None
-    elapsed = run_seconds(trace, m, clock)  # the cards' clock: in step mode, not the pauses between Steps
-    tps = m.new_tokens / elapsed if elapsed > 0 else 0.0
+    _, tps = run_speed(trace, m, clock)  # the cards' clock: in step mode, not the pauses between Steps
     measured = (tps / plain.tokens_per_s) if plain is not None and plain.tokens_per_s > 0 and tps > 0 else None
     return LeviathanInputs(alpha, gamma, c, expected, predicted, m.tau, measured, m.acceptance_rate, mean_draft, mean_verify)
 

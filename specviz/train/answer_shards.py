@@ -15,7 +15,7 @@ gives the whole dialogues back, so a draft model can be trained without running 
 Labels: along a greedy answer the target's argmax at a position is the next answer token, and the
 last prompt position's argmax is the answer's first token. Other prompt positions get -1 (not
 scored): their argmax is unknown without a teacher-forced pass, and the draft drafts answers.
-The shards have `selfdistill`'s keys (`ids`, `argmax`, `lengths`, `prompt_lengths`, `items`), so
+The shards have the keys of `selfdistill`'s (`ids`, `argmax`, `lengths`, `prompt_lengths`, `answers`), so
 `train_draft` reads them as they are; they have no states (`--teacher-kl` needs real shards).
 """
 
@@ -29,7 +29,7 @@ import torch
 from ..drafters.answer_store import SEPARATOR, STORE_FILE, AnswerStore
 from .answer_store import read_dialogues, turn_opening
 from .instructions import build
-from .selfdistill import encode_all, log, write_shard
+from .selfdistill import answer_order, encode_all, log, write_shard
 
 SHARD = 48  # dialogues per shard, as selfdistill writes them
 
@@ -55,7 +55,7 @@ def train_dialogues(tokenizer, answers: list[list[int]], seed: int) -> list[tupl
     """Each stored answer with its prompt: the train split's instructions in selfdistill's order."""
     items = [it for it in build(seed) if it.split == "train"]
     prompts = encode_all(tokenizer, items)
-    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
+    order = answer_order(prompts)
     if len(order) != len(answers):
         raise ValueError(f"the store holds {len(answers)} answers, the train split has {len(order)} instructions")
     return [(prompts[i], answers[n]) for n, i in enumerate(order)]
@@ -63,9 +63,11 @@ def train_dialogues(tokenizer, answers: list[list[int]], seed: int) -> list[tupl
 
 def labels(prompt: list[int], answer: list[int]) -> list[int]:
     """The target's argmax per position where a greedy answer tells it, else -1."""
-    out = [-1] * (len(prompt) - 1) + answer[:1] if answer else [-1] * len(prompt)
-    out += answer[1:] + ([-1] if answer else [])
-    return out
+    if not answer:
+        return [-1] * len(prompt)
+    # position t predicts token t + 1: the last prompt position the answer's first token, each
+    # answer position the next answer token, the last position (after EOS) nothing
+    return [-1] * (len(prompt) - 1) + answer + [-1]
 
 
 def write_shards(dialogues: list[tuple[list[int], list[int]]], folder: Path) -> int:

@@ -87,6 +87,12 @@ def record(model, sequences: list[list[int]], layers: list[int], pad: int) -> di
     return result
 
 
+def answer_order(prompts: list[list[int]]) -> list[int]:
+    """The order the instructions are answered and sharded in: by prompt length (so padding stays
+    small), ties in set order. `answer_shards` relies on it to pair stored answers with prompts."""
+    return sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+
+
 def write_shard(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -128,7 +134,7 @@ def main(argv=None) -> None:
     if args.limit:
         items = items[:args.limit]
     prompts = encode_all(tok, items)
-    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
+    order = answer_order(prompts)
     folder = args.out / args.split
     folder.mkdir(parents=True, exist_ok=True)
     (args.out / "meta.json").write_text(json.dumps({"model": args.model, "layers": layers, "max_new": args.max_new,
