@@ -34,9 +34,10 @@ one that starts to pay is switched back on. (While drafting, every `probe_every`
 one token more than the best.)
 
 Medians per size are used, so a step that another process preempted does not bend the curve.
-Until two different verify sizes have been seen (each at least `min_samples` times) the curve is
-unknown: the model explores, first with plain decoding steps (the one-token verify cost, which a
-drafter that always fills its cap never shows), then at the drafter's own k. Every choice depends
+After a warm-up at the drafter's own k, the model samples the sizes the curve most depends on
+before trusting it: one verified token (a plain decoding step, which a drafter that always fills
+its cap never shows), two (a one-token draft: the weak drafter's only candidate, and the size
+whose price differs most between CPUs) and more than two (`_length_to_sample`). Every choice depends
 only on finished steps, never on the draft it limits, so greedy output stays generate()'s and
 rejection sampling stays exact.
 """
@@ -205,6 +206,7 @@ class DraftLengthModel:
     # would keep the drafts short for the rest of the generation
     longest_off_gap: int = 32  # while drafting is off, the gap between probes doubles from
     # probe_every up to this: a drafter that keeps failing its probes costs less and less
+    explore_tries: int = 4  # steps spent at most on sampling each verify size the curve lacks
     steps: int = field(default=0, init=False)
     _off_gap: int = field(init=False, repr=False)  # steps from this probe (while off) to the next
     _next_off_probe: int = field(default=0, init=False, repr=False)  # step count it is due at
@@ -215,6 +217,7 @@ class DraftLengthModel:
     _allowed: list[int] = field(init=False, repr=False)  # ... of those that could (cap >= i, drafted i-1)
     _accepted: list[int] = field(init=False, repr=False)  # alpha: position i accepted ...
     _tried: list[int] = field(init=False, repr=False)  # ... of those drafted with i-1 accepted
+    _explored: dict[str, int] = field(init=False, repr=False)  # steps spent sampling each wanted verify size
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
@@ -225,6 +228,7 @@ class DraftLengthModel:
         self._draft = defaultdict(lambda: deque(maxlen=self.window))
         self._after = deque(maxlen=self.window)
         self._off_gap = self.probe_every
+        self._explored = defaultdict(int)
 
     # -- learning ------------------------------------------------------------------------------
     def observe(self, cap: int, drafted: int, accepted: int, t_draft: float, t_verify: float,
@@ -271,9 +275,12 @@ class DraftLengthModel:
         cap = min(cap, self.max_length)
         if cap <= 0 or self.steps < self.warmup_steps:
             return max(cap, 0)
+        sample = self._length_to_sample(cap)
+        if sample is not None:
+            return sample
         cost = self.cost()
-        if cost is None:
-            return self._explore(cap)
+        if cost is None:  # exploration gave up (nothing to draft so far): the drafter's own k
+            return cap
         alpha, rho = self.acceptance(), self.production()
         best = best_length(alpha, rho, cost, cap, self.floor)
         if self.probe_every <= 0:
@@ -296,12 +303,18 @@ class DraftLengthModel:
         by_rate = rates(alpha, rho, cost, range(1, cap + 1))
         return max(by_rate, key=by_rate.get)
 
-    def _explore(self, cap: int) -> int:
-        """Before the verify curve is known: plain decoding steps until the one-token verify cost
-        is sampled (when the model may switch drafting off), then, when every well-sampled size
-        is a long draft, a one-token draft (the widest spread from k + 1), else the drafter's own
-        k, to sample a long size."""
-        enough = [n for n, ts in self._verify.items() if len(ts) >= self.min_samples]
-        if self.floor == 0 and 1 not in enough:
-            return 0
-        return 1 if enough and min(enough) > 2 else cap
+    def _length_to_sample(self, cap: int) -> int | None:
+        """A draft length whose verify size the curve still lacks, or None. In order: plain
+        decoding (one verified token; not under a floor), a one-token draft (two: on one CPU of
+        this project a second verified row costs 0.4 of a step, on another 0.05, and whether a
+        weak drafter should draft at all hangs on it), and a long draft (more than two; the
+        warm-up's own k usually gives it). Each is tried at most `explore_tries` times, so a
+        drafter that finds nothing to draft (prompt lookup without a match) is not held to it."""
+        enough = {n for n, ts in self._verify.items() if len(ts) >= self.min_samples}
+        wanted = [("plain", 0, {1})] if self.floor == 0 else []
+        wanted += [("one", 1, {2}), ("long", cap, set(range(3, cap + 2)))]
+        for name, length, sizes in wanted:
+            if sizes and not sizes & enough and self._explored[name] < self.explore_tries:
+                self._explored[name] += 1
+                return length
+        return None

@@ -17,8 +17,9 @@ transformers docstring asks for caches whose layers hold different lengths.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -48,21 +49,32 @@ def check_drivable(model: PreTrainedModel) -> None:
 
 
 class CPUHead:
-    """logits = x @ W.T (+ b) for an LM head W [V, d], with the matrix product laid out by row count.
+    """logits = x @ W.T (+ b) for an LM head W [V, d], in the matrix-product layout that is fastest
+    on this CPU for the number of rows, measured here.
 
-    Decoding here is memory-bound: a step costs about the time to read the weights. For a head this
-    large, MKL's kernel behind `F.linear` reads W at about half the speed other layouts reach, and
-    which layout is fastest depends on the number of rows. Measured on this project's CPU (one
-    thread, SmolLM2's 49152 x 576 head, cold cache, ms): 1 row: linear 11.1, x @ W.T (a contiguous
-    transposed copy) 5.9; 2 / 4 / 8 rows: linear 23.9 / 18.5 / 22.6, W @ x.T 5.9 / 9.2 / 15.9;
-    16 rows: linear 26.4, the others no better. The AR loop gained ~12 % from this on SmolLM2.
-    The rounding differs from `F.linear`'s in the last bits, like any change of kernel (a verify
-    pass over k+1 rows already differs from generate()'s one-row steps), and the lossless tests
-    hold. The transposed copy costs one more head in memory (113 MB for SmolLM2), shared by every
-    runner of the same weight. On other devices it is `F.linear` unchanged.
+    Decoding is memory-bound: a step costs about the time to read the weights, and for a head this
+    large the best layout depends on the CPU and on the row count. One thread, SmolLM2's 49152 x 576
+    head, ms (BENCHMARKS.md):
+
+    | CPU                | rows | `F.linear` | x @ (a contiguous W.T) | W @ x.T |
+    |--------------------|-----:|-----------:|-----------------------:|--------:|
+    | AMD EPYC (AVX2)    | 1    | 11.1       | 5.9                    |         |
+    |                    | 2    | 23.9       |                        | 5.9     |
+    | Intel Xeon (AMX)   | 1    | 8.0        | 6.6                    | 7.9     |
+    |                    | 2    | 8.7        | 11.9                   | 17.1    |
+    |                    | 16   | 23.8       | 22.5                   | 15.7    |
+
+    No fixed rule is right on both, so the first product of each row count (up to `MAX_TIMED_ROWS`)
+    times every layout (`LAYOUTS`) on the caller's rows and keeps the fastest for that weight shape,
+    shared by every head of the process (`layout_for`). Heads under `MIN_TIMED_SIZE` entries and
+    other devices use `F.linear`. The layouts round differently in the last bits, like any change
+    of kernel (a verify pass over k+1 rows already differs from generate()'s one-row steps), and the
+    lossless tests hold whichever is picked. The transposed copy costs one more head in memory
+    (113 MB for SmolLM2), shared by every head of the same weight.
     """
 
-    MAX_TRANSPOSED_ROWS = 8  # above this, `F.linear` is as fast
+    MAX_TIMED_ROWS = 64  # verify passes are at most k + 1 rows; longer inputs (prefill) use F.linear
+    MIN_TIMED_SIZE = 1 << 20  # weight entries: below this every layout costs next to nothing
 
     def __init__(self, owner: torch.nn.Module, name: str = "lm_head"):
         # looked up at each call: a model whose head is swapped later (a draft model given the
@@ -72,16 +84,8 @@ class CPUHead:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         linear = getattr(self.owner, self.name)
         weight, bias = linear.weight, getattr(linear, "bias", None)
-        if weight.device.type != "cpu":
-            return torch.nn.functional.linear(x, weight, bias)
         flat = x.reshape(-1, x.shape[-1])
-        rows = flat.shape[0]
-        if rows == 1:
-            out = flat @ _transposed(weight)
-        elif rows <= self.MAX_TRANSPOSED_ROWS:
-            out = (weight @ flat.t()).t()
-        else:
-            out = torch.nn.functional.linear(flat, weight)
+        out = LAYOUTS[layout_for(weight, flat)](flat, weight)
         if bias is not None:
             out = out + bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -96,6 +100,41 @@ def _transposed(weight: torch.Tensor) -> torch.Tensor:
             cached = (weight._version, weight.detach().t().contiguous())
         weight._specviz_transposed = cached
     return cached[1]
+
+
+LAYOUTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "linear": lambda x, w: torch.nn.functional.linear(x, w),
+    "x @ W.T": lambda x, w: x @ _transposed(w),
+    "W @ x.T": lambda x, w: (w @ x.t()).t(),
+}
+_LAYOUT_OF: dict[tuple, str] = {}  # (weight shape, dtype, rows) -> the fastest layout measured here
+LAYOUT_TRIALS = 3  # timed calls per layout, interleaved; the minimum counts (robust to preemption)
+
+
+def layout_for(weight: torch.Tensor, flat: torch.Tensor, clock: Callable[[], float] = time.perf_counter) -> str:
+    """The layout of `LAYOUTS` for `flat @ weight.T`: measured the first time this weight shape
+    meets this row count in the process (a few calls of each, on `flat` itself), then remembered."""
+    rows = flat.shape[0]
+    if weight.device.type != "cpu" or rows > CPUHead.MAX_TIMED_ROWS or weight.numel() < CPUHead.MIN_TIMED_SIZE:
+        return "linear"
+    key = (tuple(weight.shape), weight.dtype, rows)
+    if key not in _LAYOUT_OF:
+        _LAYOUT_OF[key] = fastest_layout(weight, flat, clock)
+    return _LAYOUT_OF[key]
+
+
+def fastest_layout(weight: torch.Tensor, flat: torch.Tensor, clock: Callable[[], float] = time.perf_counter) -> str:
+    """Time every layout on these rows (one untimed call each first: the transposed copy is made
+    once) and return the one with the lowest minimum."""
+    best = {name: float("inf") for name in LAYOUTS}
+    for name, product in LAYOUTS.items():
+        product(flat, weight)
+    for _ in range(LAYOUT_TRIALS):
+        for name, product in LAYOUTS.items():
+            t0 = clock()
+            product(flat, weight)
+            best[name] = min(best[name], clock() - t0)
+    return min(best, key=best.get)
 
 
 @dataclass
@@ -179,6 +218,13 @@ class LayerRunner:
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Shared final norm + LM head (also used at early exits)."""
         return self._lm_head(self.base.norm(hidden))
+
+    def prepare_head(self, max_rows: int = CPUHead.MAX_TIMED_ROWS) -> None:
+        """Measure the LM head's layout for every row count up to `max_rows` now (`CPUHead`), so
+        that no later call pays for it: a benchmark's timed runs must not."""
+        weight = self.model.lm_head.weight
+        for rows in range(1, max_rows + 1):
+            layout_for(weight, torch.zeros(rows, weight.shape[1], dtype=weight.dtype, device=weight.device))
 
     def positions(self, start: int, length: int) -> torch.Tensor:
         return torch.arange(start, start + length, device=self.device).unsqueeze(0)

@@ -104,11 +104,12 @@ def test_a_drafter_that_does_not_pay_is_switched_off_and_back_on_by_the_probes()
     for _ in range(64):  # every draft rejected
         chosen.append(model.choose(10))
         model.observe(chosen[-1], chosen[-1], 0, 0.002 * chosen[-1], 0.010 + 0.001 * (chosen[-1] + 1))
-    probes = [i for i, k in enumerate(chosen) if k > 0 and i >= 4]  # after the warm-up and exploration
+    assert chosen[:6] == [4, 4, 0, 0, 1, 1]  # warm-up at k, then verify sizes 1 and 2 sampled
+    probes = [i for i, k in enumerate(chosen) if k > 0 and i >= 6]  # after the warm-up and exploration
     gaps = [b - a for a, b in zip(probes, probes[1:])]
-    assert probes[0] == 8 and gaps == [8, 16, 16], chosen  # off at step 4: gaps 4, 8, then the longest, 16
+    assert probes[0] == 10 and gaps == [8, 16, 16], chosen  # off at step 6: gaps 4, 8, then the longest, 16
     assert all(chosen[i] == 1 for i in probes)  # the cheapest probe: one token
-    feed(model, [4] * 40, drafted=4)  # the drafts start to be right: the next probe sees it
+    feed(model, [4] * 80, drafted=4)  # the drafts start to be right: the probes see it
     assert model.choose(10) == 4
 
 
@@ -143,6 +144,23 @@ def test_warm_up_uses_the_drafters_k_then_samples_plain_decoding():
     cost = model.cost()
     assert math.isclose(cost.verify(1), 0.011) and math.isclose(cost.verify(7), 0.02)
     assert math.isclose(cost.verify(4), 0.011 + 0.009 / 2) and math.isclose(cost.per_drafted, 0.01 / 6)
+    assert model.choose(10) == 1  # then two verified tokens: a one-token draft
+    model.observe(1, 1, 0, 0.001, 0.0115)
+    assert model.choose(10) == 1
+    model.observe(1, 1, 0, 0.001, 0.0115)
+    assert math.isclose(model.cost().verify(2), 0.0115)  # measured, not read off the line from 1 to 7
+
+
+def test_exploration_gives_up_on_a_size_the_drafter_does_not_produce():
+    """Prompt lookup without a match drafts nothing whatever the cap: the one-token draft is asked
+    for `explore_tries` times, then the model decides on what it has."""
+    model = DraftLengthModel(6)
+    chosen = []
+    for _ in range(12):
+        chosen.append(model.choose(10))
+        model.observe(chosen[-1], 0, 0, 0.0, 0.011)  # never a draft: always one verified token
+    assert chosen[:2] == [6, 6] and chosen.count(1) == model.explore_tries
+    assert model.cost() is None and chosen[-1] == 6  # one size only: back to the drafter's own k
 
 
 def test_with_a_floor_of_one_it_explores_a_short_draft_instead():
@@ -251,7 +269,7 @@ def sampling_setup():
 def history_driven_model() -> DraftLengthModel:
     """The real model acting from the first step on a fixed cost, so each step's length follows
     the acceptances before it: 2 on the prior, 1 right after a rejection at position 1."""
-    model = DraftLengthModel(2, warmup_steps=0, probe_every=0)
+    model = DraftLengthModel(2, warmup_steps=0, probe_every=0, explore_tries=0)  # the cost is given: no sampling
     model.cost = lambda: StepCost(0.010, Line(0.0, 0.0005), 0.0005)
     return model
 

@@ -306,36 +306,77 @@ def test_prompt_lookup_rejects_an_unknown_length():
         PromptLookup(length="long")
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 20])
-@pytest.mark.parametrize("bias", [False, True])
-def test_cpu_head_layouts_compute_the_linear_head(rows, bias):
-    from specviz.layers import CPUHead
+@pytest.mark.parametrize("rows", [1, 2, 5, 9, 20])
+@pytest.mark.parametrize("layout", ["linear", "x @ W.T", "W @ x.T"])
+def test_every_cpu_head_layout_computes_the_linear_head(rows, layout):
+    from specviz.layers import LAYOUTS
     torch.manual_seed(rows)
+    weight = torch.randn(300, 24)
+    x = torch.randn(rows, 24)
+    got = LAYOUTS[layout](x, weight)
+    assert got.shape == (rows, 300)
+    assert torch.allclose(got, torch.nn.functional.linear(x, weight), atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_head_times_the_layouts_of_a_large_head_and_computes_it(monkeypatch, bias):
+    """A head over MIN_TIMED_SIZE entries has its layout measured once per row count; any pick
+    computes the linear head (a small head's bias included)."""
+    from specviz import layers
+    monkeypatch.setattr(layers, "_LAYOUT_OF", {})
+    monkeypatch.setattr(layers.CPUHead, "MIN_TIMED_SIZE", 1000)
     owner = torch.nn.Module()
     owner.lm_head = torch.nn.Linear(24, 300, bias=bias)
-    x = torch.randn(1, rows, 24)
-    got = CPUHead(owner)(x)
-    assert got.shape == (1, rows, 300)
+    x = torch.randn(1, 3, 24)
+    got = layers.CPUHead(owner)(x)
     assert torch.allclose(got, owner.lm_head(x), atol=1e-5)
+    assert set(layers._LAYOUT_OF) == {((300, 24), torch.float32, 3)}
+    assert layers._LAYOUT_OF[(300, 24), torch.float32, 3] in layers.LAYOUTS
 
 
-def test_cpu_head_follows_its_weight():
+def test_the_fastest_layout_is_the_one_with_the_lowest_minimum(monkeypatch):
+    """A fake clock where each layout's calls take fixed times (one of W @ x.T's trials was
+    preempted): the pick is the lowest minimum, and it is remembered, not re-timed."""
+    from specviz import layers
+    seconds = {"linear": [3.0, 3.0, 3.0], "x @ W.T": [2.0, 2.5, 2.0], "W @ x.T": [9.0, 1.0, 9.0]}
+    calls = {name: 0 for name in seconds}
+    now = [0.0]
+
+    def timed(name):
+        def product(x, w):
+            i = calls[name] - 1  # the first call is the untimed warm-up
+            calls[name] += 1
+            if i >= 0:
+                now[0] += seconds[name][i]
+            return x @ w.t()
+        return product
+
+    monkeypatch.setattr(layers, "LAYOUTS", {name: timed(name) for name in seconds})
+    monkeypatch.setattr(layers, "_LAYOUT_OF", {})
+    weight, flat = torch.randn(2048, 512), torch.randn(2, 512)
+    assert layers.layout_for(weight, flat, clock=lambda: now[0]) == "W @ x.T"
+    assert calls == {name: 1 + layers.LAYOUT_TRIALS for name in seconds}
+    assert layers.layout_for(weight, flat, clock=lambda: now[0]) == "W @ x.T"
+    assert calls == {name: 1 + layers.LAYOUT_TRIALS for name in seconds}  # remembered
+    assert layers.layout_for(weight, torch.randn(100, 512)) == "linear"  # beyond MAX_TIMED_ROWS
+    assert layers.layout_for(torch.randn(30, 8), flat[:, :8]) == "linear"  # a small head
+
+
+def test_the_transposed_copy_follows_its_weight():
     """The transposed copy is shared by heads of one weight, and remade when the weight changes in
     place or the head is swapped (a stale copy would draft and verify with the old head)."""
-    from specviz.layers import CPUHead
+    from specviz.layers import LAYOUTS
     owner = torch.nn.Module()
     owner.lm_head = torch.nn.Linear(8, 40, bias=False)
-    x = torch.randn(1, 1, 8)
-    first, second = CPUHead(owner), CPUHead(owner)
-    first(x)
+    x = torch.randn(1, 8)
+    transposed = LAYOUTS["x @ W.T"]
+    transposed(x, owner.lm_head.weight)
     copy = owner.lm_head.weight._specviz_transposed[1]
-    second(x)
+    transposed(x, owner.lm_head.weight)
     assert owner.lm_head.weight._specviz_transposed[1] is copy  # one copy for both
     with torch.no_grad():
         owner.lm_head.weight.mul_(2.0)
-    assert torch.allclose(first(x), owner.lm_head(x), atol=1e-5)
-    owner.lm_head = torch.nn.Linear(8, 40, bias=False)
-    assert torch.allclose(first(x), owner.lm_head(x), atol=1e-5)
+    assert torch.allclose(transposed(x, owner.lm_head.weight), owner.lm_head(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 5])

@@ -12,7 +12,8 @@ import torch
 from specviz.drafters.ctc import load_head
 from specviz.drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE, adapter_meta, load_vocab_rank
 from specviz.train import answer_shards, selfdistill, train_adapters, train_ctc, train_draft
-from specviz.train.instructions import HELDOUT_CATEGORIES, HELDOUT_TOPICS, TEMPLATES, TOPICS, build
+from specviz.train.instructions import (HELDOUT_CATEGORIES, HELDOUT_TOPICS, MORE_TOPICS, TEMPLATES, TOPICS, build,
+                                       build_more)
 
 
 def test_instructions_hold_out_categories_and_topics():
@@ -24,6 +25,41 @@ def test_instructions_hold_out_categories_and_topics():
     templated = [i for i in train if i.category in TEMPLATES]
     assert templated and not {TOPICS[int(i.id.rsplit("-", 1)[1])] for i in templated} & HELDOUT_TOPICS
     assert build() == items  # seeded: the same set every time
+
+
+def test_the_wider_set_is_train_only_and_keeps_the_held_out_prompts_out():
+    """`build_more` adds training instructions only: no held-out topic or category, no prompt of
+    the first set, and none of the project's example prompts (the bench's held-out chat set)."""
+    import json
+    import re
+    from pathlib import Path
+
+    more = build_more()
+    assert len(more) > 3000 and {i.split for i in more} == {"train"}
+    assert not {i.category for i in more} & HELDOUT_CATEGORIES and not set(MORE_TOPICS) & HELDOUT_TOPICS
+    held_topic = re.compile(r"\b(" + "|".join(map(re.escape, HELDOUT_TOPICS)) + r")\b")
+    assert not [i.prompt for i in more if held_topic.search(i.prompt)]
+    assert not {i.prompt for i in more} & {i.prompt for i in build()}
+    examples = {json.loads(line)["prompt"] for f in Path("assets/prompts").glob("*.jsonl")
+                for line in f.read_text().splitlines() if line.strip()}
+    assert not {i.prompt for i in more} & examples
+    assert len({i.id for i in more}) == len(more) and build_more() == more
+
+
+def test_answer_shards_from_answers_only_shards(smollm2, tmp_path):
+    """`selfdistill --answers-only` on the wider set, then `answer_shards --answers` for train with
+    a tag: the shards pair each answer with its prompt and label the answer positions."""
+    answers = tmp_path / "answers"
+    selfdistill.main(["--out", str(answers), "--set", "more", "--answers-only", "--limit", "2", "--batch", "2",
+                      "--max-new", "6", "--threads", "2"])
+    answer_shards.main(["--out", str(tmp_path / "shards"), "--answers", str(answers / "train"), "--tag", "more"])
+    shard = torch.load(tmp_path / "shards" / "train" / "shard_more00000.pt", weights_only=False)
+    offset = 0
+    for length, prompt, answer in zip(shard["lengths"].tolist(), shard["prompt_lengths"].tolist(), shard["answers"]):
+        assert shard["ids"][offset + prompt: offset + length].tolist() == answer
+        assert shard["argmax"][offset + prompt - 1: offset + length - 1].tolist() == answer
+        offset += length
+    assert offset == shard["ids"].numel()
 
 
 @pytest.fixture(scope="module")

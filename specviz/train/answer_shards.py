@@ -70,14 +70,14 @@ def labels(prompt: list[int], answer: list[int]) -> list[int]:
     return [-1] * (len(prompt) - 1) + answer + [-1]
 
 
-def write_shards(dialogues: list[tuple[list[int], list[int]]], folder: Path) -> int:
+def write_shards(dialogues: list[tuple[list[int], list[int]]], folder: Path, tag: str = "") -> int:
     folder.mkdir(parents=True, exist_ok=True)
     tokens = 0
     for b in range(0, len(dialogues), SHARD):
         batch = dialogues[b:b + SHARD]
         ids = [t for p, a in batch for t in p + a]
         argmax = [t for p, a in batch for t in labels(p, a)]
-        write_shard(folder / f"shard_{b // SHARD:05d}.pt", {
+        write_shard(folder / f"shard_{tag}{b // SHARD:05d}.pt", {
             "ids": torch.tensor(ids, dtype=torch.int32), "argmax": torch.tensor(argmax, dtype=torch.int32),
             "lengths": torch.tensor([len(p) + len(a) for p, a in batch]),
             "prompt_lengths": torch.tensor([len(p) for p, _ in batch]), "answers": [a for _, a in batch]})
@@ -91,7 +91,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path(".train_data/smol_answers"))
     ap.add_argument("--split", choices=("train", "heldout"), default="train")
     ap.add_argument("--answers", type=Path, default=None,
-                    help="held out: the folder of `selfdistill --answers-only --split heldout` shards")
+                    help="the folder of `selfdistill --answers-only` shards (needed for held out; for train, "
+                         "instead of the answer store: e.g. the answers to `--set more`)")
+    ap.add_argument("--tag", default="", help="shard name prefix (to add a second set's shards to a folder)")
     ap.add_argument("--seed", type=int, default=0, help="the instruction set's seed (selfdistill's --seed)")
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
@@ -99,14 +101,14 @@ def main(argv=None) -> None:
     from ..models import REGISTRY, MODELS_DIR
 
     tokenizer = AutoTokenizer.from_pretrained(MODELS_DIR / f"{args.model}-draft")  # the model's own tokenizer
-    if args.split == "train":
+    if args.answers is not None:
+        dialogues = read_dialogues(args.answers, tokenizer)
+    elif args.split == "train":
         store = AnswerStore.load(REGISTRY[args.model].assets / STORE_FILE)
         dialogues = train_dialogues(tokenizer, store_answers(store, turn_opening(tokenizer)), args.seed)
     else:
-        if args.answers is None:
-            raise SystemExit("--split heldout needs --answers (the held-out answers-only shards)")
-        dialogues = read_dialogues(args.answers, tokenizer)
-    tokens = write_shards(dialogues, args.out / args.split)
+        raise SystemExit("--split heldout needs --answers (the held-out answers-only shards)")
+    tokens = write_shards(dialogues, args.out / args.split, args.tag)
     log(f"wrote {len(dialogues)} dialogues ({tokens} tokens) to {args.out / args.split}")
 
 

@@ -121,6 +121,118 @@ def build(seed: int = 0, grounded: int = 400) -> list[Instruction]:
     return out
 
 
+# A second, wider training set (`build_more`): everyday tasks the first set lacks (how-to,
+# definitions, arithmetic word problems, translation, stories, recipes, plans, choices) over new
+# topics. Train only: the held-out topics and categories above stay out, and no example prompt of
+# `assets/prompts` is generated (their arithmetic and translation items are avoided by name).
+MORE_TOPICS = (
+    "learning to swim", "tying a tie", "fixing a flat tyre", "making pancakes", "ironing a shirt",
+    "planting a tree", "painting a room", "writing a thank-you note", "packing for a trip",
+    "cleaning a laptop keyboard", "starting a book club", "training for a 5k", "baking cookies",
+    "organising a closet", "making friends at work", "asking for a raise", "preparing for an exam",
+    "taking notes in class", "learning to juggle", "growing herbs indoors", "saving energy at home",
+    "choosing a laptop", "caring for a goldfish", "walking a dog in the rain", "planning a picnic",
+    "keeping a journal", "reducing food waste", "fixing a leaky tap", "setting up a budget app",
+    "brewing cold brew", "learning to draw", "making a paper plane", "staying safe in the sun",
+    "building a birdhouse", "learning the piano", "writing a speech", "hosting a dinner party",
+    "choosing a houseplant", "cleaning windows", "making a smoothie", "sleeping on a plane",
+    "the solar system", "the rain in spring", "autumn leaves", "the first airplanes", "lighthouses",
+    "glaciers", "owls", "dolphins", "butterflies", "ants", "sharks", "horses", "rabbits", "whales",
+    "the Vikings", "the Renaissance", "the steam engine", "the telephone", "the bicycle race",
+    "the history of chocolate", "the history of pizza", "sourdough bread", "rice", "potatoes",
+    "apples", "bananas", "cheese", "olive oil", "spices", "salt", "sugar", "water filters",
+    "batteries", "light bulbs", "microwaves", "refrigerators", "washing machines", "3D printers",
+    "robots", "satellites", "telescopes", "microscopes", "weather forecasts", "fog", "hail",
+    "hurricanes", "tornadoes", "tsunamis", "caves", "islands", "lakes", "waterfalls", "forests",
+    "grasslands", "the Arctic", "Antarctica", "the Amazon river", "the Sahara", "the Alps",
+    "city parks", "public transport", "traffic lights", "bridges", "skyscrapers", "tunnels",
+    "post offices", "hospitals", "fire stations", "schools", "universities", "farmers markets",
+    "supermarkets", "restaurants", "hotels", "airports", "train stations", "harbours",
+    "teamwork", "kindness", "patience", "curiosity", "honesty", "habits", "goals", "motivation",
+    "stress", "boredom", "happiness", "gratitude", "creativity", "leadership", "negotiation",
+    "listening skills", "giving feedback", "saying no politely", "working from home",
+    "video calls", "group projects", "deadlines", "volunteering", "recycling glass", "plastic bags",
+    "reusable bottles", "carpooling", "tree planting", "clean air", "noise", "light pollution",
+    "board games", "card games", "puzzles", "crosswords", "magic tricks", "origami", "knitting",
+    "pottery", "dancing", "singing", "the violin", "drums", "orchestras", "movies", "cartoons",
+    "comic books", "podcasts", "radio", "newspapers", "poetry readings", "theatre", "circuses",
+    "tennis", "basketball", "swimming", "cycling", "skiing", "surfing", "yoga", "rock climbing",
+    "marathons", "stretching", "posture", "eye health", "healthy snacks", "breakfast cereal",
+    "soup", "salads", "sandwiches", "tacos", "noodles", "curry", "ice cream", "birthday cakes",
+)
+MORE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "howto": ("How do I get started with {t}?", "What are the steps for {t}?", "Give me simple instructions for {t}.",
+              "What do I need before {t}?"),
+    "explain": ("Tell me about {t}.", "Why do people care about {t}?", "Describe {t} in three sentences.",
+                "What is the history of {t}, briefly?"),
+    "list": ("List three things everyone should know about {t}.", "Give me two fun facts about {t}.",
+             "What are three questions a child might ask about {t}?"),
+    "write": ("Write a short diary entry about {t}.", "Write a short note to a neighbour about {t}.",
+              "Write two sentences that could start an article about {t}."),
+    "advice": ("My friend is nervous about {t}. What should I tell them?", "What is one good habit related to {t}?"),
+}
+CHARACTERS = ("a baker", "a young astronaut", "a retired teacher", "a curious cat", "a robot", "a farmer",
+              "a shy student", "a detective", "a grandmother", "a street musician", "a ship's cook", "a librarian")
+EVENTS = ("loses a key", "finds a map", "meets a stranger on a train", "wins a small prize", "gets lost in a city",
+          "learns a new skill", "makes a mistake and fixes it", "plants a garden", "hears a strange noise at night",
+          "receives a letter from the past", "helps a lost dog", "misses the last bus")
+ITEMS = (("apples", "a market", 4, 2), ("notebooks", "a stationery shop", 2, 3), ("stickers", "a toy shop", 10, 1),
+         ("oranges", "a grocer", 6, 3), ("erasers", "a school shop", 5, 2), ("candles", "a gift shop", 3, 4),
+         ("bread rolls", "a bakery", 6, 2), ("tennis balls", "a sports shop", 3, 5))
+SENTENCES = ("Where is the train station?", "The weather is nice today.", "My brother likes to read books.",
+             "Can you help me, please?", "We are going to the beach tomorrow.", "I have two cats and a dog.",
+             "The museum opens at nine o'clock.", "Thank you for the lovely dinner.", "I am learning to cook.",
+             "How much does this cost?", "The children are playing in the park.", "I will call you tonight.")
+LANGUAGES = ("French", "German", "Spanish", "Italian", "Portuguese")
+DISHES = ("tomato soup", "a vegetable omelette", "banana bread", "a fruit salad", "fried rice", "lemonade",
+          "pasta with garlic and olive oil", "oatmeal with berries", "a bean salad", "roasted potatoes")
+EVENTS_TO_PLAN = ("a birthday party for a seven-year-old", "a weekend camping trip", "a study schedule for a week",
+                  "a small garden", "a family movie night", "a day trip to a museum", "a charity bake sale",
+                  "a morning routine", "a house move", "a neighbourhood clean-up")
+CHOICES = (("learning", "a musical instrument", "a new language"), ("a first pet", "a cat", "a dog"),
+           ("exercise", "running", "swimming"), ("travel", "the train", "the plane"),
+           ("reading", "paper books", "e-books"), ("a holiday", "the mountains", "the seaside"),
+           ("breakfast", "porridge", "toast"), ("notes", "a laptop", "a notebook"))
+
+
+def build_more(seed: int = 0) -> list[Instruction]:
+    """The wider training set: `MORE_TEMPLATES` x `MORE_TOPICS`, plus generated word problems,
+    translations, stories, recipes, plans and choices, all train, in a seeded order."""
+    rng = random.Random(seed + 1)
+    out: list[Instruction] = []
+    for category, templates in MORE_TEMPLATES.items():
+        for ti, template in enumerate(templates):
+            for topic in MORE_TOPICS:
+                out.append(Instruction(f"more-{category}-{ti}-{MORE_TOPICS.index(topic)}", category, "train",
+                                       template.format(t=topic)))
+    for ci, who in enumerate(CHARACTERS):
+        for ei, what in enumerate(EVENTS):
+            out.append(Instruction(f"more-story-{ci}-{ei}", "story", "train",
+                                   f"Write a short story about {who} who {what}."))
+    for ii, (item, shop, per, price) in enumerate(ITEMS):
+        for n in range(2, 7):
+            count = per * n
+            out.append(Instruction(f"more-arithmetic-{ii}-{n}", "arithmetic", "train",
+                                   f"{shop[0].upper() + shop[1:]} sells {item} at {per} for ${price}. How much do "
+                                   f"{count} {item} cost? Show your steps."))
+    for si, sentence in enumerate(SENTENCES):
+        for language in LANGUAGES:
+            out.append(Instruction(f"more-translate-{si}-{language}", "translation", "train",
+                                   f"Translate this sentence into {language}: {sentence}"))
+    for di, dish in enumerate(DISHES):
+        out.append(Instruction(f"more-recipe-{di}", "recipe", "train", f"Give me a simple recipe for {dish}."))
+    for pi, plan in enumerate(EVENTS_TO_PLAN):
+        out.append(Instruction(f"more-plan-{pi}", "plan", "train", f"Help me plan {plan}."))
+    for hi, (purpose, a, b) in enumerate(CHOICES):
+        out.append(Instruction(f"more-choice-{hi}", "choice", "train",
+                               f"Which is better for {purpose}: {a} or {b}? Give reasons."))
+    rng.shuffle(out)
+    return out
+
+
+SETS = {"base": build, "more": build_more}
+
+
 if __name__ == "__main__":
     items = build()
     by = {}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .instructions import Instruction, build
+from .instructions import SETS, Instruction
 
 
 def log(msg: str) -> None:
@@ -104,6 +104,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--out", type=Path, default=Path(".train_data/smol"))
     ap.add_argument("--split", choices=("train", "heldout"), default="train")
+    ap.add_argument("--set", choices=sorted(SETS), default="base",
+                    help="the instruction set (`specviz.train.instructions`): base, or the wider more (train only)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N instructions (0 = all)")
     ap.add_argument("--max-shards", type=int, default=0,
                     help="write only the first N shards (batches of the shortest prompts first; 0 = all)")
@@ -130,7 +132,7 @@ def main(argv=None) -> None:
     eos = set(eos_ids(model)) or {tok.eos_token_id}  # where generate() stops
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    items = [it for it in build(args.seed) if it.split == args.split]
+    items = [it for it in SETS[args.set](args.seed) if it.split == args.split]
     if args.limit:
         items = items[:args.limit]
     prompts = encode_all(tok, items)
@@ -138,7 +140,7 @@ def main(argv=None) -> None:
     folder = args.out / args.split
     folder.mkdir(parents=True, exist_ok=True)
     (args.out / "meta.json").write_text(json.dumps({"model": args.model, "layers": layers, "max_new": args.max_new,
-                                                    "seed": args.seed, "eos": sorted(eos)}, indent=1))
+                                                    "seed": args.seed, "set": args.set, "eos": sorted(eos)}, indent=1))
     batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
     if args.max_shards:
         batches = batches[:args.max_shards]
