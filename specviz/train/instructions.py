@@ -122,7 +122,7 @@ def build(seed: int = 0, grounded: int = 400) -> list[Instruction]:
 
 
 # A second, wider training set (`build_more`): everyday tasks the first set lacks (how-to,
-# definitions, arithmetic word problems, translation, stories, recipes, plans, choices) over new
+# arithmetic word problems, translation, stories, recipes, plans, choices) over new
 # topics. Train only: the held-out topics and categories above stay out, and no example prompt of
 # `assets/prompts` is generated (their arithmetic and translation items are avoided by name).
 MORE_TOPICS = (
@@ -202,8 +202,8 @@ def build_more(seed: int = 0) -> list[Instruction]:
     out: list[Instruction] = []
     for category, templates in MORE_TEMPLATES.items():
         for ti, template in enumerate(templates):
-            for topic in MORE_TOPICS:
-                out.append(Instruction(f"more-{category}-{ti}-{MORE_TOPICS.index(topic)}", category, "train",
+            for topic_i, topic in enumerate(MORE_TOPICS):
+                out.append(Instruction(f"more-{category}-{ti}-{topic_i}", category, "train",
                                        template.format(t=topic)))
     for ci, who in enumerate(CHARACTERS):
         for ei, what in enumerate(EVENTS):

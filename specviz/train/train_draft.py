@@ -54,17 +54,15 @@ def load_sequences(folder: Path, with_states: bool = False) -> list:
     return sequences(data)
 
 
-def training_vocab(model: str, data: Path, vocab: int) -> torch.Tensor:
-    """The token ranking the draft trains over: the model's shipped one (`vocab_rank.safetensors`),
-    which is what the drafter scores at run time, else the one counted from `data`. (Counted
-    from data that holds more than the shipped ranking saw, the two would differ, and the draft
-    would learn tokens it can never draft.)"""
-    from ..drafters.draft_heads import VOCAB_FILE, load_vocab_rank
-    from ..models import REGISTRY
+def training_vocab(target, data: Path, vocab: int) -> torch.Tensor:
+    """The token ranking the draft trains over: the target's own (`vocab_rank.safetensors`, found
+    as the drafter finds it at run time), else the one counted from `data`. (Counted from data that
+    holds more than the shipped ranking saw, the two would differ, and the draft would learn tokens
+    it can never draft.)"""
+    from ..drafters.draft_heads import VOCAB_FILE, find_part, load_vocab_rank
 
-    info = REGISTRY.get(model)
-    shipped = info.assets / VOCAB_FILE if info is not None else None
-    return load_vocab_rank(shipped) if shipped is not None and shipped.is_file() else vocab_rank(data, vocab)
+    shipped = find_part(target, VOCAB_FILE)
+    return load_vocab_rank(shipped) if shipped is not None else vocab_rank(data, vocab)
 
 
 def make_draft(target, layers: int, init: list[int]):
@@ -189,7 +187,7 @@ def main(argv=None) -> None:
     for p in target.parameters():
         p.requires_grad_(False)
     vocab = target.lm_head.weight.shape[0]
-    subset = training_vocab(args.model, args.data, vocab)[:args.train_vocab].long()
+    subset = training_vocab(target, args.data, vocab)[:args.train_vocab].long()
     index = subset_index(subset, vocab)
     weight = target.lm_head.weight[subset].detach()
     init = [int(x) for x in args.init.split(",")]
