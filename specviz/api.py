@@ -95,8 +95,10 @@ def missing_part(drafter: str, model: str, options: dict[str, Any] | None = None
         return None
     if need in info.parts:
         return None
+    trained = [name for name, other in REGISTRY.items() if need in other.parts and not other.hidden]
+    elsewhere = f"try it on {' or '.join(trained)} (trained for it), or " if trained else ""
     return (f"drafter {drafter!r} needs {PART_TEXT[need]}, which {model} does not have yet, so it would only slow "
-            f"decoding down; try it on specviz-tiny (trained for it), or pick clasp, static-skip or prompt-lookup")
+            f"decoding down; {elsewhere}pick clasp, static-skip or prompt-lookup")
 
 
 def check_fits(drafter: str, loaded: LoadedModel, options: dict[str, Any]) -> None:

@@ -229,7 +229,7 @@ class Generation:
         out = runner.forward(runner.embed(ids), range(runner.num_layers), 0, self.cache, capture=wants)
         verdict = self._accept([], None, runner.head(out.hidden[:, -1:])[0])
         committed = self._commit([verdict.next_token])
-        states = [s[0, -1:] for s in out.states] if wants else None
+        states = [s[0] for s in out.states] if wants else None  # every prompt row
         state = self._state()
         self._adapt = lambda: self.drafter.start(state, states)
         now = _clock(runner.device)

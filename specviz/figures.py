@@ -943,7 +943,7 @@ INFO_LABELS = {
     "draft_model": "draft model",
     "ngram": "matched n-gram length",
     "match_start": "the match starts at context position",
-    "source": "the draft was copied from",
+    "source": "where the draft came from",
     "answer_count": "times the matched n-gram occurs in the past answers",
     "answer_estimates": "estimated chance of each drafted token (its count in the past answers)",
     "head": "draft head",

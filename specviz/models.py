@@ -112,8 +112,8 @@ REGISTRY: dict[str, ModelInfo] = {
         gguf=SMOLLM2_GGUF, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         card=MODELS_DIR / SMOLLM2 / "MODEL_CARD.md", num_layers=30, vocab_size=49152,
         # trained by specviz for it (assets/models/smollm2-135m-instruct/DRAFT_PARTS.md): exit adapters,
-        # the CTC head and its Medusa control; its draft model is the entry below
-        parts=frozenset({"early-exit", "ctc-head", "medusa-head"}),
+        # the CTC head and its Medusa control, the EAGLE head; its draft model is the entry below
+        parts=frozenset({"early-exit", "ctc-head", "medusa-head", "eagle-head"}),
         # on a CPU only prompt lookup beats generate() on this model (see its card): a first-time
         # visitor should see drafting pay, on the first example (answer from notes, ~1.4x)
         default_drafter="prompt-lookup", draft_model=f"{SMOLLM2}-draft"),

@@ -110,7 +110,8 @@ def test_toy_runs_through_the_handlers(toy, tiny_model_dir):
 
 def _constructor(name: str, target):
     """The class a built-in drafter's factory builds (with what it needs to build at all)."""
-    needs = {"draft-model": {"draft_model": target}, "ctc": {"random_head": True}}.get(name, {})
+    needs = {"draft-model": {"draft_model": target}, "ctc": {"random_head": True},
+             "eagle": {"random_head": True}, "lookup-then-head": {"random_head": True}}.get(name, {})
     return type(make_drafter(name, target, **needs))
 
 
@@ -128,5 +129,6 @@ def test_every_flag_means_one_option():
     flags = cli.drafter_flags()
     assert {"--k", "--threshold", "--skip", "--skip-ratio", "--exit-layer", "--draft-model", "--max-ngram",
             "--min-ngram", "--dp-interval", "--draft-exit", "--verify-exit", "--validate-every", "--head",
-            "--adapter", "--draft-vocab", "--lookup-length", "--answers", "--answer-confidence"} == set(flags)
+            "--adapter", "--draft-vocab", "--lookup-length", "--answers", "--answer-confidence", "--then",
+            "--then-k"} == set(flags)
     assert flags["--k"].drafters == [n for n in DRAFTERS if "k" in DRAFTERS[n].option_names()]

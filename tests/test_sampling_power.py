@@ -63,6 +63,8 @@ DRAFTERS = {
     # 3-grams rarely recur in these short contexts, so most drafts come from the store
     "prompt-lookup+answers": lambda t, d: PromptLookup(k=2, max_ngram=3, min_ngram=3, store=STORE, answer_confidence=0.0),
     "ctc": lambda t, d: make_drafter("ctc", t, random_head=True, k=2),
+    "eagle": lambda t, d: make_drafter("eagle", t, random_head=True, k=2),
+    "lookup-then-head": lambda t, d: make_drafter("lookup-then-head", t, random_head=True, k=2, then_k=2, min_ngram=1),
 }
 
 

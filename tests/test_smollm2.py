@@ -96,6 +96,8 @@ TRAINED = [
     ("draft-model", {"k": 4}),  # auto: the vocabulary it was distilled over
     ("ctc", {"head": "ctc", "k": 5}),
     ("ctc", {"head": "medusa", "k": 5}),
+    ("eagle", {"k": 3}),  # auto: the vocabulary it was trained over
+    ("lookup-then-head", {"min_ngram": 1, "then_k": 2}),
 ]
 
 
@@ -104,7 +106,7 @@ def test_trained_parts_are_lossless_on_smollm2(smollm2, drafter, options):
     """The shipped adapters, heads and draft model: output equal to generate()."""
     engine = Engine(smollm2.model)
     settings = api.build_drafter(drafter, smollm2, options).settings()
-    if drafter != "ctc":
+    if drafter not in ("ctc", "lookup-then-head"):
         assert settings["draft_vocab"] == 8192, settings  # parts trained over a subset draft over it
     for prompt in CHAT_PROMPTS:
         ids = api.encode(smollm2, prompt)
@@ -177,7 +179,7 @@ def untrained_smollm2(monkeypatch):
     monkeypatch.setitem(models.REGISTRY, SMOLLM2, dataclasses.replace(info, parts=frozenset(), draft_model=None))
 
 
-@pytest.mark.parametrize("drafter", ["early-exit", "hispec", "ctc", "draft-model"])
+@pytest.mark.parametrize("drafter", ["early-exit", "hispec", "ctc", "draft-model", "eagle"])
 def test_drafters_without_their_trained_part_say_so(smollm2, untrained_smollm2, drafter):
     with pytest.raises(ValueError, match=r"needs .* which smollm2-135m-instruct does not have yet"):
         api.build_drafter(drafter, smollm2)

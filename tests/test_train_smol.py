@@ -11,7 +11,7 @@ import torch
 
 from specviz.drafters.ctc import load_head
 from specviz.drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE, adapter_meta, load_vocab_rank
-from specviz.train import answer_shards, selfdistill, train_adapters, train_ctc, train_draft
+from specviz.train import answer_shards, selfdistill, train_adapters, train_ctc, train_draft, train_eagle
 from specviz.train.instructions import (HELDOUT_CATEGORIES, HELDOUT_TOPICS, MORE_TOPICS, TEMPLATES, TOPICS, build,
                                        build_more)
 
@@ -152,6 +152,26 @@ def test_answer_shards_label_what_the_teacher_pass_labels(shards, tmp_path):
     assert torch.equal(rebuilt["argmax"][known], real["argmax"].int()[known])
     answer = train_adapters.load_shards(tmp_path, ["ids"])["answer"]
     assert torch.equal(known, answer)  # exactly the positions that predict an answer token
+
+
+def test_answer_shards_record_the_teacher_passs_states_and_an_eagle_head_trains_on_them(smollm2, shards, tmp_path):
+    """`answer_shards --states` records the same last-layer states and argmax labels (prompt
+    positions included) as the teacher-forced pass of `selfdistill`; `train_eagle` then runs a sitting on them and writes a
+    head the drafter loads."""
+    from specviz.drafters.eagle import load_eagle
+
+    real = torch.load(next((shards / "train").glob("shard_*.pt")), weights_only=False)
+    pad = smollm2.tokenizer.pad_token_id
+    answer_shards.write_shards(recorded_dialogues(real), tmp_path / "states" / "train", model=smollm2.model, pad=pad)
+    rebuilt = torch.load(tmp_path / "states" / "train" / "shard_00000.pt", weights_only=False)
+    assert rebuilt["last"].shape == real["last"].shape
+    torch.testing.assert_close(rebuilt["last"].float(), real["last"].float(), atol=2e-2, rtol=1e-2)
+    assert torch.equal(rebuilt["argmax"], real["argmax"].int())  # the model's own label at every position
+    train_eagle.main(["--data", str(tmp_path / "states"), "--heldout", str(shards / "heldout"), "--run",
+                      str(tmp_path / "run"), "--out", str(tmp_path / "eagle.safetensors"), "--minutes", "0.05",
+                      "--batch-tokens", "256", "--train-vocab", "2048", "--threads", "2"])
+    head = load_eagle(tmp_path / "eagle.safetensors", smollm2.model)
+    assert head.train_vocab == 2048
 
 
 def test_store_answers_come_back_in_order():

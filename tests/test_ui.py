@@ -54,6 +54,8 @@ def drafter_cases(model_dir: str):
          {"skip_ratio": 0.4, "dp_interval": 2, "k": 4, "threshold": 0.0}),
         ("hispec", {"d": 1, "v": 3, "n": 6, "k": 3}, {"d": 1, "v": 3, "n": 6, "k": 3}),
         ("ctc", {"random_head": True, "k": 4}, {"random_head": True, "k": 4}),
+        ("eagle", {"random_head": True, "k": 3}, {"random_head": True, "k": 3}),
+        ("lookup-then-head", {"random_head": True, "then_k": 2}, {"random_head": True, "then_k": 2}),
         ("draft-model", {"draft_model_name": model_dir, "k": 3}, {"draft_model_name": model_dir, "k": 3}),
         ("prompt-lookup", {"k": 6}, {"k": 6}),
     ]
@@ -82,7 +84,7 @@ def test_endpoints(app):
     assert not [n for n in named if n not in {"/run", "/step", "/stop", "/compare"}], named.keys()
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(11))
 def test_run_streams_engine_output(app, case):
     client, model_dir = app
     drafter, direct, ui_values = drafter_cases(model_dir)[case]

@@ -11,7 +11,8 @@ from .registry import DRAFTERS, Declaration, Option, drafter_options, make_draft
 
 # Registration order is the CLI's and the benchmark's order. A module that is absent from a build
 # is skipped (the UI then shows its drafter as not available).
-MODULES = ("autoregressive", "static_skip", "early_exit", "draft_model", "prompt_lookup", "clasp", "hispec", "ctc")
+MODULES = ("autoregressive", "static_skip", "early_exit", "draft_model", "prompt_lookup", "clasp", "hispec", "ctc",
+           "eagle", "lookup_then")
 
 for _module in MODULES:
     try:
@@ -30,6 +31,7 @@ PART_TEXT: dict[str, str] = {
     "ctc-head": "a CTC draft head trained for this model",
     "medusa-head": "a Medusa draft head trained for this model",
     "draft-model": "a small draft model with this model's tokenizer",
+    "eagle-head": "an EAGLE head trained for this model (one layer over its last hidden states)",
 }
 
 

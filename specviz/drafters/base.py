@@ -7,7 +7,9 @@ A drafter does two things (as in transformers' `CandidateGenerator`):
   may reuse (`Reuse`: exact hidden states at some layer, whose KV below it is already cached).
 * `observe(result)`: learn from the verification (crop its own cache, rerun a layer search...).
 
-`start(state, states)` is called once after the prompt's prefill.
+`start(state, states)` is called once after the prompt's prefill; `states` (for a drafter that
+`wants_states`) holds the inputs of layers 0..L for every prompt token, each [T, d] (index L: the
+last layer's output), else None.
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ Labels: along a greedy answer the target's argmax at a position is the next answ
 last prompt position's argmax is the answer's first token. Other prompt positions get -1 (not
 scored): their argmax is unknown without a teacher-forced pass, and the draft drafts answers.
 The shards have the keys of `selfdistill`'s (`ids`, `argmax`, `lengths`, `prompt_lengths`, `answers`), so
-`train_draft` reads them as they are; they have no states (`--teacher-kl` needs real shards).
+`train_draft` reads them as they are. With `--states` a teacher-forced fp32 pass adds `last`, the
+last layer's output before the final norm at every position (what the CTC / Medusa / EAGLE heads
+read), and takes every label from the full model's own argmax there (prompt positions included),
+so answers written by another dtype (`selfdistill --dtype bfloat16`) are labelled exactly; without
+it they have no states (`--teacher-kl` needs real shards).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from ..drafters.answer_store import SEPARATOR, STORE_FILE, AnswerStore
 from .answer_store import read_dialogues, turn_opening
 from .instructions import build
-from .selfdistill import answer_order, encode_all, log, write_shard
+from .selfdistill import answer_order, encode_all, last_layer_output, log, right_padded, write_shard
 
 SHARD = 48  # dialogues per shard, as selfdistill writes them
 
@@ -70,19 +74,54 @@ def labels(prompt: list[int], answer: list[int]) -> list[int]:
     return [-1] * (len(prompt) - 1) + answer + [-1]
 
 
-def write_shards(dialogues: list[tuple[list[int], list[int]]], folder: Path, tag: str = "") -> int:
+@torch.no_grad()
+def teacher_pass(model, sequences: list[list[int]], pad: int, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the last decoder layer's output before the final norm, fp16; the full model's argmax) at
+    every real token of `sequences`, flattened in order: one teacher-forced pass (right padding),
+    the LM head applied `rows` tokens at a time."""
+    ids, mask = right_padded(sequences, pad)
+    with last_layer_output(model) as captured:
+        model.model(input_ids=ids, attention_mask=mask)
+    last = captured["last"][mask.bool()]
+    argmax = torch.cat([model.lm_head(model.model.norm(last[i:i + rows])).argmax(-1) for i in range(0, len(last), rows)])
+    return last.half(), argmax.int()
+
+
+def write_shards(dialogues: list[tuple[list[int], list[int]]], folder: Path, tag: str = "", model=None,
+                 pad: int = 0, resume: bool = False, part: tuple[int, int] = (0, 1)) -> int:
+    """Shards of `SHARD` dialogues; with `model`, each with its last-layer states and the model's own
+    labels (`teacher_pass`); skipping the shards already written when `resume`. `part` (i, n):
+    only the shards whose number is i modulo n (n processes share the work)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokens = 0
     for b in range(0, len(dialogues), SHARD):
         batch = dialogues[b:b + SHARD]
         ids = [t for p, a in batch for t in p + a]
-        argmax = [t for p, a in batch for t in labels(p, a)]
-        write_shard(folder / f"shard_{tag}{b // SHARD:05d}.pt", {
-            "ids": torch.tensor(ids, dtype=torch.int32), "argmax": torch.tensor(argmax, dtype=torch.int32),
-            "lengths": torch.tensor([len(p) + len(a) for p, a in batch]),
-            "prompt_lengths": torch.tensor([len(p) for p, _ in batch]), "answers": [a for _, a in batch]})
+        path = folder / f"shard_{tag}{b // SHARD:05d}.pt"
+        if (b // SHARD) % part[1] != part[0] or (resume and path.exists()):
+            continue
         tokens += len(ids)
+        payload = {
+            "ids": torch.tensor(ids, dtype=torch.int32),
+            "argmax": torch.tensor([t for p, a in batch for t in labels(p, a)], dtype=torch.int32),
+            "lengths": torch.tensor([len(p) + len(a) for p, a in batch]),
+            "prompt_lengths": torch.tensor([len(p) for p, _ in batch]), "answers": [a for _, a in batch]}
+        if model is not None:
+            payload["last"], payload["argmax"] = teacher_pass(model, [p + a for p, a in batch], pad)
+            log(f"{path.name}: states of {len(ids)} tokens")
+        write_shard(path, payload)
     return tokens
+
+
+def part_of(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part takes I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--part I/N needs 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def main(argv=None) -> None:
@@ -95,7 +134,14 @@ def main(argv=None) -> None:
                          "instead of the answer store: e.g. the answers to `--set more`)")
     ap.add_argument("--tag", default="", help="shard name prefix (to add a second set's shards to a folder)")
     ap.add_argument("--seed", type=int, default=0, help="the instruction set's seed (selfdistill's --seed)")
+    ap.add_argument("--states", action="store_true",
+                    help="also record the last layer's pre-norm states (`last`; a teacher-forced pass of the model's body)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true", help="skip the shards already written")
+    ap.add_argument("--part", type=part_of, default=(0, 1), metavar="I/N",
+                    help="write only the shards whose number is I modulo N (run N processes, I = 0..N-1)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     from ..models import REGISTRY, MODELS_DIR
@@ -108,8 +154,14 @@ def main(argv=None) -> None:
         dialogues = train_dialogues(tokenizer, store_answers(store, turn_opening(tokenizer)), args.seed)
     else:
         raise SystemExit("--split heldout needs --answers (the held-out answers-only shards)")
-    tokens = write_shards(dialogues, args.out / args.split, args.tag)
-    log(f"wrote {len(dialogues)} dialogues ({tokens} tokens) to {args.out / args.split}")
+    model, pad = None, 0
+    if args.states:
+        from ..api import get_model
+
+        model = get_model(args.model, dtype="float32").model.eval()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokens = write_shards(dialogues, args.out / args.split, args.tag, model, pad, args.resume, args.part)
+    log(f"wrote {tokens} tokens of {len(dialogues)} dialogues to {args.out / args.split}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from ..drafters.answer_store import PRIOR, STORE_FILE
 from ..drafters.ctc import HEAD_FILES
 from ..drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE
+from ..drafters.eagle import HEAD_FILE as EAGLE_FILE
 from ..models import MODELS_DIR, SMOLLM2
 
 DATA_COMMAND = "python -m specviz.train.selfdistill --out .train_data/smol --split train"
@@ -102,6 +103,40 @@ def heads_section(folder: Path) -> list[str]:
     return lines if found else lines + ["Not trained yet."]
 
 
+def eagle_section(folder: Path) -> list[str]:
+    path = folder / EAGLE_FILE
+    if not path.is_file():
+        return []
+    meta = json.loads(_metadata(path).get("meta", "{}"))
+    sittings = [meta]
+    while "earlier" in sittings[0]:  # a sitting that started from an earlier export (--init-head)
+        sittings.insert(0, sittings[0]["earlier"])
+    first = sittings[0]
+    init = {-1: "the target's last layer", -100: "a random initialisation"}.get(
+        first.get("init_layer"), f"the target's layer {first.get('init_layer')}")
+    lines = ["## EAGLE head", "",
+             f"`{EAGLE_FILE}` ({_size(path)}, fp16): one decoder layer of the target's own kind (started from {init}) "
+             "and the map from (the embedding of the token the target said, its normed last-layer state) to that "
+             "layer's input; the target's embeddings, final norm and LM head are shared, not stored. Loss: "
+             f"cross-entropy over the {first.get('train_vocab')} most frequent tokens against the full model's argmax, "
+             f"plus {first.get('reg')} x the smooth L1 distance of its normed output from the next normed state "
+             f"(input noise {first.get('noise')}).", "",
+             f"Held-out agreement with the target (answer positions of {meta.get('heldout_sequences')} held-out "
+             "instructions, exact states: the greedy acceptance of the first draft token), sitting by sitting:", "",
+             "| sitting | steps | minutes | training tokens | held-out agreement (best step) | second token, given "
+             "the first was right | command |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for n, sitting in enumerate(sittings, 1):
+        best = sitting.get("best", {})
+        second = best.get("per_position", {}).get("second_given_first")
+        lines.append(f"| {n} | {sitting.get('steps')} | {sitting.get('minutes')} | {sitting.get('train_tokens', 0):,} | "
+                     f"{best.get('agreement', float('nan')):.3f} (step {best.get('step')}) | "
+                     f"{'–' if second is None else f'{second:.3f}'} | `{sitting.get('command', '')}` |")
+    return lines + ["", "Data: `python -m specviz.train.answer_shards --out .train_data/smol_states --states` (the "
+                    "shipped answer store's dialogues, with their states and the model's own labels) and "
+                    "`python -m specviz.train.selfdistill --split heldout --limit 144 --layers 15` (held out); "
+                    "`specviz/train/README.md` has every sitting's data."]
+
+
 def draft_section(model: str) -> list[str]:
     folder = MODELS_DIR / f"{model}-draft"
     meta_path = folder / "training_meta.json"
@@ -174,7 +209,7 @@ def write(model: str) -> Path:
              "topics in every category, some passages' modules, and the project's example prompts.", "",
              f"Reproduce: `{DATA_COMMAND}` (and `--split heldout --limit 144`). Each part below names the "
              "command of its last training sitting; `specviz/train/README.md` lists every sitting in order.", ""]
-    for section in (adapters_section(folder), vocab_section(folder), heads_section(folder), draft_section(model),
+    for section in (adapters_section(folder), vocab_section(folder), heads_section(folder), eagle_section(folder), draft_section(model),
                     store_section(folder)):
         if section:
             lines += section + [""]

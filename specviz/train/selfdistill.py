@@ -28,7 +28,9 @@ import argparse
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -62,23 +64,37 @@ def answer(model, prompts: list[list[int]], pad: int, eos: set[int], max_new: in
     return answers
 
 
-@torch.no_grad()
-def record(model, sequences: list[list[int]], layers: list[int], pad: int) -> dict[str, torch.Tensor]:
-    """One teacher-forced pass (right padding): per real token, the chosen layers' inputs, the last
-    layer's pre-norm output and the full model's argmax."""
+def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of a right-padded batch."""
     width = max(map(len, sequences))
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, s in enumerate(sequences):
         ids[row, :len(s)] = torch.tensor(s)
         mask[row, :len(s)] = 1
-    captured = {}
+    return ids, mask
+
+
+@contextmanager
+def last_layer_output(model) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, the last decoder layer's output (before the final norm) of each forward
+    pass lands in the yielded dict under "last"."""
+    captured: dict[str, torch.Tensor] = {}
     hook = model.model.layers[-1].register_forward_hook(
         lambda mod, args, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out))
     try:
-        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        yield captured
     finally:
         hook.remove()
+
+
+@torch.no_grad()
+def record(model, sequences: list[list[int]], layers: list[int], pad: int) -> dict[str, torch.Tensor]:
+    """One teacher-forced pass (right padding): per real token, the chosen layers' inputs, the last
+    layer's pre-norm output and the full model's argmax."""
+    ids, mask = right_padded(sequences, pad)
+    with last_layer_output(model) as captured:
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     keep = mask.bool()
     result = {f"layer{i}": out.hidden_states[i][keep].half() for i in layers}
     result["last"] = captured["last"][keep].half()
@@ -118,6 +134,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--tag", default="", help="shard name prefix (to add a second run's shards to a folder)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="the model's dtype for answering (bfloat16: about 3x faster on a CPU with AMX; its answers "
+                         "part from fp32's at near-ties, so use it with --answers-only and label them with "
+                         "`answer_shards --states`, whose teacher-forced pass runs in fp32)")
     ap.add_argument("--answers-only", action="store_true",
                     help="write only the prompts' and answers' token ids (no teacher-forced pass, no states): "
                          "the input of `specviz.train.answer_store`")
@@ -126,7 +146,9 @@ def main(argv=None) -> None:
     from .. import api
     from ..engine import eos_ids
 
-    loaded = api.get_model(args.model)
+    if args.dtype != "float32" and not args.answers_only:
+        raise SystemExit("--dtype bfloat16 is for --answers-only: the recorded states and labels must be fp32's")
+    loaded = api.get_model(args.model, dtype=args.dtype)
     model, tok = loaded.model.eval(), loaded.tokenizer
     layers = [int(x) for x in args.layers.split(",")]
     eos = set(eos_ids(model)) or {tok.eos_token_id}  # where generate() stops

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,48 @@ def training_vocab(target, data: Path, vocab: int) -> torch.Tensor:
 
     shipped = find_part(target, VOCAB_FILE)
     return load_vocab_rank(shipped) if shipped is not None else vocab_rank(data, vocab)
+
+
+def sitting_arguments(ap: argparse.ArgumentParser, epochs: float, minutes: float) -> None:
+    """The flags every token-batched training sitting here takes (train_draft, train_eagle)."""
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epochs", type=float, default=epochs)
+    ap.add_argument("--minutes", type=float, default=minutes)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+
+
+def warm_cosine(base: float, step: int, total: int, warmup: int = 50) -> float:
+    """The learning rate at `step`: a linear warm-up, then a cosine decay to 5 % of `base`."""
+    return base * min(1.0, (step + 1) / warmup) * max(0.05, 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def begin_sitting(params: list, args: argparse.Namespace, n_tokens: int,
+                  restore: Callable[[dict], None]) -> tuple[torch.optim.Optimizer, int, Path, int, float]:
+    """(optimizer, total steps, checkpoint path, step, seconds spent) of a sitting; with --resume
+    and a checkpoint, `restore(ckpt)` reloads the trained module and the rest continues."""
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    total = max(1, int(args.epochs * n_tokens / args.batch_tokens))
+    args.run.mkdir(parents=True, exist_ok=True)
+    ckpt_path, step, spent = args.run / "ckpt.pt", 0, 0.0
+    if args.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        restore(ckpt)
+        opt.load_state_dict(ckpt["opt"])
+        step, spent = ckpt["step"], ckpt["spent"]
+    return opt, total, ckpt_path, step, spent
+
+
+def optimizer_step(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
 
 
 def make_draft(target, layers: int, init: list[int]):
@@ -168,15 +212,8 @@ def main(argv=None) -> None:
     ap.add_argument("--train-vocab", type=int, default=8192)
     ap.add_argument("--teacher-kl", type=unit_interval, default=0.0,
                     help="share of the loss that is KL from the full model's distribution (0 = hard labels only)")
-    ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2)
+    sitting_arguments(ap, epochs=3.0, minutes=20.0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -199,15 +236,8 @@ def main(argv=None) -> None:
     n_tokens = sum(s[0].numel() for s in train_seqs)
     log(f"{len(train_seqs)} training sequences ({n_tokens} tokens), {len(held_seqs)} held out")
     params = [p for n, p in draft.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    total = max(1, int(args.epochs * n_tokens / args.batch_tokens))
-    args.run.mkdir(parents=True, exist_ok=True)
-    ckpt_path, step, spent = args.run / "ckpt.pt", 0, 0.0
-    if args.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        draft.load_state_dict(ckpt["draft"], strict=False)
-        opt.load_state_dict(ckpt["opt"])
-        step, spent = ckpt["step"], ckpt["spent"]
+    opt, total, ckpt_path, step, spent = begin_sitting(
+        params, args, n_tokens, lambda ckpt: draft.load_state_dict(ckpt["draft"], strict=False))
     best = {"agreement": agreement(draft, held_seqs, weight, subset), "step": step}
     log(f"start (step {step}): held-out agreement {best['agreement']:.4f}"
         + ("" if step else f" (the draft in {args.init_draft})" if args.init_draft
@@ -217,19 +247,14 @@ def main(argv=None) -> None:
     while step < total and time.time() - start < args.minutes * 60:
         for batch in batches(train_seqs, args.batch_tokens, torch.Generator().manual_seed(args.seed * 100 + epoch)):
             ids, labels, mask, _ = pad(batch)
-            lr = args.lr * min(1.0, (step + 1) / 50) * max(0.05, 0.5 * (1 + torch.cos(torch.tensor(step / total * 3.14159)).item()))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = warm_cosine(args.lr, step, total)
             logits = subset_logits(draft, ids, mask, weight)
             target_index = torch.where(labels >= 0, index[labels.clamp(min=0)], torch.full_like(labels, -100))
             target_index = target_index.to(logits.device)
             teacher = (teacher_logits(target.model.norm, pad_states(batch), weight).flatten(0, 1)
                        if args.teacher_kl > 0 else None)
             loss = distill_loss(logits.flatten(0, 1), teacher, target_index.flatten(), args.teacher_kl)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            optimizer_step(opt, params, loss, lr)
             step += 1
             if step % 25 == 0:
                 log(f"step {step}/{total} loss {loss.item():.3f} lr {lr:.2e} {time.time() - start:.0f}s")

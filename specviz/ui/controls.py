@@ -21,7 +21,8 @@ from .errors import fmt_num, parse_int, user_error
 # The dropdown's order (a presentation choice: plain decoding, then the model's own layers, then
 # outside help). Named drafters show even when their module is absent from a build ("not
 # available"); any other registered drafter follows in registration order.
-DRAFTER_ORDER = ["ar", "static-skip", "early-exit", "clasp", "hispec", "ctc", "draft-model", "prompt-lookup"]
+DRAFTER_ORDER = ["ar", "static-skip", "early-exit", "clasp", "hispec", "ctc", "eagle", "draft-model", "prompt-lookup",
+                 "lookup-then-head"]
 
 # the preferred first drafter (a layer-skip one shows the most), if it fits the model
 INITIAL_DRAFTERS = ("static-skip", "clasp", "prompt-lookup")

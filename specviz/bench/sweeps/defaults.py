@@ -51,6 +51,10 @@ GRID: dict[str, list[dict[str, Any]]] = {
                dict(d=4, v=8, n=4, k=2, threshold=0.0, draft_vocab=8192)],
     "draft-model": [dict(k=k, draft_vocab=8192) for k in (3, 5)],
     "ctc": [dict(head="ctc", k=k) for k in (4, 6)],  # the CTC drafter keeps its CTC head; Medusa is the control
+    "eagle": [dict(k=k) for k in (1, 2, 3)],
+    # the lookup's settings are prompt lookup's swept ones; the head's k and the shortest match vary
+    "lookup-then-head": [dict(k=32, max_ngram=3, min_ngram=m, length="match", then="eagle", then_k=j)
+                         for m, j in ((2, 1), (2, 2), (1, 1))],
 }
 
 
