@@ -114,9 +114,9 @@ REGISTRY: dict[str, ModelInfo] = {
         # trained by specviz for it (assets/models/smollm2-135m-instruct/DRAFT_PARTS.md): exit adapters,
         # the CTC head and its Medusa control, the EAGLE head; its draft model is the entry below
         parts=frozenset({"early-exit", "ctc-head", "medusa-head", "eagle-head"}),
-        # on a CPU only prompt lookup beats generate() on this model (see its card): a first-time
-        # visitor should see drafting pay, on the first example (answer from notes, ~1.4x)
-        default_drafter="prompt-lookup", draft_model=f"{SMOLLM2}-draft"),
+        # the fastest drafter on this model on a CPU (BENCHMARKS.md: 1.35x generate() on chat, as fast
+        # as prompt lookup where the prompt has text to copy): a first-time visitor sees drafting pay
+        default_drafter="lookup-then-head", draft_model=f"{SMOLLM2}-draft"),
     f"{SMOLLM2}-draft": ModelInfo(
         f"{SMOLLM2}-draft", "SmolLM2-135M-Instruct's 2-layer draft model, distilled by specviz from its own answers; "
                             "it shares the target's embeddings and LM head",

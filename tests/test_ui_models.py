@@ -129,7 +129,7 @@ def test_model_change_event_looks_up_nothing_outside_the_list(monkeypatch):
 
 
 def test_smollm2_opens_on_a_drafter_that_pays_and_a_grounded_example():
-    assert ui.initial_drafter(SMOLLM2, ui.drafter_names()) == "prompt-lookup"
+    assert ui.initial_drafter(SMOLLM2, ui.drafter_names()) == "lookup-then-head"
     assert ui.examples_for(SMOLLM2)[0].label.startswith("Answer from these notes")
     assert ui.initial_drafter("specviz-tiny", ui.drafter_names()) == "static-skip"
 

@@ -184,6 +184,9 @@ class EagleDrafter:
 
     @torch.inference_mode()
     def propose(self, state: DecodeState) -> Draft:
+        builder = DraftBuilder(min(self.k, state.max_draft), self.threshold, state.eos_token_ids)
+        if builder.done:  # no room to draft: the waiting pairs wait for a proposal that drafts
+            return builder.build(state.sampling)
         # the committed pairs first (their exact features), replacing the last draft's own pairs
         self.runner.crop(self.cache, self.exact)
         self.fed = self.exact
@@ -192,7 +195,6 @@ class EagleDrafter:
         self.exact, self.waiting = self.fed, []
         if self.exact != state.pending_position:
             raise RuntimeError(f"eagle: {self.exact} exact pairs for pending position {state.pending_position}")
-        builder = DraftBuilder(min(self.k, state.max_draft), self.threshold, state.eos_token_ids)
         while not builder.done:
             if not builder.offer(choose(self.head(hidden).float(), state.sampling, state.generator)):
                 break

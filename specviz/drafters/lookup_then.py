@@ -20,10 +20,15 @@ from typing import Any
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length
 from .prompt_lookup import LENGTHS, PromptLookup
+from .ctc import HEAD_FILES as CTC_FILES
+from .draft_heads import find_part
+from .eagle import HEAD_FILE as EAGLE_FILE
 from .registry import Declaration, Option, draft_length, make_drafter
 
 NAME = "lookup-then-head"
 HEADS = ("eagle", "ctc")
+HEAD_FILES = {"eagle": EAGLE_FILE, "ctc": CTC_FILES["ctc"]}
+CHOICES = ("auto",) + HEADS  # auto: the model's EAGLE head, else its CTC head
 
 
 class LookupThenHead:
@@ -42,7 +47,7 @@ class LookupThenHead:
         if draft.tokens:
             return draft
         draft = self.fallback.propose(state)
-        if state.record:
+        if state.record and draft.tokens:
             draft.info = {"source": f"the {self.fallback.name} head (no match in the context)", **draft.info}
         return draft
 
@@ -56,10 +61,18 @@ class LookupThenHead:
                 "head_file": head.get("head_file")}
 
 
-def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: str = "match", then: str = "eagle",
+def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: str = "match", then: str = "auto",
           then_k: int = 1, random_head: bool = False) -> LookupThenHead:
-    if then not in HEADS:
-        raise ValueError(f"then must be one of {', '.join(HEADS)}, got {then!r}")
+    if then not in CHOICES:
+        raise ValueError(f"then must be one of {', '.join(CHOICES)}, got {then!r}")
+    if then == "auto" and not random_head:
+        then = next((h for h in HEADS if find_part(target, HEAD_FILES[h]) is not None), None)
+        if then is None:
+            raise ValueError(f"drafter {NAME!r} needs a trained EAGLE head ({HEAD_FILES['eagle']}) or CTC head "
+                             f"({HEAD_FILES['ctc']}) for where the context has no match, and this model has neither: "
+                             "train one (`python -m specviz.train.train_eagle`), or use random_head=True")
+    elif then == "auto":
+        then = "eagle"
     if not isinstance(random_head, bool):
         raise ValueError(f"random_head must be true or false, got {random_head!r}")
     check_draft_length(then_k)
@@ -68,7 +81,9 @@ def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: s
 
 
 def _needs(options: dict[str, Any]) -> str | None:
-    return None if options.get("random_head") else f"{options.get('then', 'eagle')}-head"
+    """auto takes whichever head the model has, and says so at build time when it has none."""
+    then = options.get("then", "auto")
+    return None if options.get("random_head") or then == "auto" else f"{then}-head"
 
 
 DRAFTER = Declaration(
@@ -84,11 +99,14 @@ DRAFTER = Declaration(
             info="shorter matches are found more often but are right less often; where none is found the head drafts"),
      Option("length", "choice", "match", "lookup draft length: 'fixed' (k tokens) or 'match' (as many as the context "
             "agrees with the text before the match, at most k)", flag="--lookup-length",
-            label="lookup draft length", choices=LENGTHS),
-     Option("then", "choice", "eagle", "the trained head that drafts where the context has no match: eagle or ctc",
-            flag="--then", label="where the context has no match, draft with", choices=HEADS),
+            label="lookup draft length", choices=LENGTHS,
+            info="fixed: always k · match: as many as the tokens the context shares with the earlier text, at most k"),
+     Option("then", "choice", "auto", "the trained head that drafts where the context has no match: auto (the model's "
+            "EAGLE head, else its CTC head), eagle or ctc", flag="--then",
+            label="where the context has no match, draft with", choices=CHOICES,
+            info="auto: the model's EAGLE head, else its CTC head"),
      Option("then_k", "int", 1, "the head's max draft length", flag="--then-k",
             label="the head's k (on a CPU one token pays best)", minimum=1, maximum=16, step=1),
      Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
             label="untrained random head (when no trained head file exists)")),
-    needs="eagle-head", needs_for=_needs)
+    needs=None, needs_for=_needs)
