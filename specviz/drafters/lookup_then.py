@@ -87,7 +87,7 @@ def _needs(options: dict[str, Any]) -> str | None:
 
 
 DRAFTER = Declaration(
-    NAME, "Prompt lookup, else a trained head",
+    NAME, "Lookup, else a head",
     "Copy from the context where its last n-gram occurred before; where it did not, let the EAGLE (or CTC) head "
     "draft.",
     build,
