@@ -81,7 +81,7 @@ from torch import nn
 from ..layers import CPUHead
 from .base import DecodeState, Draft, VerifyResult, check_draft_length, check_threshold
 from .draft_heads import find_part, subset_head, vocab_subset
-from .registry import Declaration, Option, confidence_threshold, draft_length
+from .registry import Declaration, Option, confidence_threshold, draft_length, random_head_option
 
 NAME = "ctc"
 HEADS = ("ctc", "medusa")
@@ -508,8 +508,7 @@ DRAFTER = Declaration(
      draft_length(5, ui_default=6),
      confidence_threshold(0.0, info="the draft ends before a token whose frame probability is below this "
                                     "(that token is dropped, not verified)"),
-     Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
-            label="untrained random head (when no trained head file exists)"),
+     random_head_option(),
      Option("path", "text", None, f"a trained head file ({', '.join(HEAD_FILES.values())})"),
      Option("seed", "int", 0, "seed of the random head")),
     needs="ctc-head", needs_for=_needs)

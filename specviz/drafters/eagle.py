@@ -38,7 +38,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from ..layers import LayerRunner
 from .base import DecodeState, Draft, DraftBuilder, VerifyResult, check_draft_length, check_threshold, choose
 from .draft_heads import DraftHead, check_draft_vocab, draft_vocab_of, draft_vocab_option, find_part, vocab_subset
-from .registry import Declaration, Option, confidence_threshold, draft_length
+from .registry import Declaration, Option, confidence_threshold, draft_length, random_head_option
 
 NAME = "eagle"
 HEAD_FILE = "eagle_head.safetensors"
@@ -243,11 +243,10 @@ DRAFTER = Declaration(
     "One trained layer drafts from the target's own last hidden state and the token it just said, one cheap "
     "step per draft token.",
     build,
-    (draft_length(3, ui_default=3),
+    (draft_length(3),
      confidence_threshold(0.0),
      draft_vocab_option(),
-     Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
-            label="untrained random head (when no trained head file exists)"),
+     random_head_option(),
      Option("path", "text", None, f"a trained head file ({HEAD_FILE})"),
      Option("seed", "int", 0, "seed of the random head")),
     needs="eagle-head", needs_for=_needs)

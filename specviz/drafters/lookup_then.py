@@ -16,14 +16,16 @@ lookup drafted.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .base import DecodeState, Draft, VerifyResult, check_draft_length
-from .prompt_lookup import LENGTHS, PromptLookup
 from .ctc import HEAD_FILES as CTC_FILES
 from .draft_heads import find_part
 from .eagle import HEAD_FILE as EAGLE_FILE
-from .registry import Declaration, Option, draft_length, make_drafter
+from .prompt_lookup import DRAFTER as PROMPT_LOOKUP
+from .prompt_lookup import PromptLookup
+from .registry import Declaration, Option, draft_length, make_drafter, random_head_option
 
 NAME = "lookup-then-head"
 HEADS = ("eagle", "ctc")
@@ -73,8 +75,6 @@ def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: s
                              "train one (`python -m specviz.train.train_eagle`), or use random_head=True")
     elif then == "auto":
         then = "eagle"
-    if not isinstance(random_head, bool):
-        raise ValueError(f"random_head must be true or false, got {random_head!r}")
     check_draft_length(then_k)
     lookup = PromptLookup(k=k, max_ngram=max_ngram, min_ngram=min_ngram, length=length)
     return LookupThenHead(lookup, make_drafter(then, target, k=then_k, random_head=random_head))
@@ -86,27 +86,23 @@ def _needs(options: dict[str, Any]) -> str | None:
     return None if options.get("random_head") or then == "auto" else f"{then}-head"
 
 
+_LOOKUP = {option.name: option for option in PROMPT_LOOKUP.options}  # prompt lookup's own, declared once
+
 DRAFTER = Declaration(
     NAME, "Lookup, else a head",
     "Copy from the context where its last n-gram occurred before; where it did not, let the EAGLE (or CTC) head "
     "draft.",
     build,
     (draft_length(16, maximum=32, label="k: max tokens copied from the context per verification"),
-     Option("max_ngram", "int", 3, "longest n-gram to match", flag="--max-ngram", label="max n-gram",
-            minimum=1, maximum=8, step=1),
-     Option("min_ngram", "int", 2, "shortest n-gram to match", flag="--min-ngram", label="min n-gram",
-            minimum=1, maximum=8, step=1,
-            info="shorter matches are found more often but are right less often; where none is found the head drafts"),
-     Option("length", "choice", "match", "lookup draft length: 'fixed' (k tokens) or 'match' (as many as the context "
-            "agrees with the text before the match, at most k)", flag="--lookup-length",
-            label="lookup draft length", choices=LENGTHS,
-            info="fixed: always k · match: as many as the tokens the context shares with the earlier text, at most k"),
+     _LOOKUP["max_ngram"],
+     replace(_LOOKUP["min_ngram"], default=2,
+             info="shorter matches are found more often but are right less often; where none is found the head drafts"),
+     replace(_LOOKUP["length"], default="match", label="lookup draft length"),
      Option("then", "choice", "auto", "the trained head that drafts where the context has no match: auto (the model's "
             "EAGLE head, else its CTC head), eagle or ctc", flag="--then",
             label="where the context has no match, draft with", choices=CHOICES,
             info="auto: the model's EAGLE head, else its CTC head"),
      Option("then_k", "int", 1, "the head's max draft length", flag="--then-k",
             label="the head's k (on a CPU one token pays best)", minimum=1, maximum=16, step=1),
-     Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
-            label="untrained random head (when no trained head file exists)")),
+     random_head_option()),
     needs=None, needs_for=_needs)

@@ -120,6 +120,12 @@ def confidence_threshold(default: float, ui_default: float | None = None, in_pan
                   info=info)
 
 
+def random_head_option() -> Option:
+    """For drafters with a trained head: an untrained, seeded one instead (tests, models without one)."""
+    return Option("random_head", "bool", False, "an untrained random head (when no trained head file exists)",
+                  label="untrained random head (when no trained head file exists)")
+
+
 def parse_bool(text: str) -> bool:
     """A "bool" option's CLI text -> its value."""
     value = text.strip().lower()

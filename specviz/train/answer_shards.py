@@ -101,12 +101,11 @@ def write_shards(dialogues: list[tuple[list[int], list[int]]], folder: Path, tag
         if (b // SHARD) % part[1] != part[0] or (resume and path.exists()):
             continue
         tokens += len(ids)
-        payload = {
-            "ids": torch.tensor(ids, dtype=torch.int32),
-            "argmax": torch.tensor([t for p, a in batch for t in labels(p, a)], dtype=torch.int32),
-            "lengths": torch.tensor([len(p) + len(a) for p, a in batch]),
-            "prompt_lengths": torch.tensor([len(p) for p, _ in batch]), "answers": [a for _, a in batch]}
-        if model is not None:
+        payload = {"ids": torch.tensor(ids, dtype=torch.int32), "lengths": torch.tensor([len(p) + len(a) for p, a in batch]),
+                   "prompt_lengths": torch.tensor([len(p) for p, _ in batch]), "answers": [a for _, a in batch]}
+        if model is None:  # labels where the greedy answers tell them
+            payload["argmax"] = torch.tensor([t for p, a in batch for t in labels(p, a)], dtype=torch.int32)
+        else:  # the model's own, everywhere
             payload["last"], payload["argmax"] = teacher_pass(model, [p + a for p, a in batch], pad)
             log(f"{path.name}: states of {len(ids)} tokens")
         write_shard(path, payload)
@@ -135,7 +134,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default="", help="shard name prefix (to add a second set's shards to a folder)")
     ap.add_argument("--seed", type=int, default=0, help="the instruction set's seed (selfdistill's --seed)")
     ap.add_argument("--states", action="store_true",
-                    help="also record the last layer's pre-norm states (`last`; a teacher-forced pass of the model's body)")
+                    help="also record the last layer's pre-norm states (`last`) and label every position with the "
+                         "model's own argmax (one teacher-forced fp32 pass)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true", help="skip the shards already written")
     ap.add_argument("--part", type=part_of, default=(0, 1), metavar="I/N",

@@ -113,41 +113,38 @@ def losses(head: EagleHead, batch: list, weight: torch.Tensor, index: torch.Tens
 
 
 @torch.no_grad()
-def agreement(head: EagleHead, seqs: list, weight: torch.Tensor, subset: torch.Tensor) -> float:
-    """Top-1 agreement with the target at held-out answer positions (exact features)."""
+def heldout_agreement(head: EagleHead, seqs: list, weight: torch.Tensor, subset: torch.Tensor,
+                      second: bool = False) -> dict[str, float]:
+    """Held-out greedy acceptance over answer positions: of the first draft token (exact states)
+    and, with `second`, of the second given the first was right (drafted from the head's own
+    first-step feature, as at run time)."""
     head.eval()
-    hits = total = 0
-    for batch in batches(seqs, 8192, torch.Generator().manual_seed(0)):
-        ids, labels, mask, answer = pad(batch)
-        g, _ = head_outputs(head, ids, mask, pad_states(batch))
-        pred = subset[F.linear(head.norm(g), weight).argmax(-1)]
-        scored = answer[:, 1:] & (labels[:, 1:] >= 0)
-        hits += int(((pred == labels[:, 1:]) & scored).sum())
-        total += int(scored.sum())
-    head.train()
-    return hits / max(1, total)
-
-
-@torch.no_grad()
-def two_step_agreement(head: EagleHead, seqs: list, weight: torch.Tensor, subset: torch.Tensor) -> dict[str, float]:
-    """Held-out greedy acceptance of the first draft token (exact states) and of the second given
-    the first was right (drafted from the head's own first-step feature, as at run time), over
-    answer positions."""
-    head.eval()
-    first = first_total = second = second_total = 0
+    first = first_total = right_second = reached_total = 0
     for batch in batches(seqs, 8192, torch.Generator().manual_seed(0)):
         ids, labels, mask, answer = pad(batch)
         states = pad_states(batch)
         g, _ = head_outputs(head, ids, mask, states)
-        right = (subset[F.linear(head.norm(g), weight).argmax(-1)] == labels[:, 1:]) & answer[:, 1:] & (labels[:, 1:] >= 0)
         scored = answer[:, 1:] & (labels[:, 1:] >= 0)
+        right = (subset[F.linear(head.norm(g), weight).argmax(-1)] == labels[:, 1:]) & scored
         first, first_total = first + int(right.sum()), first_total + int(scored.sum())
-        # the second token at p + 1 follows a right first token at p
-        right2 = subset[F.linear(second_step(head, ids, mask, states, g), weight).argmax(-1)] == labels[:, 1:]
-        reached = right[:, :-1] & scored[:, 1:]
-        second, second_total = second + int((right2[:, 1:] & reached).sum()), second_total + int(reached.sum())
+        if second:  # the second token at p + 1 follows a right first token at p
+            right2 = subset[F.linear(second_step(head, ids, mask, states, g), weight).argmax(-1)] == labels[:, 1:]
+            reached = right[:, :-1] & scored[:, 1:]
+            right_second += int((right2[:, 1:] & reached).sum())
+            reached_total += int(reached.sum())
     head.train()
-    return {"first": round(first / max(1, first_total), 4), "second_given_first": round(second / max(1, second_total), 4)}
+    scores = {"first": first / max(1, first_total)}
+    return scores | ({"second_given_first": right_second / max(1, reached_total)} if second else {})
+
+
+def agreement(head: EagleHead, seqs: list, weight: torch.Tensor, subset: torch.Tensor) -> float:
+    """Top-1 agreement with the target at held-out answer positions (exact features)."""
+    return heldout_agreement(head, seqs, weight, subset)["first"]
+
+
+def two_step_agreement(head: EagleHead, seqs: list, weight: torch.Tensor, subset: torch.Tensor) -> dict[str, float]:
+    """Both figures of `heldout_agreement`, rounded for the head's metadata."""
+    return {k: round(v, 4) for k, v in heldout_agreement(head, seqs, weight, subset, second=True).items()}
 
 
 def main(argv=None) -> None:
