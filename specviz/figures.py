@@ -765,16 +765,18 @@ def step_details_html(trace: Trace | None, step: int | None, decode: Decode | No
         verdict = "accepted" if j < s.accepted else ("rejected" if j == s.accepted else "discarded")
         colour = BLUE if verdict == "accepted" else VERMILLION
         level = LEVEL_NAMES.get(_get(sources, j), "")
-        rows.append(f"<tr><td>{j + 1}</td><td><code>{html.escape(repr(piece))}</code></td><td>{tok}</td>"
-                    f"<td>{html.escape(q_text(s, j))}</td><td>{_fmt_p(_get(s.target_probs, j))}</td>"
-                    f'<td style="color:{colour}">{verdict}{html.escape(level and f" ({level})")}</td></tr>')
+        # the verdict right after the text: on a phone the columns after it scroll out of sight
+        rows.append(f"<tr><td>{j + 1}</td><td><code>{html.escape(repr(piece))}</code></td>"
+                    f'<td style="color:{colour}">{verdict}{html.escape(level and f" ({level})")}</td>'
+                    f"<td>{html.escape(q_text(s, j))}</td><td>{_fmt_p(_get(s.target_probs, j))}</td><td>{tok}</td></tr>")
     tctx = context + s.draft_tokens[: s.accepted]
     (tpiece,) = token_pieces(decode, tctx, [s.target_token])
-    rows.append(f"<tr><td>target</td><td><code>{html.escape(repr(tpiece))}</code></td><td>{s.target_token}</td>"
-                f'<td></td><td></td><td style="color:{ORANGE}">target\'s own token</td></tr>')
-    table = ("<div style='overflow-x:auto'><table style='font-size:12.5px;border-collapse:collapse' cellpadding='3'>"
-             f"<tr><th>pos</th><th>text</th><th>id</th><th>{html.escape(q_header(s))}</th><th>p (target)</th>"
-             "<th>verdict</th></tr>" + "".join(rows) + "</table></div>" + q_note(s))
+    rows.append(f"<tr><td>target</td><td><code>{html.escape(repr(tpiece))}</code></td>"
+                f'<td style="color:{ORANGE}">target\'s own token</td><td></td><td></td><td>{s.target_token}</td></tr>')
+    table = ("<div style='overflow-x:auto'><table class='sv-step-table' style='font-size:12.5px;"
+             "border-collapse:collapse' cellpadding='3'>"
+             f"<tr><th>pos</th><th>text</th><th>verdict</th><th>{html.escape(q_header(s))}</th><th>p (target)</th>"
+             "<th>id</th></tr>" + "".join(rows) + "</table></div>" + q_note(s))
     times = html.escape(step_times_text(trace, s))
     info = info_table_html(trace, s, decode)
     if switched_off(trace, s) and s.info:
@@ -947,6 +949,7 @@ INFO_LABELS = {
     "answer_count": "times the matched n-gram occurs in the past answers",
     "answer_estimates": "estimated chance of each drafted token (its count in the past answers)",
     "head": "draft head",
+    "head_weights": "the head's weights",
     "collapsed": "collapsed draft",
     "cut": "why the draft ended",
     "tentative": "tentative tokens",
@@ -1119,6 +1122,20 @@ def speedup_figure(trace: Trace | None, plain: PlainRun | None = None, clock: st
 
 # -- acceptance -----------------------------------------------------------------------------------
 
+# labels above the bars must fit a phone's plot (about 300 px): the sample size goes into the
+# hover past a few bars, and past a dozen the percentages too, where the labels would overlap
+LABEL_N_UP_TO, LABEL_UP_TO = 6, 12
+
+
+def acceptance_labels(rates: list[float], counts: list[int]) -> list[str]:
+    """Each bar's label: its rate, with the sample size while there are only a few bars."""
+    if len(rates) > LABEL_UP_TO:
+        return [""] * len(rates)
+    if len(rates) > LABEL_N_UP_TO:
+        return [f"{100 * a:.0f}%" for a in rates]
+    return [f"{100 * a:.0f}%<br>n={n}" for a, n in zip(rates, counts)]
+
+
 @failsafe("figure")
 def acceptance_figure(trace: Trace | None) -> go.Figure:
     """P(draft position i accepted | a draft reached i), with sample sizes."""
@@ -1130,15 +1147,17 @@ def acceptance_figure(trace: Trace | None) -> go.Figure:
     pos = list(range(1, len(m.acceptance_per_position) + 1))
     fig = go.Figure(go.Bar(
         x=pos, y=m.acceptance_per_position, marker_color=BLUE, name="accepted",
-        text=[f"{100 * a:.0f}%<br>n={n}" for a, n in zip(m.acceptance_per_position, m.drafted_per_position)],
+        text=acceptance_labels(m.acceptance_per_position, m.drafted_per_position),
         # a fixed size: Plotly shrinks outside labels to the bar's width, unreadable on a phone
         textposition="outside", cliponaxis=False, constraintext="none", textfont=dict(size=11),
-        hovertemplate="position %{x}: %{y:.1%} accepted<extra></extra>",
+        customdata=m.drafted_per_position,
+        hovertemplate="position %{x}: %{y:.1%} of %{customdata} drafts accepted<extra></extra>",
     ))
     fig.update_xaxes(title_text="draft position", dtick=1)
     fig.update_yaxes(title_text="accepted", range=[0, 1.15], tickformat=".0%")
-    return _layout(fig, fig_title("Acceptance per draft position", "positions a draft did not reach are not counted"),
-                   height=320)
+    note = "positions a draft did not reach are not counted" + (
+        "; hover a bar for its sample size" if len(pos) > LABEL_N_UP_TO else "")
+    return _layout(fig, fig_title("Acceptance per draft position", note), height=320)
 
 
 @failsafe("figure")

@@ -272,6 +272,17 @@ def test_acceptance_figures():
     assert "drafted nothing" in annotations_text(figures.accepted_histogram(ar_trace()))
 
 
+def test_acceptance_labels_fit_a_phone():
+    """A few bars say rate and sample size; more bars only the rate (the size is in the hover); past
+    a dozen the labels would overlap at 390 px, so the hover alone carries them."""
+    trace = make_trace()
+    fig = figures.acceptance_figure(trace)
+    assert list(fig.data[0].text) == ["67%<br>n=3", "67%<br>n=3", "0%<br>n=1"]
+    assert list(fig.data[0].customdata) == compute_metrics(trace).drafted_per_position
+    assert figures.acceptance_labels([0.5] * 7, [2] * 7) == ["50%"] * 7
+    assert figures.acceptance_labels([0.5] * 13, [2] * 13) == [""] * 13
+
+
 # -- Leviathan --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("alpha, gamma, c, expected", [(0.8, 4, 0.55, 1.05), (0.9, 6, 0.5, 1.30), (0.95, 8, 0.5, 1.48)])

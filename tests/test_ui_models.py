@@ -254,11 +254,11 @@ def test_the_first_results_tab_fits_the_drafter():
     config = AppConfig(["specviz-tiny"], "specviz-tiny")
     selected = {d: handlers.on_drafter(config, d, "specviz-tiny")[-1] for d in config.drafters}
     assert {d: u.get("selected") if isinstance(u, dict) else u.selected for d, u in selected.items()} == {
-        d: ("skip" if d in ("static-skip", "early-exit", "clasp", "hispec") else "speed" if d == "ar" else "acceptance")
+        d: ("skip" if d in ("static-skip", "early-exit", "clasp", "hispec") else "speed" if d == "ar" else "step")
         for d in config.drafters}
     demo = build_app(["specviz-tiny"], default_model="specviz-tiny")
     tabs = [b for b in demo.blocks.values() if type(b).__name__ == "Tab"]
-    assert {"skip", "speed", "acceptance"} <= {t.id for t in tabs}
+    assert {"step", "skip", "speed", "acceptance"} <= {t.id for t in tabs}
 
 
 def test_a_queued_visitor_sees_the_queue_by_the_run_button():

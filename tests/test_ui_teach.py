@@ -1,4 +1,4 @@
-"""The Explain step handlers (specviz.ui.teach) as plain functions on a session, no browser."""
+"""The Step tab's explanation handlers (specviz.ui.teach) as plain functions on a session, no browser."""
 
 from __future__ import annotations
 

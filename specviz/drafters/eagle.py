@@ -199,7 +199,8 @@ class EagleDrafter:
             if not builder.offer(choose(self.head(hidden).float(), state.sampling, state.generator)):
                 break
             hidden = self._feed(hidden[None], [builder.tokens[-1]])  # its own feature: the next pair
-        info = {"head": "eagle", "draft_vocab": draft_vocab_of(self.head)} if state.record else None
+        info = ({"head": "eagle", "head_weights": self.weights_text(), "draft_vocab": draft_vocab_of(self.head)}
+                if state.record else None)
         return builder.build(state.sampling, info=info)
 
     def observe(self, result: VerifyResult) -> None:
@@ -210,6 +211,12 @@ class EagleDrafter:
         rows = min(result.accepted + 1, len(result.tokens) - 1 - self.known)
         self.waiting.append((result.states[-1][:rows], list(result.tokens[self.known + 1:self.known + 1 + rows])))
         self.known += rows
+
+    def weights_text(self) -> str:
+        """Trained or random, for the step view: an untrained head drafts near chance."""
+        if self.source.startswith("random"):
+            return f"{self.source}: untrained, so its drafts are rarely right"
+        return f"trained ({Path(self.source).name})" if self.source else "trained"
 
     def settings(self) -> dict[str, Any]:
         return {"k": self.k, "threshold": self.threshold, "draft_vocab": draft_vocab_of(self.head),

@@ -230,7 +230,31 @@ def build_more(seed: int = 0) -> list[Instruction]:
     return out
 
 
-SETS = {"base": build, "more": build_more}
+# A third training set (`build_cross`): each set's templates over the other set's topics, the pairs
+# neither set asked. Train only: held-out categories and topics stay out, as in `build`.
+def build_cross(seed: int = 0) -> list[Instruction]:
+    """`TEMPLATES` (trained categories) x `MORE_TOPICS`, and `MORE_TEMPLATES` x the trained
+    `TOPICS`, all train, in a seeded order."""
+    rng = random.Random(seed + 2)
+    out: list[Instruction] = []
+    for category, templates in TEMPLATES.items():
+        if category in HELDOUT_CATEGORIES:
+            continue
+        for ti, template in enumerate(templates):
+            for topic_i, topic in enumerate(MORE_TOPICS):
+                out.append(Instruction(f"cross-{category}-{ti}-m{topic_i}", category, "train",
+                                       template.format(t=topic)))
+    for category, templates in MORE_TEMPLATES.items():
+        for ti, template in enumerate(templates):
+            for topic_i, topic in enumerate(TOPICS):
+                if topic not in HELDOUT_TOPICS:
+                    out.append(Instruction(f"cross-more-{category}-{ti}-{topic_i}", category, "train",
+                                           template.format(t=topic)))
+    rng.shuffle(out)
+    return out
+
+
+SETS = {"base": build, "more": build_more, "cross": build_cross}
 
 
 if __name__ == "__main__":

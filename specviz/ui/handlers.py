@@ -269,7 +269,7 @@ def rerender_step(step_index, session) -> tuple:
     except (TypeError, ValueError):
         idx = None
     if session is not None:
-        session.selected_step = idx  # the Explain step views follow it (they run on the details' change)
+        session.selected_step = idx  # the Step tab's views follow it (they run on the details' change)
     return (figures.dp_grid_figure(trace, idx), figures.step_details_html(trace, idx, decode),
             figures.skip_heatmap(trace, idx))
 
@@ -291,7 +291,7 @@ def first_tab(drafter: str) -> str:
     """The id of the tab (layout's `TAB_IDS`) to show first for `drafter`."""
     if drafter in LAYER_DRAFTERS:
         return "skip"
-    return "speed" if drafter == "ar" else "acceptance"
+    return "speed" if drafter == "ar" else "step"
 
 
 def on_drafter(config: AppConfig, name, model) -> list:

@@ -213,18 +213,17 @@ def _outputs_column(config: AppConfig, c: Components) -> None:
     gr.HTML(figures.legend_html())
     c["tokens"] = gr.HTML(figures.token_html(None), elem_id="sv-tokens")
     c["show_rejected"] = gr.Checkbox(value=True, label="show rejected drafts inline (struck through)")
-    # above the tabs: the step picked here is the one the Skip layers and Explain step tabs show
-    c["step_sel"] = gr.Slider(0, 1, value=0, step=1, label="step to inspect (DP table, details, Explain step)",
+    # above the tabs: the step picked here is the one the Step and Skip layers tabs show
+    c["step_sel"] = gr.Slider(0, 1, value=0, step=1, label="step to inspect (Step tab, DP table)",
                               elem_id="sv-step-sel")
     with gr.Tabs(selected=handlers.first_tab(initial_drafter(config.default_model, config.drafters)),
                  elem_id="sv-tabs") as c["tabs"]:
+        with gr.Tab("Step", id="step", elem_id="sv-tab-step"):
+            _step_tab(c)
         with gr.Tab("Skip layers", id="skip", elem_id="sv-tab-skip"):
             c["heatmap"] = gr.Plot(label="skipped layers per step", elem_id="sv-heatmap")
             c["dp"] = gr.Plot(label="CLaSp DP table", elem_id="sv-dp")
             _dp_cell_picker(c)
-            c["details"] = gr.HTML(figures.step_details_html(None, None))
-        with gr.Tab("Explain step", id="explain", elem_id="sv-tab-explain"):
-            _explain_tab(c)
         with gr.Tab("Speed", id="speed", elem_id="sv-tab-speed"):
             c["speed"] = gr.Plot(label="tokens vs time", elem_id="sv-speed")
             c["speedup"] = gr.Plot(label="speedup over time", elem_id="sv-speedup")
@@ -260,8 +259,10 @@ def _dp_cell_picker(c: Components) -> None:
         c["dp_cell"] = gr.HTML(teach.dp_cell_html(None, None, None, None), elem_id="sv-dp-cell")
 
 
-def _explain_tab(c: Components) -> None:
-    """The selected step on its own numbers, and the logit lens of the run's tokens."""
+def _step_tab(c: Components) -> None:
+    """The selected step, for every drafter: its drafts with verdicts and where they came from,
+    then the same step explained on its own numbers, and the logit lens of the run's tokens."""
+    c["details"] = gr.HTML(figures.step_details_html(None, None), elem_id="sv-details")
     c["lesson"] = gr.HTML(teach.step_lesson_html(None, None), elem_id="sv-lesson")
     with gr.Accordion("Logit lens: what each layer's exit would predict", open=False, elem_id="sv-lens-box"):
         gr.Markdown(ui_teach.LENS_NOTE)
@@ -320,7 +321,7 @@ def _wire_model_events(config: AppConfig, c: Components) -> None:
 
 
 def _wire_explain_events(config: AppConfig, c: Components) -> None:
-    """The Explain step views follow the step details (which every run update and every step pick
+    """The Step tab's explanation and the DP cell follow the step details (which every run update and every step pick
     redraw: a run that ends on the same step number as the last one still refreshes them)."""
     session = c["session"]
     cell = [c["dp_i"], c["dp_j"], session]  # the step comes from the session (Session.selected_step)

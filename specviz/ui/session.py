@@ -90,7 +90,7 @@ class Session:
         self.prompt_text = ""
         self.model_ref: tuple | None = None  # (name, device, dtype) of the last run, to rebuild `decode`
         # the step the step views show: set by each run update (its last step) and by a pick on the
-        # step slider. The Explain step views read it here, not from the slider, whose value in the
+        # step slider. The Step tab's views read it here, not from the slider, whose value in the
         # browser can lag a run's updates (it explained an older step, and a new, shorter run made
         # Gradio reject the old value as above the slider's new maximum)
         self.selected_step: int | None = None

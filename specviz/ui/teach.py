@@ -1,4 +1,4 @@
-"""Handlers of the "Explain step" views (issue 14, teach): plain functions of the selected step,
+"""Handlers of the Step tab's explanation views (issue 14, teach): plain functions of the selected step,
 the picked DP cell and the session, drawn by `specviz.teach`. Only the logit lens touches the
 model (one forward pass over the run's own tokens)."""
 

@@ -18,6 +18,8 @@ body:has(#sv-tokens .sv-caret) #sv-progress[data-stopping] .sv-progress::before 
   background: #fff7ed; color: #7c2d12; border: 1px solid #fb923c; box-shadow: 0 4px 14px rgba(0,0,0,.18); }
 /* a formula wider than a phone scrolls inside its line instead of being cut off */
 #sv-learn-md .katex-display { overflow-x: auto; overflow-y: hidden; }
+/* the step table fits a phone: Gradio's roomy cell padding would push p and the token id out of view */
+@media (max-width: 480px) { .sv-step-table th, .sv-step-table td { padding: 3px 5px !important; } }
 """
 
 LEARN_MD = r"""
