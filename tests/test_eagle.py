@@ -167,6 +167,21 @@ def test_lookup_then_head_is_lossless_and_uses_both_sources(arch):
     assert sources["lookup"] >= 3 and sources["head"] >= 3, sources
 
 
+def test_lookup_then_head_passes_its_threshold_to_the_head():
+    """then_threshold is the head's own confidence stop: after an unsure head token it drafts no more."""
+    target, engine, _ = target_for("llama")
+    drafter = make_drafter("lookup-then-head", target, random_head=True, then_k=4, then_threshold=0.99)
+    assert drafter.fallback.threshold == 0.99 and drafter.settings()["then_threshold"] == 0.99
+    prompt = random_prompt(3, length=10)
+    trace = engine.generate(prompt, drafter, GenerationConfig(max_new_tokens=20, record=True))
+    assert_lossless(target, prompt, trace.generated, reference_greedy(target, prompt, 20))
+    head_steps = [s for s in trace.steps if "head" in str((s.info or {}).get("source"))]
+    # a random head is never 99 % sure: each of its drafts stops after the first token
+    assert head_steps and all(len(s.draft_tokens) == 1 for s in head_steps)
+    with pytest.raises(ValueError, match="threshold"):
+        make_drafter("lookup-then-head", target, random_head=True, then_threshold=1.5)
+
+
 def test_lookup_then_head_needs_a_trained_head_and_says_so():
     target, _, _ = target_for("llama")
     with pytest.raises(ValueError, match="needs a trained EAGLE head .* or CTC head .* has neither"):

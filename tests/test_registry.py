@@ -130,5 +130,5 @@ def test_every_flag_means_one_option():
     assert {"--k", "--threshold", "--skip", "--skip-ratio", "--exit-layer", "--draft-model", "--max-ngram",
             "--min-ngram", "--dp-interval", "--draft-exit", "--verify-exit", "--validate-every", "--head",
             "--adapter", "--draft-vocab", "--lookup-length", "--answers", "--answer-confidence", "--then",
-            "--then-k"} == set(flags)
+            "--then-k", "--then-threshold"} == set(flags)
     assert flags["--k"].drafters == [n for n in DRAFTERS if "k" in DRAFTERS[n].option_names()]

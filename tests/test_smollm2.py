@@ -98,6 +98,7 @@ TRAINED = [
     ("ctc", {"head": "medusa", "k": 5}),
     ("eagle", {"k": 3}),  # auto: the vocabulary it was trained over
     ("lookup-then-head", {"min_ngram": 1, "then_k": 2}),
+    ("lookup-then-head", {"then_k": 3, "then_threshold": 0.5}),  # a second head token only after a sure one
 ]
 
 

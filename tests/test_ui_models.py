@@ -151,6 +151,20 @@ def test_run_on_an_unobtainable_model_fails_at_once_with_the_reason(monkeypatch)
         next(events)  # the first thing the visitor gets is the reason, not "loading…"
 
 
+def test_a_drafter_the_model_has_no_part_for_is_refused_before_loading(monkeypatch):
+    """specviz-tiny has no EAGLE head: the reason comes first, not "loading…" with the error under it."""
+    from specviz.ui import handlers
+    from specviz.ui.config import AppConfig
+    from specviz.ui.session import Session
+
+    monkeypatch.setattr(api, "_loaded", {})
+    config = AppConfig([SMOLLM2, "specviz-tiny"], SMOLLM2)
+    events = handlers.run(config, "specviz-tiny", "hi", "eagle", 8, 0.0, 1.0, 0, 0, "", Session())
+    with pytest.raises(gr.Error, match="needs an EAGLE head trained for this model .*, which specviz-tiny does not have"):
+        next(events)
+    assert not api.is_loaded("specviz-tiny", None, None)  # refused without loading anything
+
+
 def test_offline_hub_models_say_they_need_network(monkeypatch):
     """Offline, the hub models stay listed as "needs network" and a Run on one fails at once
     with that reason (it used to hold the model slot ~23 s and end in an OSError)."""

@@ -25,7 +25,7 @@ from .draft_heads import find_part
 from .eagle import HEAD_FILE as EAGLE_FILE
 from .prompt_lookup import DRAFTER as PROMPT_LOOKUP
 from .prompt_lookup import PromptLookup
-from .registry import Declaration, Option, draft_length, make_drafter, random_head_option
+from .registry import Declaration, Option, confidence_threshold, draft_length, make_drafter, random_head_option
 
 NAME = "lookup-then-head"
 HEADS = ("eagle", "ctc")
@@ -60,11 +60,11 @@ class LookupThenHead:
     def settings(self) -> dict[str, Any]:
         head = self.fallback.settings()
         return {**self.lookup.settings(), "then": self.fallback.name, "then_k": head["k"],
-                "head_file": head.get("head_file")}
+                "then_threshold": head["threshold"], "head_file": head.get("head_file")}
 
 
 def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: str = "match", then: str = "auto",
-          then_k: int = 1, random_head: bool = False) -> LookupThenHead:
+          then_k: int = 1, then_threshold: float = 0.0, random_head: bool = False) -> LookupThenHead:
     if then not in CHOICES:
         raise ValueError(f"then must be one of {', '.join(CHOICES)}, got {then!r}")
     if then == "auto" and not random_head:
@@ -77,7 +77,8 @@ def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: s
         then = "eagle"
     check_draft_length(then_k)
     lookup = PromptLookup(k=k, max_ngram=max_ngram, min_ngram=min_ngram, length=length)
-    return LookupThenHead(lookup, make_drafter(then, target, k=then_k, random_head=random_head))
+    head = make_drafter(then, target, k=then_k, threshold=then_threshold, random_head=random_head)
+    return LookupThenHead(lookup, head)
 
 
 def _needs(options: dict[str, Any]) -> str | None:
@@ -104,5 +105,8 @@ DRAFTER = Declaration(
             info="auto: the model's EAGLE head, else its CTC head"),
      Option("then_k", "int", 1, "the head's max draft length", flag="--then-k",
             label="the head's k (on a CPU one token pays best)", minimum=1, maximum=16, step=1),
+     replace(confidence_threshold(0.0, info="the head drafts its next token only while it is at least this sure "
+                                            "of the last one: a sure token is usually right, so one more pays"),
+             name="then_threshold", flag="--then-threshold", label="the head's confidence threshold"),
      random_head_option()),
     needs=None, needs_for=_needs)

@@ -49,6 +49,11 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
     loading = not api.is_loaded(s.model, config.device, config.dtype)
     if loading:
         ensure_loadable(s.model)
+        # a drafter this model has no part for is refused now, not after "loading…" (which would
+        # stay on the line under Run, beneath the error)
+        reason = api.missing_part(s.drafter, s.model, s.options)
+        if reason:
+            raise user_error(reason)
     flags = session.flags
     flags.started()
     stop_signal = StopSignal(flags)

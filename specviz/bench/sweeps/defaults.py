@@ -51,10 +51,13 @@ GRID: dict[str, list[dict[str, Any]]] = {
                dict(d=4, v=8, n=4, k=2, threshold=0.0, draft_vocab=8192)],
     "draft-model": [dict(k=k, draft_vocab=8192) for k in (3, 5)],
     "ctc": [dict(head="ctc", k=k) for k in (4, 6)],  # the CTC drafter keeps its CTC head; Medusa is the control
-    "eagle": [dict(k=k) for k in (1, 2, 3)],
-    # the lookup's settings are prompt lookup's swept ones; the head's k and the shortest match vary
-    "lookup-then-head": [dict(k=32, max_ngram=3, min_ngram=m, length="match", then="eagle", then_k=j)
-                         for m, j in ((2, 1), (2, 2), (1, 1))],
+    # one token, or more only after a sure one (the threshold: a sure first token is usually right)
+    "eagle": [dict(k=k) for k in (1, 2, 3)] + [dict(k=k, threshold=t) for k, t in ((2, 0.5), (2, 0.7), (3, 0.7))],
+    # the lookup's settings are prompt lookup's swept ones; the head's k, its threshold and the
+    # shortest match vary
+    "lookup-then-head": [dict(k=32, max_ngram=3, min_ngram=m, length="match", then="eagle", then_k=j,
+                              then_threshold=t)
+                         for m, j, t in ((2, 1, 0.0), (2, 2, 0.0), (1, 1, 0.0), (2, 2, 0.5), (2, 2, 0.7), (2, 3, 0.7))],
 }
 
 
