@@ -310,3 +310,28 @@ def test_draft_vocabulary_slider_ends_at_the_models_vocabulary():
     folder = models.MODELS_DIR / "specviz-tiny"  # the registry's size is the model's own, and a folder says it too
     assert vocab_size("specviz-tiny") == vocab_size(str(folder)) == json.loads((folder / "config.json").read_text())["vocab_size"]
     check_ranges("clasp", {"draft_vocab": 60000})  # not the panel's cap: the drafter's own message says why
+
+
+def test_the_apps_warm_up_measures_the_head_and_loads_the_first_drafter(monkeypatch):
+    """After the background warm-up a visitor's first run pays no first-use costs: the LM head's
+    layout is measured for every verified row count a panel allows, and the drafter the page opens
+    on has run (its parts are loaded)."""
+    from specviz import layers
+    from specviz.ui import loading
+
+    info = models.REGISTRY["specviz-tiny"]
+    monkeypatch.setitem(models.REGISTRY, "specviz-tiny", dataclasses.replace(info, default_drafter="ctc"))
+    monkeypatch.setattr(layers, "_LAYOUT_OF", {})
+    started = []
+    real_start = api.start
+    monkeypatch.setattr(api, "start", lambda model, drafter, *a, **k: started.append(drafter) or real_start(
+        model, drafter, *a, **k))
+    loading.warm_up("specviz-tiny")
+    head = api.get_model("specviz-tiny").model.lm_head.weight
+    rows = {key[2] for key in layers._LAYOUT_OF if key[0] == tuple(head.shape)}
+    assert rows >= set(range(1, loading.WARM_HEAD_ROWS + 1))
+    assert started == ["ar", "ctc"]
+    monkeypatch.setitem(models.REGISTRY, "specviz-tiny", dataclasses.replace(info, default_drafter="eagle"))
+    started.clear()
+    loading.warm_up("specviz-tiny")  # a default the model has no part for is not run (it would fail)
+    assert started == ["ar"]
