@@ -13,7 +13,7 @@ from specviz.drafters.ctc import load_head
 from specviz.drafters.draft_heads import ADAPTER_FILE, VOCAB_FILE, adapter_meta, load_vocab_rank
 from specviz.train import answer_shards, selfdistill, train_adapters, train_ctc, train_draft, train_eagle
 from specviz.train.instructions import (HELDOUT_CATEGORIES, HELDOUT_TOPICS, MORE_TOPICS, TEMPLATES, TOPICS, build,
-                                       build_more)
+                                       build_cross, build_more)
 
 
 def test_instructions_hold_out_categories_and_topics():
@@ -44,6 +44,25 @@ def test_the_wider_set_is_train_only_and_keeps_the_held_out_prompts_out():
                 for line in f.read_text().splitlines() if line.strip()}
     assert not {i.prompt for i in more} & examples
     assert len({i.id for i in more}) == len(more) and build_more() == more
+
+
+def test_the_cross_set_is_new_train_only_and_keeps_the_held_out_prompts_out():
+    """`build_cross` pairs each set's templates with the other's topics: train only, nothing held
+    out (no held-out topic or category, no example prompt), no prompt either earlier set asks."""
+    import json
+    import re
+    from pathlib import Path
+
+    cross = build_cross()
+    assert len(cross) > 5000 and {i.split for i in cross} == {"train"}
+    assert not {i.category for i in cross} & HELDOUT_CATEGORIES
+    held_topic = re.compile(r"\b(" + "|".join(map(re.escape, HELDOUT_TOPICS)) + r")\b")
+    assert not [i.prompt for i in cross if held_topic.search(i.prompt)]
+    assert not {i.prompt for i in cross} & ({i.prompt for i in build()} | {i.prompt for i in build_more()})
+    examples = {json.loads(line)["prompt"] for f in Path("assets/prompts").glob("*.jsonl")
+                for line in f.read_text().splitlines() if line.strip()}
+    assert not {i.prompt for i in cross} & examples
+    assert len({i.id for i in cross}) == len(cross) and build_cross() == cross
 
 
 def test_answer_shards_from_answers_only_shards(smollm2, tmp_path):

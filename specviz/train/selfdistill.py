@@ -121,7 +121,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path(".train_data/smol"))
     ap.add_argument("--split", choices=("train", "heldout"), default="train")
     ap.add_argument("--set", choices=sorted(SETS), default="base",
-                    help="the instruction set (`specviz.train.instructions`): base, or the wider more (train only)")
+                    help="the instruction set (`specviz.train.instructions`): base; more, the wider one; cross, each one's "
+                         "templates over the other's topics (more and cross: train only)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N instructions (0 = all)")
     ap.add_argument("--max-shards", type=int, default=0,
                     help="write only the first N shards (batches of the shortest prompts first; 0 = all)")
