@@ -132,7 +132,8 @@ def eagle_section(folder: Path) -> list[str]:
                      f"{best.get('agreement', float('nan')):.3f} (step {best.get('step')}) | "
                      f"{'–' if second is None else f'{second:.3f}'} | `{sitting.get('command', '')}` |")
     return lines + ["", "Data: `python -m specviz.train.answer_shards --out .train_data/smol_states --states` (the "
-                    "shipped answer store's dialogues, with their states and the model's own labels) and "
+                    "shipped answer store's dialogues, with their states and the model's own labels; with `--answers` and "
+                    "`--tag`, the bf16 answers to the `more` and `cross` instruction sets too) and "
                     "`python -m specviz.train.selfdistill --split heldout --limit 144 --layers 15` (held out); "
                     "`specviz/train/README.md` has every sitting's data."]
 
