@@ -74,6 +74,9 @@ class CPUHead:
     """
 
     MAX_TIMED_ROWS = 64  # verify passes are at most k + 1 rows; longer inputs (prefill) use F.linear
+    # the row counts a warm-up measures ahead: a 32-token draft (the panels' and the bench's longest,
+    # e.g. prompt lookup at k 32) plus the pending token
+    WARM_ROWS = 33
     MIN_TIMED_SIZE = 1 << 20  # weight entries: below this every layout costs next to nothing
 
     def __init__(self, owner: torch.nn.Module, name: str = "lm_head"):

@@ -329,7 +329,7 @@ def test_the_apps_warm_up_measures_the_head_and_loads_the_first_drafter(monkeypa
     loading.warm_up("specviz-tiny")
     head = api.get_model("specviz-tiny").model.lm_head.weight
     rows = {key[2] for key in layers._LAYOUT_OF if key[0] == tuple(head.shape)}
-    assert rows >= set(range(1, loading.WARM_HEAD_ROWS + 1))
+    assert rows >= set(range(1, layers.CPUHead.WARM_ROWS + 1))
     assert started == ["ar", "ctc"]
     monkeypatch.setitem(models.REGISTRY, "specviz-tiny", dataclasses.replace(info, default_drafter="eagle"))
     started.clear()

@@ -21,6 +21,7 @@ import torch
 
 from .. import api
 from ..engine import Engine
+from ..layers import CPUHead
 from ..sampling import SamplingConfig
 from .methods import Method, MethodList, RunResult
 from .reports import build_report
@@ -225,9 +226,9 @@ class Bench:
         return budgets
 
     def _warm_up(self, ids: list[int], budget: int, bar) -> None:
-        # the head's layout per row count is measured here, not in a timed run (33 rows: the longest
+        # the head's layout per row count is measured here, not in a timed run (up to the longest
         # verify pass of the bench's rows, transformers' prompt-lookup settings, k 32)
-        self.engine.runner.prepare_head(33)
+        self.engine.runner.prepare_head(CPUHead.WARM_ROWS)
         warm_new = min(self.args.warmup_tokens, budget)
         for method in self.methods:
             bar.set_postfix_str(f"warm-up {method.name}")

@@ -8,6 +8,7 @@ import threading
 
 from .. import api, figures
 from ..figures import PlainRun
+from ..layers import CPUHead
 from ..models import REGISTRY
 from .session import detok_for
 
@@ -49,9 +50,6 @@ def preload_in_background(model: str, status: LoadStatus, device: str | None = N
     return thread
 
 
-WARM_HEAD_ROWS = 33  # a 32-token draft plus the pending token (the panels' longest)
-
-
 def warm_default_drafter(model: str, device: str | None, dtype: str | None) -> None:
     """A few steps of the drafter the page opens on, so its parts (a head file, its draft
     vocabulary) are loaded before the first visitor's run, not during it."""
@@ -73,7 +71,7 @@ def warm_up(model: str, device: str | None = None, dtype: str | None = None, pro
         pass
     # the LM head's fastest layout per verified row count is timed on first use (layers.CPUHead),
     # about 0.1-0.2 s per row count: measured here, a visitor's first run is not slowed by it
-    api.get_engine(model, device, dtype).runner.prepare_head(WARM_HEAD_ROWS)
+    api.get_engine(model, device, dtype).runner.prepare_head(CPUHead.WARM_ROWS)
     warm_default_drafter(model, device, dtype)
     trace, decode = gen.trace, detok_for(loaded)
     plain = PlainRun(list(trace.generated), [s.t_end for s in trace.steps], trace.wall_time)
