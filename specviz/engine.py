@@ -78,9 +78,11 @@ class GenerationConfig:
 class Engine:
     """One target model, any drafter."""
 
-    def __init__(self, model: PreTrainedModel, name: str = ""):
+    def __init__(self, model: PreTrainedModel, name: str = "", pack_linears: bool = True):
         self.model = model.eval()
-        self.runner = LayerRunner(model)
+        # pack_linears: the decoder's large linears run in the kernel measured fastest for each
+        # verify pass's row count on a CPU (specviz.packed_linears); off, every pass uses F.linear
+        self.runner = LayerRunner(model, pack_linears=pack_linears)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.eos_token_ids = eos_ids(model)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)

@@ -18,12 +18,15 @@ transformers docstring asks for caches whose layers hold different lengths.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from .packed_linears import PackedLinears
 
 REQUIRED_PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
 
@@ -180,9 +183,12 @@ class _PrefixOnlyCache:
 
 
 class LayerRunner:
-    """Drives the decoder layers of one causal LM by hand (batch size 1)."""
+    """Drives the decoder layers of one causal LM by hand (batch size 1). `pack_linears`: run the
+    decoder's large linears in the kernel measured fastest for each pass's row count on a CPU
+    (`specviz.packed_linears`; the engine's verify passes), without changing the model for anyone
+    else."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, pack_linears: bool = False):
         check_drivable(model)
         self.model = model
         self.base = model.model
@@ -193,6 +199,7 @@ class LayerRunner:
         self._layer_types = self._resolve_layer_types()
         self._lm_head = CPUHead(model)
         self._sliding = any(t == "sliding_attention" for t in self._layer_types)
+        self.linears = PackedLinears.of(model) if pack_linears and self.device.type == "cpu" else None
 
     # -- setup ---------------------------------------------------------------------------
     def _resolve_layer_types(self) -> list[str]:
@@ -222,12 +229,19 @@ class LayerRunner:
         """Shared final norm + LM head (also used at early exits)."""
         return self._lm_head(self.base.norm(hidden))
 
-    def prepare_head(self, max_rows: int = CPUHead.MAX_TIMED_ROWS) -> None:
-        """Measure the LM head's layout for every row count up to `max_rows` now (`CPUHead`), so
-        that no later call pays for it: a benchmark's timed runs must not."""
+    def prepare_kernels(self, max_rows: int = CPUHead.MAX_TIMED_ROWS) -> None:
+        """Measure the LM head's layout (`CPUHead`) and the decoder linears' kernel (`pack_linears`)
+        for every row count up to `max_rows` now, so that no later call pays for it: a benchmark's
+        timed runs must not."""
         weight = self.model.lm_head.weight
         for rows in range(1, max_rows + 1):
             layout_for(weight, torch.zeros(rows, weight.shape[1], dtype=weight.dtype, device=weight.device))
+        if self.linears is not None:
+            self.linears.prepare(max_rows)
+
+    def _kernels(self):
+        """The context every pass of this runner runs in: its measured linear kernels, if any."""
+        return self.linears.active() if self.linears is not None else nullcontext()
 
     def positions(self, start: int, length: int) -> torch.Tensor:
         return torch.arange(start, start + length, device=self.device).unsqueeze(0)
@@ -247,8 +261,13 @@ class LayerRunner:
         slot of `cache`. With `capture`, the input and each layer's output are kept. `riders`
         (see `Riders`) add rows to the layer calls that need them; `hidden` may then hold no rows.
         """
-        if riders is not None:
-            return self._forward_with_riders(hidden, layers, start, cache, capture, riders)
+        with self._kernels():
+            if riders is not None:
+                return self._forward_with_riders(hidden, layers, start, cache, capture, riders)
+            return self._forward(hidden, layers, start, cache, capture)
+
+    def _forward(self, hidden: torch.Tensor, layers: Sequence[int], start: int, cache: DynamicCache,
+                 capture: bool) -> PassOutput:
         states = [hidden] if capture else None
         if not layers:
             return PassOutput(hidden, states)
@@ -346,10 +365,11 @@ class LayerRunner:
         mask = self._as_mask(visible)
         pos = torch.full((1, n_cand), position, device=self.device)
         rope = self.base.rotary_emb(candidates, position_ids=pos)
-        return self.base.layers[layer](
-            candidates, attention_mask=mask, position_embeddings=rope, position_ids=pos,
-            past_key_values=_PrefixOnlyCache(keys, values), use_cache=True,
-        )
+        with self._kernels():
+            return self.base.layers[layer](
+                candidates, attention_mask=mask, position_embeddings=rope, position_ids=pos,
+                past_key_values=_PrefixOnlyCache(keys, values), use_cache=True,
+            )
 
     def _as_mask(self, visible: torch.Tensor) -> torch.Tensor:
         mask = visible[None, None]

@@ -41,15 +41,32 @@ def test_explanations_follow_the_step_the_views_show_not_the_slider(clasp_sessio
     there (the slider's value in the browser lagged a run, and after a shorter run Gradio refused
     the old value as above the slider's new maximum)."""
     from specviz.ui.handlers import rerender_step
-    from specviz.ui.render import render
+    from specviz.ui.render import render, step_to_show
 
     render(clasp_session, {"plots"})
-    last = len(clasp_session.trace.steps) - 1
-    assert clasp_session.selected_step == last
-    assert f"<h4>Step {last}:" in ui_teach.on_step(None, None, clasp_session)[0]
+    shown = step_to_show(clasp_session.trace, clasp_session.mode)
+    assert clasp_session.selected_step == shown
+    assert f"<h4>Step {shown}:" in ui_teach.on_step(None, None, clasp_session)[0]
     rerender_step(1, clasp_session)
     assert clasp_session.selected_step == 1
     assert "<h4>Step 1:" in ui_teach.on_step(None, None, clasp_session)[0]
+
+
+def test_after_a_run_the_step_views_open_on_the_last_step_that_drafted(clasp_session):
+    """A run's last step often has no room left to draft; the views open on the last that did
+    (in step mode, on the step just taken)."""
+    from types import SimpleNamespace
+
+    from specviz.ui.render import step_to_show
+
+    steps = [SimpleNamespace(index=i, draft_tokens=d) for i, d in enumerate([[], [5, 6], [7], [], []])]
+    trace = SimpleNamespace(steps=steps)
+    assert step_to_show(trace, "run") == 2
+    assert step_to_show(trace, "step") == 4
+    assert step_to_show(SimpleNamespace(steps=steps[:1]), "run") == 0  # nothing drafted at all: the last
+    assert step_to_show(None, "run") == 0
+    real = clasp_session.trace
+    assert real.steps[step_to_show(real, "run")].draft_tokens
 
 
 def test_handlers_without_a_run_say_what_to_do():

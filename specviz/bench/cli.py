@@ -60,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive-length", action="store_true",
                    help="also run each drafter with its draft length chosen per step by the cost model "
                         "(specviz.draft_length; the drafter's k is the most it drafts), as '<drafter>+cost-k'")
+    p.add_argument("--unpacked", action="store_true",
+                   help="also run each of our drafters (the AR loop included) on an engine whose passes use F.linear "
+                        "at every row count, without the decoder linears' measured kernels (specviz.packed_linears), "
+                        "as '<drafter>+F.linear'")
     p.add_argument("--two-pass", action="store_true",
                    help="also run each of our drafter rows with the two-pass verify on (greedy, CPU: a long draft "
                         "likely to fail early is verified rows-first, specviz.verify_split), as '<row>+two-pass'")

@@ -228,7 +228,7 @@ class Bench:
     def _warm_up(self, ids: list[int], budget: int, bar) -> None:
         # the head's layout per row count is measured here, not in a timed run (up to the longest
         # verify pass of the bench's rows, transformers' prompt-lookup settings, k 32)
-        self.engine.runner.prepare_head(CPUHead.WARM_ROWS)
+        self.engine.runner.prepare_kernels(CPUHead.WARM_ROWS)
         warm_new = min(self.args.warmup_tokens, budget)
         for method in self.methods:
             bar.set_postfix_str(f"warm-up {method.name}")

@@ -27,6 +27,7 @@ from .baselines import (HF_COUNTERPART, MATCHED_SUFFIX, NoCounterpart, assisted_
 
 COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptive_length
 TWO_PASS = "+two-pass"  # name suffix of a drafter run with GenerationConfig.verify_split on
+UNPACKED = "+F.linear"  # name suffix of a drafter run on an engine without packed linears
 
 
 @dataclass
@@ -90,6 +91,7 @@ class MethodList:
     def __init__(self, args: argparse.Namespace, loaded: LoadedModel, engine: Engine, sampling: SamplingConfig,
                  log: Callable[[str], None]):
         self.args, self.loaded, self.engine, self.sampling, self.log = args, loaded, engine, sampling, log
+        self.unpacked_engine: Engine | None = None  # made on first use (--unpacked)
         self.skipped: list[dict[str, str]] = []
         self.draft_loaded: LoadedModel | None = None
 
@@ -153,6 +155,8 @@ class MethodList:
             methods += self._trace_overhead_twin(name, options, settings)
         if getattr(args, "two_pass", False) and name != "ar":
             methods += self._two_pass_twin(name, name, options, settings)
+        if getattr(args, "unpacked", False):
+            methods += self._unpacked_twin(name, options, settings)
         if not args.no_transformers and name in HF_COUNTERPART:
             methods += self._transformers_comparison(methods[0], options)
         return methods
@@ -160,6 +164,18 @@ class MethodList:
     def _two_pass_twin(self, row: str, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
         """Row `row` (drafter `name` at `options`) again with the two-pass verify on."""
         return self._config_twin(f"{row}{TWO_PASS}", name, options, settings, verify_split=True)
+
+    def _unpacked_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
+        """The drafter again on an engine whose passes use `F.linear` at every row count
+        (`specviz.packed_linears` off): what the measured kernels buy, in the same interleaved run."""
+        label = f"{name}{UNPACKED}"
+        twin = self._build_or_skip(label, name, options)
+        if twin is None:
+            return []
+        if self.unpacked_engine is None:
+            self.unpacked_engine = Engine(self.loaded.model, name=self.engine.name, pack_linears=False)
+        call = self._engine_call(twin, self.args.record, engine=self.unpacked_engine)
+        return [Method(label, "drafter", call, dict(settings, pack_linears=False), name)]
 
     def _config_twin(self, label: str, name: str, options: dict[str, Any], settings: dict[str, Any],
                      **config: bool) -> list[Method]:
@@ -238,12 +254,14 @@ class MethodList:
         return self.draft_loaded
 
     def _engine_call(self, drafter, record: bool, adaptive_length: bool = False,
-                     verify_split: bool = False) -> Callable[[list[int], int, int], RunResult]:
+                     verify_split: bool = False, engine: Engine | None = None) -> Callable[[list[int], int, int], RunResult]:
+        engine = engine or self.engine
+
         def call(ids: list[int], max_new: int, seed: int) -> RunResult:
             sampling = SamplingConfig(self.sampling.temperature, self.sampling.top_k, self.sampling.top_p, seed)
             config = GenerationConfig(max_new_tokens=max_new, sampling=sampling, record=record,
                                       adaptive_length=adaptive_length, verify_split=verify_split)
-            trace = self.engine.generate(ids, drafter, config)
+            trace = engine.generate(ids, drafter, config)
             return RunResult(trace.generated, trace)
         return call
 

@@ -71,7 +71,7 @@ def warm_up(model: str, device: str | None = None, dtype: str | None = None, pro
         pass
     # the LM head's fastest layout per verified row count is timed on first use (layers.CPUHead),
     # about 0.1-0.2 s per row count: measured here, a visitor's first run is not slowed by it
-    api.get_engine(model, device, dtype).runner.prepare_head(CPUHead.WARM_ROWS)
+    api.get_engine(model, device, dtype).runner.prepare_kernels(CPUHead.WARM_ROWS)
     warm_default_drafter(model, device, dtype)
     trace, decode = gen.trace, detok_for(loaded)
     plain = PlainRun(list(trace.generated), [s.t_end for s in trace.steps], trace.wall_time)

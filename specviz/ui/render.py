@@ -45,14 +45,24 @@ def _speed_parts(session: Session, clock: str) -> dict[str, Any]:
             "speedup": figures.speedup_figure(session.trace, session.plain, clock)}
 
 
+def step_to_show(trace: Trace | None, mode: str) -> int:
+    """The step the step views open on: in step mode the one just taken; after a run the last step
+    that drafted something (a run's last step often has no room left to draft, and "nothing
+    drafted" teaches nothing), else the last."""
+    last = max(0, (len(trace.steps) if trace else 0) - 1)
+    if mode == "step" or not trace:
+        return last
+    return next((s.index for s in reversed(trace.steps) if s.draft_tokens), last)
+
+
 def _plot_parts(session: Session, decode: Decode | None, clock: str) -> dict[str, Any]:
     trace = session.trace
     last = max(0, (len(trace.steps) if trace else 0) - 1)
-    session.selected_step = last
+    shown = session.selected_step = step_to_show(trace, session.mode)
     return {"heatmap": figures.skip_heatmap(trace, last if session.mode == "step" else None),
-            "dp": figures.dp_grid_figure(trace, last),
-            "step_sel": gr.update(maximum=max(1, last), value=last),
-            "details": figures.step_details_html(trace, last, decode),
+            "dp": figures.dp_grid_figure(trace, shown),
+            "step_sel": gr.update(maximum=max(1, last), value=shown),
+            "details": figures.step_details_html(trace, shown, decode),
             **_speed_parts(session, clock),
             "accpos": figures.acceptance_figure(trace),
             "hist": figures.accepted_histogram(trace),
