@@ -230,14 +230,14 @@ class LayerRunner:
         return self._lm_head(self.base.norm(hidden))
 
     def prepare_kernels(self, max_rows: int = CPUHead.MAX_TIMED_ROWS) -> None:
-        """Measure the LM head's layout (`CPUHead`) and the decoder linears' kernel (`pack_linears`)
-        for every row count up to `max_rows` now, so that no later call pays for it: a benchmark's
-        timed runs must not."""
+        """Measure the LM head's layout (`CPUHead`) for every row count up to `max_rows`, and the
+        decoder linears' kernel (`pack_linears`) for every row count they may meet, now, so that no
+        later call pays for it: a benchmark's timed runs must not."""
         weight = self.model.lm_head.weight
         for rows in range(1, max_rows + 1):
             layout_for(weight, torch.zeros(rows, weight.shape[1], dtype=weight.dtype, device=weight.device))
         if self.linears is not None:
-            self.linears.prepare(max_rows)
+            self.linears.prepare()  # every row count up to its MAX_ROWS: a short prompt's prefill too
 
     def _kernels(self):
         """The context every pass of this runner runs in: its measured linear kernels, if any."""

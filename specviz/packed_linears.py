@@ -37,6 +37,9 @@ from torch import nn
 
 MIN_SIZE = 1 << 19  # weight entries: smaller products cost too little for the choice to matter
 MAX_ROWS = 64  # longer inputs (a prefill) keep `F.linear`
+# the row counts measured: each up to 8, then a ladder; a count between two takes the choice of
+# the one below (the choice changes once, at a few rows, and a measurement costs ~0.2 s)
+MEASURED_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64)
 TRIALS = 3  # timed sweeps per kernel, interleaved; the minimum counts (robust to preemption)
 # the packed kernel must be this much faster to be chosen: where the two are close (1-3 rows here),
 # a noisy measurement must not trade the module's own kernel for a slightly slower one
@@ -115,14 +118,18 @@ class PackedLinears:
             _ACTIVE.on = before
 
     def kernel(self, key: tuple, rows: int) -> str:
-        if (key, rows) not in self._kernel:
-            self._kernel[key, rows] = self._fastest(self.groups[key], rows)
-        return self._kernel[key, rows]
+        """The kernel for `rows` rows (1..MAX_ROWS) of this shape: measured for the nearest of
+        `MEASURED_ROWS` at or below, on first use."""
+        measured = max(r for r in MEASURED_ROWS if r <= rows)
+        if (key, measured) not in self._kernel:
+            self._kernel[key, measured] = self._fastest(self.groups[key], measured)
+        return self._kernel[key, measured]
 
-    def prepare(self, max_rows: int) -> None:
-        """Measure every shape for 1..max_rows rows now, so that no timed pass pays for it."""
+    def prepare(self) -> None:
+        """Measure every shape at every row count it may meet now (a few seconds), so that no
+        timed pass pays for it."""
         for key in self.groups:
-            for rows in range(1, min(max_rows, MAX_ROWS) + 1):
+            for rows in MEASURED_ROWS:
                 self.kernel(key, rows)
 
     def _fastest(self, stand_ins: list[_PackedLinear], rows: int) -> str:

@@ -96,6 +96,19 @@ def test_the_kernel_is_the_lowest_measured_minimum_and_remembered(monkeypatch, t
     assert linears.table() == {"x".join(map(str, key[0])): {4: expected}}
 
 
+def test_row_counts_between_the_measured_ones_take_the_choice_below(monkeypatch):
+    monkeypatch.setattr(packed_linears, "MIN_SIZE", 0)
+    measured = []
+    monkeypatch.setattr(PackedLinears, "_fastest",
+                        lambda self, stand_ins, rows: measured.append(rows) or ("packed" if rows >= 12 else "linear"))
+    linears = PackedLinears(tiny_model("llama", seed=5, num_layers=1))
+    key = next(iter(linears.groups))
+    assert [linears.kernel(key, r) for r in (3, 9, 11, 12, 15, 64)] == ["linear"] * 3 + ["packed"] * 3
+    assert measured == [3, 8, 12, 64]
+    linears.prepare()
+    assert sorted(measured) == sorted(packed_linears.MEASURED_ROWS * len(linears.groups))  # each once per shape
+
+
 def test_grad_and_long_inputs_keep_the_modules_own_forward(packed_everywhere):
     model = tiny_model("llama", seed=6, num_layers=1)
     linears = PackedLinears.of(model)
