@@ -74,6 +74,7 @@ def test_bench_greedy_smoke(greedy_run):
     assert report["ar_vs_generate"]["ratio"] > 0
     assert report["trace_overhead"]["drafter"] == "static-skip" and report["trace_overhead"]["ratio"] > 0
     assert report["meta"]["greedy"] is True and report["meta"]["prompts"] == len(PROMPTS)
+    assert report["meta"]["packed_linears"] == {}  # a tiny model's linears are all under packed_linears.MIN_SIZE
 
 
 def test_bench_merge_of_shards_equals_the_whole(greedy_run):

@@ -300,5 +300,7 @@ class Bench:
             "trace_overhead_drafter": None if args.trace_overhead in (None, "none") else args.trace_overhead,
             "clock": args.clock,
             "memory_method": self.memory.method,
+            # the decoder linears' kernel per weight shape and measured row count (specviz.packed_linears)
+            "packed_linears": self.engine.runner.linears.table() if self.engine.runner.linears else None,
             "speedup_convention": "mean over samples of new tokens / wall s, divided by the same mean of generate()",
         }
