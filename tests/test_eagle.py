@@ -190,3 +190,12 @@ def test_lookup_then_head_needs_a_trained_head_and_says_so():
         make_drafter("lookup-then-head", target, then="eagle")
     with pytest.raises(ValueError, match="then must be one of auto, eagle, ctc"):
         make_drafter("lookup-then-head", target, then="draft-model", random_head=True)
+
+
+def test_lookup_then_head_with_answers_needs_the_answer_store_and_says_so():
+    target, _, _ = target_for("llama")
+    with pytest.raises(ValueError, match="answer store"):
+        make_drafter("lookup-then-head", target, random_head=True, answers=True)
+    with pytest.raises(ValueError, match="answers must be true or false"):
+        make_drafter("lookup-then-head", target, random_head=True, answers="yes")
+    assert make_drafter("lookup-then-head", target, random_head=True).settings()["answers"] is False

@@ -131,6 +131,24 @@ def test_answer_store_is_lossless_and_drafts_on_smollm2(smollm2):
     assert from_answers >= 5 and accepted >= 3, (from_answers, accepted)
 
 
+def test_lookup_then_head_with_past_answers_is_lossless_and_drafts_from_both_on_smollm2(smollm2):
+    """lookup-then-head with `answers`: where the context has no match, the answer store drafts where
+    it is sure enough and the head everywhere else; the output is generate()'s."""
+    engine = Engine(smollm2.model)
+    sources: dict[str, int] = {}
+    for prompt in CHAT_PROMPTS:
+        ids = api.encode(smollm2, prompt)
+        drafter = api.build_drafter("lookup-then-head", smollm2, {"answers": True})
+        trace = engine.generate(ids, drafter, GenerationConfig(max_new_tokens=24))
+        assert trace.generated == reference(smollm2.model, ids, 24), prompt
+        for step in trace.steps:
+            if step.draft_tokens:
+                source = (step.info or {}).get("source", "")
+                sources[source] = sources.get(source, 0) + 1
+    assert sources.get("past answers", 0) >= 3, sources
+    assert sources.get("the eagle head (no match in the context or past answers)", 0) >= 3, sources
+
+
 def test_shipped_answer_store_order_is_the_one_its_tokens_give(smollm2):
     """The suffix order shipped with the store (so loading sorts nothing) is what `suffix_order`
     computes from its tokens: a stale order would make every search miss or mislead silently."""

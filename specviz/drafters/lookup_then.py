@@ -6,7 +6,9 @@ when the context has a match, but everyday chat gives it one at only a few steps
 costs about 0.08 of a step per token and is right about a quarter of the time at every step. On
 SmolLM2 chat each alone beats `generate()` by 13-17 % on this CPU (BENCHMARKS.md); taking the
 lookup's draft where there is one and the head's elsewhere keeps both gains. (Snowflake's Arctic
-Inference pairs suffix decoding with a small speculator the same way.)
+Inference pairs suffix decoding with a small speculator the same way.) With `answers`, a step with no
+match in the context looks in the model's own past answers (prompt lookup's answer store) before
+the head drafts.
 
 Lossless like its parts: each step's draft comes from one drafter with that drafter's q (one-hot
 for a lookup draft), and the verifier is the unchanged target. Both parts see every verification
@@ -25,6 +27,7 @@ from .draft_heads import find_part
 from .eagle import HEAD_FILE as EAGLE_FILE
 from .prompt_lookup import DRAFTER as PROMPT_LOOKUP
 from .prompt_lookup import PromptLookup
+from .prompt_lookup import build as build_lookup
 from .registry import Declaration, Option, confidence_threshold, draft_length, make_drafter, random_head_option
 
 NAME = "lookup-then-head"
@@ -50,7 +53,8 @@ class LookupThenHead:
             return draft
         draft = self.fallback.propose(state)
         if state.record and draft.tokens:
-            draft.info = {"source": f"the {self.fallback.name} head (no match in the context)", **draft.info}
+            where = "the context or past answers" if self.lookup.store is not None else "the context"
+            draft.info = {"source": f"the {self.fallback.name} head (no match in {where})", **draft.info}
         return draft
 
     def observe(self, result: VerifyResult) -> None:
@@ -64,7 +68,8 @@ class LookupThenHead:
 
 
 def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: str = "match", then: str = "auto",
-          then_k: int = 1, then_threshold: float = 0.0, random_head: bool = False) -> LookupThenHead:
+          then_k: int = 1, then_threshold: float = 0.0, random_head: bool = False, answers: bool = False,
+          answer_confidence: float = 0.45) -> LookupThenHead:
     if then not in CHOICES:
         raise ValueError(f"then must be one of {', '.join(CHOICES)}, got {then!r}")
     if then == "auto" and not random_head:
@@ -76,7 +81,8 @@ def build(target, k: int = 16, max_ngram: int = 3, min_ngram: int = 2, length: s
     elif then == "auto":
         then = "eagle"
     check_draft_length(then_k)
-    lookup = PromptLookup(k=k, max_ngram=max_ngram, min_ngram=min_ngram, length=length)
+    lookup = build_lookup(target, answers=answers, k=k, max_ngram=max_ngram, min_ngram=min_ngram, length=length,
+                          answer_confidence=answer_confidence)
     head = make_drafter(then, target, k=then_k, threshold=then_threshold, random_head=random_head)
     return LookupThenHead(lookup, head)
 
@@ -105,6 +111,9 @@ DRAFTER = Declaration(
             info="auto: the model's EAGLE head, else its CTC head"),
      Option("then_k", "int", 1, "the head's max draft length", flag="--then-k",
             label="the head's k (on a CPU one token pays best)", minimum=1, maximum=16, step=1),
+     replace(_LOOKUP["answers"], info="where the context has no match, draft what the model most often said next in "
+                                      "its past answers before asking the head"),
+     _LOOKUP["answer_confidence"],
      replace(confidence_threshold(0.0, info="the head drafts its next token only while it is at least this sure "
                                             "of the last one: a sure token is usually right, so one more pays"),
              name="then_threshold", flag="--then-threshold", label="the head's confidence threshold"),
