@@ -105,15 +105,15 @@ DRAFTER = Declaration(
      replace(_LOOKUP["min_ngram"], default=2,
              info="shorter matches are found more often but are right less often; where none is found the head drafts"),
      replace(_LOOKUP["length"], default="match", label="lookup draft length"),
+     replace(_LOOKUP["answers"], info="where the context has no match, draft what the model most often said next in "
+                                      "its past answers before asking the head"),
+     _LOOKUP["answer_confidence"],
      Option("then", "choice", "auto", "the trained head that drafts where the context has no match: auto (the model's "
             "EAGLE head, else its CTC head), eagle or ctc", flag="--then",
             label="where the context has no match, draft with", choices=CHOICES,
             info="auto: the model's EAGLE head, else its CTC head"),
      Option("then_k", "int", 1, "the head's max draft length", flag="--then-k",
             label="the head's k (on a CPU one token pays best)", minimum=1, maximum=16, step=1),
-     replace(_LOOKUP["answers"], info="where the context has no match, draft what the model most often said next in "
-                                      "its past answers before asking the head"),
-     _LOOKUP["answer_confidence"],
      replace(confidence_threshold(0.0, info="the head drafts its next token only while it is at least this sure "
                                             "of the last one: a sure token is usually right, so one more pays"),
              name="then_threshold", flag="--then-threshold", label="the head's confidence threshold"),

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from ... import api
 from ...engine import Engine, GenerationConfig
+from ...layers import CPUHead
 from ...models import MODELS_DIR, LoadedModel
 from ..baselines import greedy_generate
 from ..harness import cpu_clock, timed
@@ -44,7 +45,8 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "prompt-lookup": ([dict(k=k, max_ngram=3, min_ngram=m) for k, m in itertools.product((4, 8), (1, 2))]
                       + [dict(k=k, max_ngram=3, min_ngram=m, length="match") for k, m in ((16, 2), (32, 2), (32, 1))]
                       # and the model's own past answers where the context has no match (models with an answer store)
-                      + [dict(k=16, max_ngram=3, min_ngram=2, length="match", answers=True, answer_confidence=0.45)]),
+                      + [dict(k=k, max_ngram=3, min_ngram=2, length="match", answers=True, answer_confidence=0.45)
+                         for k in (16, 32)]),
     # trained parts (exit adapters at 4, 8, 15; the 8192 most frequent tokens for the draft heads)
     "early-exit": [dict(exit_layer=e, k=3, draft_vocab=8192) for e in (4, 8)],
     "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
@@ -57,7 +59,10 @@ GRID: dict[str, list[dict[str, Any]]] = {
     # shortest match vary
     "lookup-then-head": [dict(k=32, max_ngram=3, min_ngram=m, length="match", then="eagle", then_k=j,
                               then_threshold=t)
-                         for m, j, t in ((2, 1, 0.0), (2, 2, 0.0), (1, 1, 0.0), (2, 2, 0.5), (2, 2, 0.7), (2, 3, 0.7))],
+                         for m, j, t in ((2, 1, 0.0), (2, 2, 0.0), (1, 1, 0.0), (2, 2, 0.5), (2, 2, 0.7), (2, 3, 0.7))]
+                        # and the model's own past answers before the head (models with an answer store)
+                        + [dict(k=32, max_ngram=3, min_ngram=2, length="match", then="eagle", then_k=2,
+                                then_threshold=0.7, answers=True, answer_confidence=0.45)],
 }
 
 
@@ -101,6 +106,7 @@ def sweep(model: str, prompts: list[str], max_new: int, drafters: list[str], dev
     """Every GRID setting of `drafters` on `prompts`; per drafter, the fastest setting is its default."""
     loaded = api.get_model(model, device)
     engine = Engine(loaded.model, name=model)
+    engine.runner.prepare_kernels(CPUHead.WARM_ROWS)  # measured now, not inside the first setting's timed runs
     encoded = [api.encode(loaded, p) for p in prompts]
     reference = [_cpu_timed(loaded, lambda: greedy_generate(loaded.model, ids, max_new))[0] for ids in encoded]
     results = []
