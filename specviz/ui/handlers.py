@@ -35,6 +35,9 @@ from .settings import RunSettings, settings_from
 log = logging.getLogger(__name__)
 
 LOADING = "loading {model} (first use; the default model's first start converts it, about 20-40 s)…"
+WARMING = ("warming up {model}: measuring this CPU's kernels and loading its drafting parts, so that the speed "
+           "shown is the real one (a few seconds after the app starts)…")
+WARM_UP_WAIT_S = 180  # at most; the warm-up takes ~10 s on SmolLM2 once its weights are converted
 
 
 # -- model events ------------------------------------------------------------------------------
@@ -54,11 +57,18 @@ def run(config: AppConfig, model, prompt, drafter, max_new_tokens, temperature, 
         reason = api.missing_part(s.drafter, s.model, s.options)
         if reason:
             raise user_error(reason)
+    # the default model's background warm-up (ui.loading) measures the kernels a run would otherwise
+    # measure inside its own timed passes: a run that started before it ends waits for it
+    warming = s.model == config.default_model and not config.load_status.done.is_set()
     flags = session.flags
     flags.started()
     stop_signal = StopSignal(flags)
     worker = None
     try:
+        if warming:
+            yield (*status_only(WARMING.format(model=s.model)), session)
+            config.load_status.done.wait(timeout=WARM_UP_WAIT_S)
+            loading = not api.is_loaded(s.model, config.device, config.dtype)
         if loading:
             yield (*status_only(LOADING.format(model=s.model)), session)
         loaded, gen = start_generation(config, s, stop_signal)

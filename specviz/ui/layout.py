@@ -98,8 +98,6 @@ def build_app(model_names: Sequence[str] | None = None, *, default_model: str | 
                               device=device, dtype=dtype, plot_every=plot_every)
     if preload:
         preload_in_background(config.default_model, config.load_status, device, dtype)
-    else:
-        config.load_status.done.set()
     with gr.Blocks(title="specviz", analytics_enabled=False) as demo:
         c: Components = {"session": gr.State(Session())}
         gr.Markdown(f"## {title}\n{INTRO}")

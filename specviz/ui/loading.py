@@ -21,7 +21,9 @@ class LoadStatus:
     def __init__(self):
         self.message = ""
         self.fallback = ""  # why the default model is not the first in the list, kept in every status
+        # set while no background load runs: a Run of the default model waits for it to be set
         self.done = threading.Event()
+        self.done.set()
 
     def set(self, message: str) -> None:
         self.message = message
@@ -31,6 +33,8 @@ def preload_in_background(model: str, status: LoadStatus, device: str | None = N
                           ) -> threading.Thread:
     """Load and warm up `model` while the page already serves: the status line shows each stage
     (a first run converts the default model's GGUF, ~20-40 s) and Run waits for the load."""
+    status.done.clear()
+
     def work():
         try:
             status.set(f"Loading {model}…")
