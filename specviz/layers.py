@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from .packed_linears import PackedLinears
+from .packed_linears import PackedLinears, minimum_times
 
 REQUIRED_PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
 
@@ -132,14 +132,8 @@ def layout_for(weight: torch.Tensor, flat: torch.Tensor, clock: Callable[[], flo
 def fastest_layout(weight: torch.Tensor, flat: torch.Tensor, clock: Callable[[], float] = time.perf_counter) -> str:
     """Time every layout on these rows (one untimed call each first: the transposed copy is made
     once) and return the one with the lowest minimum."""
-    best = {name: float("inf") for name in LAYOUTS}
-    for name, product in LAYOUTS.items():
-        product(flat, weight)
-    for _ in range(LAYOUT_TRIALS):
-        for name, product in LAYOUTS.items():
-            t0 = clock()
-            product(flat, weight)
-            best[name] = min(best[name], clock() - t0)
+    calls = {name: (lambda product=product: product(flat, weight)) for name, product in LAYOUTS.items()}
+    best = minimum_times(calls, LAYOUT_TRIALS, clock)
     return min(best, key=best.get)
 
 

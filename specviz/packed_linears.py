@@ -49,6 +49,22 @@ KERNELS = ("linear", "packed")
 _ACTIVE = threading.local()  # whether this thread is inside a pass of a runner that packs
 
 
+def minimum_times(calls: dict[str, Callable[[], object]], trials: int,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Each call's lowest time over `trials`, the calls interleaved within a trial (one untimed call
+    of each first: a copy made on first use is not timed). The minimum is robust to preemption on a
+    shared machine. Shared by the LM head's layouts (`layers.fastest_layout`) and the linears'."""
+    for call in calls.values():
+        call()
+    best = {name: float("inf") for name in calls}
+    for _ in range(trials):
+        for name, call in calls.items():
+            t0 = clock()
+            call()
+            best[name] = min(best[name], clock() - t0)
+    return best
+
+
 def _packed_supported(weight: torch.Tensor) -> bool:
     return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
@@ -91,7 +107,8 @@ class PackedLinears:
     def __init__(self, model: nn.Module, clock: Callable[[], float] = time.perf_counter):
         self.clock = clock
         self.groups: dict[tuple, list[_PackedLinear]] = {}
-        self._kernel: dict[tuple, str] = {}
+        self._kernel: dict[tuple, str] = {}  # (shape key, measured rows) -> kernel
+        self._by_rows: dict[tuple, str] = {}  # (shape key, any rows) -> kernel, filled from _kernel
         for module in model.model.layers.modules():
             weight = getattr(module, "weight", None)
             if type(module) is nn.Linear and weight.numel() >= MIN_SIZE and _packed_supported(weight):
@@ -119,11 +136,15 @@ class PackedLinears:
 
     def kernel(self, key: tuple, rows: int) -> str:
         """The kernel for `rows` rows (1..MAX_ROWS) of this shape: measured for the nearest of
-        `MEASURED_ROWS` at or below, on first use."""
-        measured = max(r for r in MEASURED_ROWS if r <= rows)
-        if (key, measured) not in self._kernel:
-            self._kernel[key, measured] = self._fastest(self.groups[key], measured)
-        return self._kernel[key, measured]
+        `MEASURED_ROWS` at or below, on first use. Called by every linear of every pass, so the
+        answer per (shape, rows) is kept in a plain dict lookup."""
+        found = self._by_rows.get((key, rows))
+        if found is None:
+            measured = max(r for r in MEASURED_ROWS if r <= rows)
+            if (key, measured) not in self._kernel:
+                self._kernel[key, measured] = self._fastest(self.groups[key], measured)
+            found = self._by_rows[key, rows] = self._kernel[key, measured]
+        return found
 
     def prepare(self) -> None:
         """Measure every shape at every row count it may meet now (a few seconds), so that no
@@ -136,18 +157,10 @@ class PackedLinears:
         """Both kernels over every weight of the shape in turn (one untimed sweep each first)."""
         first = stand_ins[0].module.weight
         x = torch.full((rows, first.shape[1]), 0.01, dtype=first.dtype, device=first.device)
-        sweeps = {"linear": lambda s: s.original(x), "packed": lambda s: s.run_packed(x)}
-        best = {name: float("inf") for name in KERNELS}
+        sweeps = {"linear": lambda: [s.original(x) for s in stand_ins],
+                  "packed": lambda: [s.run_packed(x) for s in stand_ins]}
         with torch.inference_mode():
-            for name in KERNELS:
-                for s in stand_ins:
-                    sweeps[name](s)
-            for _ in range(TRIALS):
-                for name in KERNELS:
-                    t0 = self.clock()
-                    for s in stand_ins:
-                        sweeps[name](s)
-                    best[name] = min(best[name], self.clock() - t0)
+            best = minimum_times({name: sweeps[name] for name in KERNELS}, TRIALS, self.clock)
         return "packed" if best["packed"] < (1 - MARGIN) * best["linear"] else "linear"
 
     def table(self) -> dict[str, dict[int, str]]:

@@ -226,8 +226,8 @@ class Bench:
         return budgets
 
     def _warm_up(self, ids: list[int], budget: int, bar) -> None:
-        # the head's layout per row count is measured here, not in a timed run (up to the longest
-        # verify pass of the bench's rows, transformers' prompt-lookup settings, k 32)
+        # the LM head's layout and the decoder linears' kernel per row count are measured here, not
+        # in a timed run (up to the longest verify pass of the bench's rows: k 32 plus the pending token)
         self.engine.runner.prepare_kernels(CPUHead.WARM_ROWS)
         warm_new = min(self.args.warmup_tokens, budget)
         for method in self.methods:

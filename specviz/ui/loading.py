@@ -73,8 +73,8 @@ def warm_up(model: str, device: str | None = None, dtype: str | None = None, pro
                             progress=progress)
     for _ in gen:
         pass
-    # the LM head's fastest layout per verified row count is timed on first use (layers.CPUHead),
-    # about 0.1-0.2 s per row count: measured here, a visitor's first run is not slowed by it
+    # the LM head's layout (layers.CPUHead) and the decoder linears' kernel (packed_linears) per row
+    # count are timed on first use, ~0.1-0.2 s each: measured here, a visitor's run is not slowed by it
     api.get_engine(model, device, dtype).runner.prepare_kernels(CPUHead.WARM_ROWS)
     warm_default_drafter(model, device, dtype)
     trace, decode = gen.trace, detok_for(loaded)
