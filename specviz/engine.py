@@ -35,7 +35,8 @@ from transformers import PreTrainedModel
 from .draft_length import DraftLengthModel
 from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
 from .layers import LayerRunner, PassOutput
-from .sampling import SamplingConfig, Verdict, accept_greedy, accept_greedy_in_chunks, accept_rejection
+from .sampling import (SamplingConfig, Verdict, accept_greedy, accept_greedy_in_chunks, accept_rejection,
+                       greedy_verdict_in_chunks)
 from .trace import StepEvent, Trace
 from .verify_split import PassCosts, SplitPlanner
 
@@ -78,11 +79,13 @@ class GenerationConfig:
 class Engine:
     """One target model, any drafter."""
 
-    def __init__(self, model: PreTrainedModel, name: str = "", pack_linears: bool = True):
+    def __init__(self, model: PreTrainedModel, name: str = "", pack_linears: bool = True, screen_head: bool = True):
         self.model = model.eval()
         # pack_linears: the decoder's large linears run in the kernel measured fastest for each
-        # verify pass's row count on a CPU (specviz.packed_linears); off, every pass uses F.linear
-        self.runner = LayerRunner(model, pack_linears=pack_linears)
+        # verify pass's row count on a CPU (specviz.packed_linears); off, every pass uses F.linear.
+        # screen_head: greedy verdicts without a recorded trace read the LM head's argmax through
+        # an fp16 screen and an exact fp32 decision (specviz.greedy_head); off, the full fp32 head
+        self.runner = LayerRunner(model, pack_linears=pack_linears, screen_head=screen_head)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.eos_token_ids = eos_ids(model)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)
@@ -141,6 +144,9 @@ class Generation:
         self.generator = torch.Generator().manual_seed(config.sampling.seed)
         self.cache = self.runner.new_cache()
         self.tokens = prompt
+        # greedy without a trace of probabilities needs only the head's argmax: the runner's
+        # screened head gives it at a fraction of the full head's cost (specviz.greedy_head)
+        self.tokens_only = config.sampling.greedy and accept_rule is None and not config.record
         self.length_model = self._length_model() if config.adaptive_length else None
         self.splitter = self._splitter()
         settings = dict(drafter.settings(), **self._sampling_settings())
@@ -229,7 +235,10 @@ class Generation:
         ids = torch.tensor([self.tokens], device=runner.device)
         wants = self.drafter.wants_states
         out = runner.forward(runner.embed(ids), range(runner.num_layers), 0, self.cache, capture=wants)
-        verdict = self._accept([], None, runner.head(out.hidden[:, -1:])[0])
+        if self.tokens_only:
+            verdict = Verdict(0, int(runner.greedy_tokens(out.hidden[0, -1:])[0]))
+        else:
+            verdict = self._accept([], None, runner.head(out.hidden[:, -1:])[0])
         committed = self._commit([verdict.next_token])
         states = [s[0] for s in out.states] if wants else None  # every prompt row
         state = self._state()
@@ -293,7 +302,7 @@ class Generation:
         self.engine.pass_costs.observe(inputs.shape[1], _clock(runner.device) - t0)
         return out.hidden[0]
 
-    def _verify_in_two_passes(self, draft: Draft, split: int) -> tuple[Verdict, torch.Tensor]:
+    def _verify_in_two_passes(self, draft: Draft, split: int) -> tuple[Verdict, torch.Tensor | None]:
         """The greedy verdict from rows [0, split + 1) first; rows behind them are run through the
         model only if the LM head is asked for them, i.e. if drafts 1..split+1 were all accepted."""
         start = len(self.tokens) - 1
@@ -301,14 +310,18 @@ class Generation:
         self.runner.crop(self.cache, start)
         blocks: list[torch.Tensor] = []
 
-        def logits_of(lo: int, hi: int) -> torch.Tensor:
+        def hidden_of(lo: int, hi: int) -> torch.Tensor:
             done = sum(block.shape[0] for block in blocks)
             if hi > done:  # the second pass: every row left (the cache holds the first pass's rows)
                 blocks.append(self._timed_pass(inputs[:, done:], start + done))
-            return self.runner.head(torch.cat(blocks)[lo:hi] if len(blocks) > 1 else blocks[0][lo:hi])
+            return torch.cat(blocks)[lo:hi] if len(blocks) > 1 else blocks[0][lo:hi]
 
         blocks.append(self._timed_pass(inputs[:, : split + 1], start))
-        return accept_greedy_in_chunks(draft.tokens, logits_of, first_rows=(min(2, split + 1), split + 1))
+        chunks = (min(2, split + 1), split + 1)
+        if self.tokens_only:
+            tokens_of = lambda lo, hi: self.runner.greedy_tokens(hidden_of(lo, hi)).tolist()  # noqa: E731
+            return greedy_verdict_in_chunks(draft.tokens, tokens_of, chunks), None
+        return accept_greedy_in_chunks(draft.tokens, lambda lo, hi: self.runner.head(hidden_of(lo, hi)), chunks)
 
     def _verify(self, draft: Draft) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """One target pass over [pending, *draft] -> the last layer's output [k+1, d] (+ per-layer
@@ -349,11 +362,14 @@ class Generation:
             states = [s[0] for s in below[:e] + upper.states]
         return upper.hidden[0], states
 
-    def _judge(self, draft: Draft, hidden: torch.Tensor) -> tuple[Verdict, torch.Tensor]:
+    def _judge(self, draft: Draft, hidden: torch.Tensor) -> tuple[Verdict, torch.Tensor | None]:
         """The verdict on `draft` from the verify pass's last-layer output, with the logits it read:
-        greedy reads the LM head only up to the first mismatch (the logits of rows [0, accepted]),
-        sampling reads every row."""
+        greedy reads the LM head only up to the first mismatch (the logits of rows [0, accepted];
+        none without `record`, where only the head's argmax is read), sampling reads every row."""
         head = self.runner.head
+        if self.tokens_only:
+            tokens_of = lambda start, stop: self.runner.greedy_tokens(hidden[start:stop]).tolist()  # noqa: E731
+            return greedy_verdict_in_chunks(draft.tokens, tokens_of), None
         if self.config.sampling.greedy and self.accept_rule is None:
             return accept_greedy_in_chunks(draft.tokens, lambda start, stop: head(hidden[start:stop]))
         logits = head(hidden)

@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from . import greedy_head
 from .packed_linears import PackedLinears, minimum_times
 
 REQUIRED_PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
@@ -180,9 +181,10 @@ class LayerRunner:
     """Drives the decoder layers of one causal LM by hand (batch size 1). `pack_linears`: run the
     decoder's large linears in the kernel measured fastest for each pass's row count on a CPU
     (`specviz.packed_linears`; the engine's verify passes), without changing the model for anyone
-    else."""
+    else. `screen_head`: `greedy_tokens` may take the LM head's argmax through an fp16 screen
+    (`specviz.greedy_head`) where that is measured faster."""
 
-    def __init__(self, model: PreTrainedModel, pack_linears: bool = False):
+    def __init__(self, model: PreTrainedModel, pack_linears: bool = False, screen_head: bool = True):
         check_drivable(model)
         self.model = model
         self.base = model.model
@@ -194,6 +196,7 @@ class LayerRunner:
         self._lm_head = CPUHead(model)
         self._sliding = any(t == "sliding_attention" for t in self._layer_types)
         self.linears = PackedLinears.of(model) if pack_linears and self.device.type == "cpu" else None
+        self.screen_head = screen_head  # greedy_tokens may use the fp16 screen (specviz.greedy_head)
 
     # -- setup ---------------------------------------------------------------------------
     def _resolve_layer_types(self) -> list[str]:
@@ -223,13 +226,38 @@ class LayerRunner:
         """Shared final norm + LM head (also used at early exits)."""
         return self._lm_head(self.base.norm(hidden))
 
+    def greedy_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head's argmax per row of `hidden` ([r, d], pre-norm) -> [r] token ids: through the
+        fp16 screen (`greedy_head`) where this host runs it faster for r rows, else the full head.
+        For greedy verdicts that keep no logits."""
+        flat = self.base.norm(hidden).reshape(-1, hidden.shape[-1])
+        screen = self.greedy_screen()
+        if screen is not None and flat.shape[0] <= greedy_head.MAX_ROWS and screen.is_faster(flat, self._lm_head):
+            return screen.argmax(flat)
+        return self._lm_head(flat).argmax(dim=-1)
+
+    def greedy_screen(self) -> greedy_head.ScreenedHead | None:
+        """The LM head's screen (built on first use, shared by every runner of this head), or None:
+        off for this runner, a head with a bias, or one `ScreenedHead.build` refuses."""
+        linear = self.model.lm_head
+        if not self.screen_head or getattr(linear, "bias", None) is not None:
+            return None
+        return greedy_head.screened_head(linear.weight)
+
     def prepare_kernels(self, max_rows: int = CPUHead.MAX_TIMED_ROWS) -> None:
-        """Measure the LM head's layout (`CPUHead`) for every row count up to `max_rows`, and the
-        decoder linears' kernel (`pack_linears`) for every row count they may meet, now, so that no
-        later call pays for it: a benchmark's timed runs must not."""
+        """Measure the LM head's layout (`CPUHead`) and its greedy screen (`greedy_tokens`) for
+        every row count up to `max_rows`, and the decoder linears' kernel (`pack_linears`) for
+        every row count they may meet, now, so that no later call pays for it: a benchmark's timed
+        runs must not."""
         weight = self.model.lm_head.weight
+        probe = torch.Generator().manual_seed(0)
         for rows in range(1, max_rows + 1):
             layout_for(weight, torch.zeros(rows, weight.shape[1], dtype=weight.dtype, device=weight.device))
+        screen = self.greedy_screen()
+        for rows in range(1, min(max_rows, greedy_head.MAX_ROWS) + 1) if screen is not None else ():
+            # states like a model's (a clear argmax per row), not zeros, whose every token ties
+            states = torch.randn(rows, weight.shape[1], generator=probe).to(weight.device) * 2
+            screen.is_faster(states, self._lm_head)
         if self.linears is not None:
             self.linears.prepare()  # every row count up to its MAX_ROWS: a short prompt's prefill too
 

@@ -119,16 +119,28 @@ def accept_greedy_in_chunks(draft: list[int], logits_of: Callable[[int, int], to
     rows behind a chunk only when it is asked for them. The verdict is `accept_greedy`'s.
     Returns it with the rows scored up to it ([accepted + 1, V]).
     """
-    rows, start, scored = len(draft) + 1, 0, []
+    scored: list[torch.Tensor] = []
+
+    def tokens_of(start: int, stop: int) -> list[int]:
+        scored.append(logits_of(start, stop))
+        return greedy_token(scored[-1]).tolist()
+
+    verdict = greedy_verdict_in_chunks(draft, tokens_of, first_rows)
+    return verdict, torch.cat(scored)[: verdict.accepted + 1]
+
+
+def greedy_verdict_in_chunks(draft: list[int], tokens_of: Callable[[int, int], list[int]],
+                             first_rows: int | Sequence[int] = 2) -> Verdict:
+    """`accept_greedy_in_chunks` from the target's greedy tokens alone: `tokens_of(start, stop)`
+    gives its argmax for rows [start, stop) (the engine's screened head, which keeps no logits)."""
+    rows, start = len(draft) + 1, 0
     stops = [first_rows] if isinstance(first_rows, int) else list(first_rows)
     for stop in [min(n, rows) for n in stops] + [rows]:
         if stop <= start:
             continue
-        chunk = logits_of(start, stop)
-        scored.append(chunk)
-        for i, token in enumerate(greedy_token(chunk).tolist(), start):
+        for i, token in enumerate(tokens_of(start, stop), start):
             if i == len(draft) or draft[i] != token:
-                return Verdict(i, token), torch.cat(scored)[: i + 1]
+                return Verdict(i, int(token))
         start = stop
     raise AssertionError("unreachable: the last row always ends the verdict")
 

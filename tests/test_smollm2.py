@@ -76,6 +76,28 @@ def test_greedy_equals_generate_on_smollm2(smollm2, drafter, options):
         assert trace.generated == reference(smollm2.model, ids, 20), (drafter, prompt)
 
 
+SCREENED = [("ar", {}), ("prompt-lookup", {"k": 8, "min_ngram": 1}), ("lookup-then-head", {}), ("eagle", {"k": 3}),
+            ("draft-model", {"k": 4})]
+
+
+@pytest.mark.parametrize("drafter, options", SCREENED, ids=[d for d, _ in SCREENED])
+def test_greedy_verdicts_through_the_screened_head_equal_generate_on_smollm2(smollm2, drafter, options, monkeypatch):
+    """Without a recorded trace (the bench's and the CLI's runs) greedy verdicts read the LM head
+    through its fp16 screen (specviz.greedy_head) at every row count: output equal to generate()."""
+    from specviz.greedy_head import ScreenedHead, _kernel_available
+
+    if not _kernel_available():
+        pytest.skip("no fp16-weight kernel in this PyTorch build")
+    engine = Engine(smollm2.model)
+    assert engine.runner.greedy_screen() is not None, "SmolLM2's head should get a screen on this CPU"
+    monkeypatch.setattr(ScreenedHead, "is_faster", lambda self, x, full, clock=None: True)
+    for prompt in CHAT_PROMPTS:
+        ids = api.encode(smollm2, prompt)
+        trace = engine.generate(ids, api.build_drafter(drafter, smollm2, options),
+                                GenerationConfig(max_new_tokens=24, record=False))
+        assert trace.generated == reference(smollm2.model, ids, 24), (drafter, prompt)
+
+
 def test_swept_defaults_build_and_run(smollm2):
     for drafter in ("clasp", "static-skip", "prompt-lookup"):
         defaults = api.drafter_defaults(SMOLLM2, drafter)

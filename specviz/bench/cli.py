@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also run each of our drafters (the AR loop included) on an engine whose passes use F.linear "
                         "at every row count, without the decoder linears' measured kernels (specviz.packed_linears), "
                         "as '<drafter>+F.linear'")
+    p.add_argument("--full-head", action="store_true",
+                   help="also run each of our drafters (the AR loop included) on an engine whose greedy verdicts read "
+                        "the full fp32 LM head, without its fp16 screen (specviz.greedy_head), as '<drafter>+full-head'")
     p.add_argument("--two-pass", action="store_true",
                    help="also run each of our drafter rows with the two-pass verify on (greedy, CPU: a long draft "
                         "likely to fail early is verified rows-first, specviz.verify_split), as '<row>+two-pass'")

@@ -21,6 +21,7 @@ import torch
 
 from .. import api
 from ..engine import Engine
+from ..greedy_head import screen_table
 from ..layers import CPUHead
 from ..sampling import SamplingConfig
 from .methods import Method, MethodList, RunResult
@@ -302,5 +303,7 @@ class Bench:
             "memory_method": self.memory.method,
             # the decoder linears' kernel per weight shape and measured row count (specviz.packed_linears)
             "packed_linears": self.engine.runner.linears.table() if self.engine.runner.linears else None,
+            # the LM head's greedy screen: its bound and the row counts it was measured faster for
+            "greedy_screen": screen_table(self.engine.runner),
             "speedup_convention": "mean over samples of new tokens / wall s, divided by the same mean of generate()",
         }

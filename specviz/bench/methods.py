@@ -28,6 +28,7 @@ from .baselines import (HF_COUNTERPART, MATCHED_SUFFIX, NoCounterpart, assisted_
 COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptive_length
 TWO_PASS = "+two-pass"  # name suffix of a drafter run with GenerationConfig.verify_split on
 UNPACKED = "+F.linear"  # name suffix of a drafter run on an engine without packed linears
+FULL_HEAD = "+full-head"  # name suffix of a drafter run on an engine without the LM head's greedy screen
 
 
 @dataclass
@@ -91,7 +92,7 @@ class MethodList:
     def __init__(self, args: argparse.Namespace, loaded: LoadedModel, engine: Engine, sampling: SamplingConfig,
                  log: Callable[[str], None]):
         self.args, self.loaded, self.engine, self.sampling, self.log = args, loaded, engine, sampling, log
-        self.unpacked_engine: Engine | None = None  # made on first use (--unpacked)
+        self.twin_engines: dict[str, Engine] = {}  # engines with a kernel switched off, made on first use
         self.skipped: list[dict[str, str]] = []
         self.draft_loaded: LoadedModel | None = None
 
@@ -156,7 +157,9 @@ class MethodList:
         if getattr(args, "two_pass", False) and name != "ar":
             methods += self._two_pass_twin(name, name, options, settings)
         if getattr(args, "unpacked", False):
-            methods += self._unpacked_twin(name, options, settings)
+            methods += self._kernel_twin(UNPACKED, name, options, settings, pack_linears=False)
+        if getattr(args, "full_head", False):
+            methods += self._kernel_twin(FULL_HEAD, name, options, settings, screen_head=False)
         if not args.no_transformers and name in HF_COUNTERPART:
             methods += self._transformers_comparison(methods[0], options)
         return methods
@@ -165,17 +168,18 @@ class MethodList:
         """Row `row` (drafter `name` at `options`) again with the two-pass verify on."""
         return self._config_twin(f"{row}{TWO_PASS}", name, options, settings, verify_split=True)
 
-    def _unpacked_twin(self, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
-        """The drafter again on an engine whose passes use `F.linear` at every row count
-        (`specviz.packed_linears` off): what the measured kernels buy, in the same interleaved run."""
-        label = f"{name}{UNPACKED}"
+    def _kernel_twin(self, suffix: str, name: str, options: dict[str, Any], settings: dict[str, Any],
+                     **switch: bool) -> list[Method]:
+        """The drafter again on an engine with one of the engine's kernels switched off (`Engine`'s
+        `pack_linears` or `screen_head`): what that kernel buys, in the same interleaved run."""
+        label = f"{name}{suffix}"
         twin = self._build_or_skip(label, name, options)
         if twin is None:
             return []
-        if self.unpacked_engine is None:
-            self.unpacked_engine = Engine(self.loaded.model, name=self.engine.name, pack_linears=False)
-        call = self._engine_call(twin, self.args.record, engine=self.unpacked_engine)
-        return [Method(label, "drafter", call, dict(settings, pack_linears=False), name)]
+        if suffix not in self.twin_engines:
+            self.twin_engines[suffix] = Engine(self.loaded.model, name=self.engine.name, **switch)
+        call = self._engine_call(twin, self.args.record, engine=self.twin_engines[suffix])
+        return [Method(label, "drafter", call, dict(settings, **switch), name)]
 
     def _config_twin(self, label: str, name: str, options: dict[str, Any], settings: dict[str, Any],
                      **config: bool) -> list[Method]:
