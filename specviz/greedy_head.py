@@ -43,7 +43,7 @@ import torch
 
 from .packed_linears import minimum_times
 
-MIN_SIZE = 1 << 22  # head entries: a smaller head (specviz-tiny's 8192 x 256) costs too little to screen
+MIN_SIZE = 1 << 20  # head entries: a smaller head costs too little to screen (specviz-tiny's 8192 x 256 is 2 M)
 MAX_ROWS = 64  # verify chunks are at most k + 1 rows
 TRIALS = 3
 SAFETY = 1.001  # on D: the norms behind it are themselves computed in fp32
