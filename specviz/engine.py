@@ -70,10 +70,11 @@ class GenerationConfig:
     # greedy on a CPU: verify a long draft in two passes where the measured pass costs and this
     # generation's acceptance say it is cheaper (specviz.verify_split; not with adaptive_length,
     # whose cost model times whole passes); an int forces a first pass of that many drafts
-    # (tests). Off by default: it wins where long drafts fail early (transformers' fixed-length
-    # prompt lookup, the draft model on SmolLM2) and loses a few percent on prompt lookup's own
-    # drafts, whose estimates it misjudges (BENCHMARKS.md)
-    verify_split: bool | int = False
+    # (tests). On by default since the LM head's greedy screen (2026-12-03, Intel host): prompt
+    # lookup at transformers' fixed length +17 % on chat and +8 % on grounded prompts, our own
+    # drafters within noise (-0.4 to +2.5 %); on the AMD host, before the screen, it had cost prompt
+    # lookup's own drafts a few percent (BENCHMARKS.md)
+    verify_split: bool | int = True
 
 
 class Engine:

@@ -182,19 +182,19 @@ def test_bench_adaptive_length_runs_each_drafter_both_ways(tiny_model_dir, promp
     assert "cost-model draft length (early-exit)" in capsys.readouterr().out
 
 
-def test_bench_two_pass_twins_every_drafter_row(tiny_model_dir, prompts_file, tmp_path):
-    """--two-pass: each of our drafter rows again with the two-pass verify on, the '@hf' row
-    included (its A/B against transformers' settings)."""
+def test_bench_one_pass_twins_every_drafter_row(tiny_model_dir, prompts_file, tmp_path):
+    """--one-pass: each of our drafter rows again with the two-pass verify off (on by default), the
+    '@hf' row included (its A/B against transformers' settings)."""
     out = tmp_path / "o.json"
     code = bench.main(["--model", tiny_model_dir, "--prompts", prompts_file, "--drafters", "prompt-lookup",
                        "--set", "prompt-lookup.min_ngram=2", "--max-new-tokens", "16", "--warmup-tokens", "2",
-                       "--quiet", "--threads", "1", "--trace-overhead", "none", "--two-pass", "--json", str(out)])
+                       "--quiet", "--threads", "1", "--trace-overhead", "none", "--one-pass", "--json", str(out)])
     assert code == 0
     records = {r["drafter"]: r for r in json.loads(out.read_text())["records"]}
-    assert "ar+two-pass" not in records
+    assert "ar+one-pass" not in records
     for row in ("prompt-lookup", "prompt-lookup@hf"):
-        twin = records[f"{row}+two-pass"]
-        assert twin["status"] == "ok" and twin["settings"]["verify_split"] is True and twin["matched_generate"]
+        twin = records[f"{row}+one-pass"]
+        assert twin["status"] == "ok" and twin["settings"]["verify_split"] is False and twin["matched_generate"]
         assert "verify_split" not in records[row]["settings"]
 
 

@@ -67,9 +67,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full-head", action="store_true",
                    help="also run each of our drafters (the AR loop included) on an engine whose greedy verdicts read "
                         "the full fp32 LM head, without its fp16 screen (specviz.greedy_head), as '<drafter>+full-head'")
-    p.add_argument("--two-pass", action="store_true",
-                   help="also run each of our drafter rows with the two-pass verify on (greedy, CPU: a long draft "
-                        "likely to fail early is verified rows-first, specviz.verify_split), as '<row>+two-pass'")
+    p.add_argument("--one-pass", action="store_true",
+                   help="also run each of our drafter rows with the two-pass verify off (greedy, CPU: by default a "
+                        "long draft likely to fail early is verified rows-first, specviz.verify_split), as "
+                        "'<row>+one-pass'")
     p.add_argument("--variant", action="append", default=[], metavar="DRAFTER.OPTION=VALUE[;OPTION=VALUE]",
                    help="also run DRAFTER with these options on top of its own, interleaved with the rest, as "
                         "'DRAFTER[OPTION=VALUE;...]' (repeatable), e.g. clasp.ride_verify=false")

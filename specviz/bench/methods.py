@@ -26,7 +26,7 @@ from .baselines import (HF_COUNTERPART, MATCHED_SUFFIX, NoCounterpart, assisted_
                         settings_transformers_lacks)
 
 COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptive_length
-TWO_PASS = "+two-pass"  # name suffix of a drafter run with GenerationConfig.verify_split on
+ONE_PASS = "+one-pass"  # name suffix of a drafter run with GenerationConfig.verify_split off
 UNPACKED = "+F.linear"  # name suffix of a drafter run on an engine without packed linears
 FULL_HEAD = "+full-head"  # name suffix of a drafter run on an engine without the LM head's greedy screen
 
@@ -154,8 +154,8 @@ class MethodList:
             methods += self._cost_k_twin(name, options, settings)
         if name == args.trace_overhead:
             methods += self._trace_overhead_twin(name, options, settings)
-        if getattr(args, "two_pass", False) and name != "ar":
-            methods += self._two_pass_twin(name, name, options, settings)
+        if getattr(args, "one_pass", False) and name != "ar":
+            methods += self._one_pass_twin(name, name, options, settings)
         if getattr(args, "unpacked", False):
             methods += self._kernel_twin(UNPACKED, name, options, settings, pack_linears=False)
         if getattr(args, "full_head", False):
@@ -164,9 +164,9 @@ class MethodList:
             methods += self._transformers_comparison(methods[0], options)
         return methods
 
-    def _two_pass_twin(self, row: str, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
-        """Row `row` (drafter `name` at `options`) again with the two-pass verify on."""
-        return self._config_twin(f"{row}{TWO_PASS}", name, options, settings, verify_split=True)
+    def _one_pass_twin(self, row: str, name: str, options: dict[str, Any], settings: dict[str, Any]) -> list[Method]:
+        """Row `row` (drafter `name` at `options`) again with the two-pass verify off."""
+        return self._config_twin(f"{row}{ONE_PASS}", name, options, settings, verify_split=False)
 
     def _kernel_twin(self, suffix: str, name: str, options: dict[str, Any], settings: dict[str, Any],
                      **switch: bool) -> list[Method]:
@@ -237,8 +237,8 @@ class MethodList:
         settings = dict(twin.settings())
         matched = Method(label, "drafter", self._engine_call(twin, self.args.record), settings, name,
                          HF_COUNTERPART[name])
-        two_pass = self._two_pass_twin(label, name, options, settings) if getattr(self.args, "two_pass", False) else []
-        return [matched, *two_pass, *self._transformers_counterpart(name, settings, options)]
+        one_pass = self._one_pass_twin(label, name, options, settings) if getattr(self.args, "one_pass", False) else []
+        return [matched, *one_pass, *self._transformers_counterpart(name, settings, options)]
 
     def _transformers_counterpart(self, name: str, settings: dict[str, Any], options: dict[str, Any]) -> list[Method]:
         try:
@@ -258,7 +258,8 @@ class MethodList:
         return self.draft_loaded
 
     def _engine_call(self, drafter, record: bool, adaptive_length: bool = False,
-                     verify_split: bool = False, engine: Engine | None = None) -> Callable[[list[int], int, int], RunResult]:
+                     verify_split: bool = GenerationConfig.verify_split,
+                     engine: Engine | None = None) -> Callable[[list[int], int, int], RunResult]:
         engine = engine or self.engine
 
         def call(ids: list[int], max_new: int, seed: int) -> RunResult:
