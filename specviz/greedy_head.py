@@ -76,25 +76,38 @@ class ScreenedHead:
         with torch.inference_mode(False), torch.no_grad():
             self.packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
             self.zero = torch.zeros(vocab, dtype=torch.float32)
-            rounded = self.screen(torch.eye(width, dtype=torch.float32)).t()  # h_j: each sum has one term
             g = dot_error(width)
-            largest = torch.maximum(weight.norm(dim=1), rounded.norm(dim=1)).max()
-            self.slack = float(((weight - rounded).norm(dim=1).max() + 2 * g * largest) * SAFETY)
-            self.sound = self._self_test(rounded, g)
+            probe = torch.randn(3, width, generator=torch.Generator().manual_seed(0))
+            probe[:, :4] *= 40  # outlier features, as real hidden states have
+            residual_sq, rounded_sq, exact = self._read_back(probe)
+            largest = torch.maximum(weight.norm(dim=1), rounded_sq.sqrt()).max()
+            self.slack = float((residual_sq.sqrt().max() + 2 * g * largest) * SAFETY)
+            # the kernel's sums against float64, within the bound the screen assumes for them
+            allowed = g * probe.double().norm(dim=1, keepdim=True) * rounded_sq.sqrt()[None] * SAFETY
+            self.sound = bool(((self.screen(probe).double() - exact).abs() <= allowed + 1e-30).all())
             # which rows this host screens faster than the fp32 head: measured per row count
             self.faster: dict[int, bool] = {}
+
+    def _read_back(self, probe: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The packed weights h as the kernel holds them, read back a few columns at a time (the
+        product with rows of the identity: each sum has one term, so it is exact) -> per token
+        ||w_j - h_j||^2 and ||h_j||^2 (float64), and probe @ h.T in float64."""
+        vocab, width = self.weight.shape
+        residual_sq = torch.zeros(vocab, dtype=torch.float64)
+        rounded_sq = torch.zeros(vocab, dtype=torch.float64)
+        exact = torch.zeros(probe.shape[0], vocab, dtype=torch.float64)
+        for start in range(0, width, chunk):
+            stop = min(start + chunk, width)
+            rows = torch.eye(width, dtype=torch.float32)[start:stop]
+            columns = self.screen(rows).double()  # [stop - start, V]: h[:, start:stop].T
+            residual_sq += (self.weight[:, start:stop].double().t() - columns).pow(2).sum(dim=0)
+            rounded_sq += columns.pow(2).sum(dim=0)
+            exact += probe[:, start:stop].double() @ columns
+        return residual_sq, rounded_sq, exact
 
     def screen(self, x: torch.Tensor) -> torch.Tensor:
         """s = x . h_j for every j: [r, K] fp32 -> [r, V] fp32."""
         return torch.fbgemm_linear_fp16_weight(x, self.packed, self.zero)
-
-    def _self_test(self, rounded: torch.Tensor, g: float) -> bool:
-        """The kernel's sums against float64, within the bound the screen assumes for them."""
-        probe = torch.randn(3, rounded.shape[1], generator=torch.Generator().manual_seed(0))
-        probe[:, :4] *= 40  # outlier features, as real hidden states have
-        exact = probe.double() @ rounded.double().t()
-        allowed = g * probe.double().norm(dim=1, keepdim=True) * rounded.double().norm(dim=1)[None] * SAFETY
-        return bool(((self.screen(probe).double() - exact).abs() <= allowed + 1e-30).all())
 
     @classmethod
     def build(cls, weight: torch.Tensor) -> "ScreenedHead | None":
@@ -119,10 +132,13 @@ class ScreenedHead:
         """The fp32 head's argmax per row ([r, K] -> [r] token ids)."""
         scores, mask = self.candidates(x)
         rows, ids = mask.nonzero(as_tuple=True)  # ordered by row, then token id
-        if rows.numel() == x.shape[0]:  # one candidate per row: it is the argmax
+        counts = torch.bincount(rows, minlength=x.shape[0])
+        if bool((counts == 1).all()):  # one candidate per row: it is the argmax
             return ids
+        if bool((counts == 0).any()):  # a row without a finite maximum (NaN or inf): as the full head says
+            return torch.nn.functional.linear(x, self.weight).argmax(dim=1)
         picked = torch.empty(x.shape[0], dtype=torch.long)
-        counts = torch.bincount(rows, minlength=x.shape[0]).tolist()
+        counts = counts.tolist()
         start = 0
         for row, count in enumerate(counts):
             chosen = ids[start:start + count]

@@ -90,6 +90,14 @@ def test_ties_go_to_the_lowest_token_id():
     assert head.argmax(torch.ones(1, 8)).tolist() == [2]
 
 
+def test_a_row_without_a_finite_maximum_gets_the_full_heads_answer():
+    weight = random_head()
+    head = ScreenedHead(weight)
+    x = states(3, weight.shape[1], seed=2)
+    x[1, 5] = float("nan")
+    assert head.argmax(x).tolist() == torch.nn.functional.linear(x, weight).argmax(dim=1).tolist()
+
+
 def test_a_kernel_that_fails_its_self_test_is_not_used(monkeypatch):
     """A kernel that rounds the activations to fp16 too (as oneDNN's fp16 linear does) breaks the
     bound the screen assumes for its sums, and is refused."""

@@ -54,7 +54,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "hispec": [dict(d=4, v=15, n=6, k=3, threshold=0.0, draft_vocab=8192),
                dict(d=4, v=8, n=4, k=2, threshold=0.0, draft_vocab=8192)],
     "draft-model": [dict(k=k, draft_vocab=8192) for k in (1, 2, 3, 5)],
-    "ctc": [dict(head="ctc", k=k) for k in (4, 6)],  # the CTC drafter keeps its CTC head; Medusa is the control
+    "ctc": [dict(head="ctc", k=k) for k in (2, 4, 6)],  # the CTC drafter keeps its CTC head; Medusa is the control
     # one token, or more only after a sure one (the threshold: a sure first token is usually right)
     "eagle": [dict(k=k) for k in (1, 2, 3)] + [dict(k=k, threshold=t) for k, t in ((2, 0.5), (2, 0.7), (3, 0.7))],
     # the lookup's settings are prompt lookup's swept ones; the head's k, its threshold and the
