@@ -279,6 +279,18 @@ def test_grounded_prompts_are_input_grounded_and_held_out():
     assert not [r["id"] for r in records for p in patterns if p.fullmatch(r["prompt"].split("\n")[0])]
 
 
+def test_sweep_defaults_keep_the_current_default_unless_clearly_beaten():
+    from specviz.bench.sweeps.defaults import KEEP_MARGIN, choose_defaults
+    rows = [{"drafter": "ctc", "options": {"k": 2}, "speedup": 1.092},
+            {"drafter": "ctc", "options": {"k": 4}, "speedup": 1.088},
+            {"drafter": "eagle", "options": {"k": 1}, "speedup": 1.30},
+            {"drafter": "eagle", "options": {"k": 3}, "speedup": 1.30 * (1 + KEEP_MARGIN) + 0.001}]
+    current = {"ctc": {"k": 4}, "eagle": {"k": 1}}
+    assert choose_defaults(rows, ["ctc", "eagle"], current) == {"ctc": {"k": 4}, "eagle": {"k": 3}}
+    assert choose_defaults(rows, ["ctc", "eagle"], {}) == {"ctc": {"k": 2}, "eagle": {"k": 3}}  # none yet: the fastest
+    assert choose_defaults(rows, ["ctc"], {"ctc": {"k": 6}}) == {"ctc": {"k": 2}}  # the current one was not measured
+
+
 def test_sweep_defaults_merge_keeps_other_drafters_rows_with_their_provenance(tmp_path):
     from specviz.bench.sweeps.defaults import merge_existing
     path = tmp_path / "drafter_defaults.json"
