@@ -148,7 +148,7 @@ def test_a_second_pass_fed_the_wrong_tokens_fails_the_lossless_check(monkeypatch
 def test_sampling_the_cost_model_and_off_keep_one_pass_and_a_bad_setting_is_named():
     target, draft, engine = model_for("llama", 0)
     prompt = random_prompt(6, length=10, repeat=True)
-    for config in (GenerationConfig(max_new_tokens=20),  # off by default
+    for config in (GenerationConfig(max_new_tokens=20, verify_split=False),  # turned off
                    GenerationConfig(max_new_tokens=20, verify_split=True, adaptive_length=True),  # times whole passes
                    GenerationConfig(max_new_tokens=20, verify_split=True,
                                     sampling=SamplingConfig(temperature=0.8, seed=1))):
