@@ -80,13 +80,16 @@ class GenerationConfig:
 class Engine:
     """One target model, any drafter."""
 
-    def __init__(self, model: PreTrainedModel, name: str = "", pack_linears: bool = True, screen_head: bool = True):
+    def __init__(self, model: PreTrainedModel, name: str = "", pack_linears: bool = True, screen_head: bool = True,
+                 lean: bool = True):
         self.model = model.eval()
         # pack_linears: the decoder's large linears run in the kernel measured fastest for each
         # verify pass's row count on a CPU (specviz.packed_linears); off, every pass uses F.linear.
         # screen_head: greedy verdicts without a recorded trace read the LM head's argmax through
-        # an fp16 screen and an exact fp32 decision (specviz.greedy_head); off, the full fp32 head
-        self.runner = LayerRunner(model, pack_linears=pack_linears, screen_head=screen_head)
+        # an fp16 screen and an exact fp32 decision (specviz.greedy_head); off, the full fp32 head.
+        # lean: the decoder layers run as plain tensor code, bit for bit transformers' layers
+        # (specviz.lean_layers), where the model's layers qualify; off, through transformers' modules
+        self.runner = LayerRunner(model, pack_linears=pack_linears, screen_head=screen_head, lean=lean)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.eos_token_ids = eos_ids(model)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)

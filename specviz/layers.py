@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from . import greedy_head
+from . import greedy_head, lean_layers
 from .packed_linears import PackedLinears, minimum_times
 
 REQUIRED_PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
@@ -163,18 +163,14 @@ class Riders(Protocol):
     def after(self, layer: int, outputs: torch.Tensor | None, real: torch.Tensor) -> None: ...
 
 
-class _PrefixOnlyCache:
-    """Quacks like a transformers cache for one layer: attends to a fixed prefix, stores nothing.
-
-    Used by CLaSp's batched DP, where candidate states must see the real prefix KV but never
-    write into it.
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
-        self.keys, self.values = keys, values
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+def lean_check(model: PreTrainedModel) -> str | None:
+    """`lean_layers.check` of this model, run once per model, dtype and attention kernel (it runs
+    a self-test)."""
+    key = (next(model.parameters()).dtype, model.config._attn_implementation)
+    checked = model.__dict__.setdefault("_specviz_lean_refused", {})
+    if key not in checked:
+        checked[key] = lean_layers.check(model)
+    return checked[key]
 
 
 class LayerRunner:
@@ -182,9 +178,11 @@ class LayerRunner:
     decoder's large linears in the kernel measured fastest for each pass's row count on a CPU
     (`specviz.packed_linears`; the engine's verify passes), without changing the model for anyone
     else. `screen_head`: `greedy_tokens` may take the LM head's argmax through an fp16 screen
-    (`specviz.greedy_head`) where that is measured faster."""
+    (`specviz.greedy_head`) where that is measured faster. `lean`: run the decoder layers as plain
+    tensor code (`specviz.lean_layers`, bit for bit the same) where the model's layers qualify."""
 
-    def __init__(self, model: PreTrainedModel, pack_linears: bool = False, screen_head: bool = True):
+    def __init__(self, model: PreTrainedModel, pack_linears: bool = False, screen_head: bool = True,
+                 lean: bool = True):
         check_drivable(model)
         self.model = model
         self.base = model.model
@@ -197,8 +195,15 @@ class LayerRunner:
         self._sliding = any(t == "sliding_attention" for t in self._layer_types)
         self.linears = PackedLinears.of(model) if pack_linears and self.device.type == "cpu" else None
         self.screen_head = screen_head  # greedy_tokens may use the fp16 screen (specviz.greedy_head)
+        # why the layers run as transformers writes them (None: through lean_layers)
+        self.lean_refused: str | None = lean_check(model) if lean else "turned off"
 
     # -- setup ---------------------------------------------------------------------------
+    @property
+    def lean(self) -> bool:
+        """Whether the decoder layers run through `lean_layers.decoder_layer`."""
+        return self.lean_refused is None
+
     def _resolve_layer_types(self) -> list[str]:
         types = getattr(self.config, "layer_types", None)
         if types is not None:
@@ -265,6 +270,13 @@ class LayerRunner:
         """The context every pass of this runner runs in: its measured linear kernels, if any."""
         return self.linears.active() if self.linears is not None else nullcontext()
 
+    def _layer(self, i: int, hidden: torch.Tensor, mask, rope, positions: torch.Tensor, cache) -> torch.Tensor:
+        """Decoder layer `i` on `hidden`, writing its keys and values through `cache.update`."""
+        if self.lean:
+            return lean_layers.decoder_layer(self.base.layers[i], hidden, rope, mask, cache)
+        return self.base.layers[i](hidden, attention_mask=mask, position_embeddings=rope, position_ids=positions,
+                                   past_key_values=cache, use_cache=True)
+
     def positions(self, start: int, length: int) -> torch.Tensor:
         return torch.arange(start, start + length, device=self.device).unsqueeze(0)
 
@@ -304,10 +316,7 @@ class LayerRunner:
                     config=self.config, inputs_embeds=hidden, attention_mask=None,
                     past_key_values=cache, position_ids=pos, layer_idx=i,
                 )
-            hidden = self.base.layers[i](
-                hidden, attention_mask=masks[kind], position_embeddings=rope,
-                position_ids=pos, past_key_values=cache, use_cache=True,
-            )
+            hidden = self._layer(i, hidden, masks[kind], rope, pos, cache)
             if capture:
                 states.append(hidden)
         return PassOutput(hidden, states)
@@ -333,8 +342,7 @@ class LayerRunner:
                             config=self.config, inputs_embeds=hidden, attention_mask=None,
                             past_key_values=cache, position_ids=pos, layer_idx=i)
                         plain["rope"] = self.base.rotary_emb(hidden, position_ids=pos)
-                    hidden = self.base.layers[i](hidden, attention_mask=plain["mask"], position_embeddings=plain["rope"],
-                                                 position_ids=pos, past_key_values=cache, use_cache=True)
+                    hidden = self._layer(i, hidden, plain["mask"], plain["rope"], pos, cache)
                 riders.after(i, None, hidden[0])
             else:
                 joined = torch.cat([hidden, rows.unsqueeze(0).to(hidden.dtype)], dim=1)
@@ -344,8 +352,7 @@ class LayerRunner:
                     ridden[n_riders] = (both, self._rider_mask(start, n_real, n_riders, riders.position),
                                         self.base.rotary_emb(joined, position_ids=both))
                 both, mask, rope = ridden[n_riders]
-                out = self.base.layers[i](joined, attention_mask=mask, position_embeddings=rope, position_ids=both,
-                                          past_key_values=cache, use_cache=True)
+                out = self._layer(i, joined, mask, rope, both, cache)
                 self.crop(cache, start + n_real, [i])  # drop the riders' keys and values
                 hidden = out[:, :n_real]
                 riders.after(i, out[0, n_real:], hidden[0])
@@ -388,10 +395,7 @@ class LayerRunner:
         pos = torch.full((1, n_cand), position, device=self.device)
         rope = self.base.rotary_emb(candidates, position_ids=pos)
         with self._kernels():
-            return self.base.layers[layer](
-                candidates, attention_mask=mask, position_embeddings=rope, position_ids=pos,
-                past_key_values=_PrefixOnlyCache(keys, values), use_cache=True,
-            )
+            return self._layer(layer, candidates, mask, rope, pos, lean_layers.PrefixOnlyCache(keys, values))
 
     def _as_mask(self, visible: torch.Tensor) -> torch.Tensor:
         mask = visible[None, None]

@@ -199,21 +199,25 @@ def test_bench_one_pass_twins_every_drafter_row(tiny_model_dir, prompts_file, tm
 
 
 def test_bench_kernel_twins_switch_one_kernel_off(tiny_model_dir, prompts_file, tmp_path):
-    """--unpacked / --full-head: each of our drafters (the AR loop too) again on an engine with the
-    decoder linears' kernels / the LM head's greedy screen off, lossless, with the switch in its settings."""
+    """--unpacked / --full-head / --hf-layers: each of our drafters (the AR loop too) again on an
+    engine with the decoder linears' kernels / the LM head's greedy screen / the lean layers off,
+    lossless, with the switch in its settings."""
     out = tmp_path / "k.json"
     code = bench.main(["--model", tiny_model_dir, "--prompts", prompts_file, "--drafters", "ar,prompt-lookup",
                        "--max-new-tokens", "12", "--warmup-tokens", "2", "--quiet", "--threads", "1",
                        "--trace-overhead", "none", "--no-transformers", "--unpacked", "--full-head",
-                       "--json", str(out)])
+                       "--hf-layers", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     records = {r["drafter"]: r for r in report["records"]}
     for name in ("ar", "prompt-lookup"):
         assert records[f"{name}+F.linear"]["settings"]["pack_linears"] is False
         assert records[f"{name}+full-head"]["settings"]["screen_head"] is False
-        assert all(records[f"{name}{suffix}"]["matched_generate"] for suffix in ("", "+F.linear", "+full-head"))
+        assert records[f"{name}+hf-layers"]["settings"]["lean"] is False
+        assert all(records[f"{name}{suffix}"]["matched_generate"]
+                   for suffix in ("", "+F.linear", "+full-head", "+hf-layers"))
     assert "greedy_screen" in report["meta"]
+    assert report["meta"]["lean_layers_refused"] is None
 
 
 def test_bench_compares_with_transformers_at_settings_it_can_express(tiny_model_dir, prompts_file, tmp_path, capsys):

@@ -207,7 +207,7 @@ def test_no_layer_runs_twice_on_the_same_position():
     after a rollback, i.e. with a different token somewhere in its prefix. Also: the drafter
     never runs layers >= v, and the full check runs layers < v on exactly one token per step."""
     model = tiny_model("llama", seed=0, damp=DAMP)
-    engine = Engine(model)
+    engine = Engine(model, lean=False)  # through the layer modules, whose forward the log wraps
     d, v = 2, 4
     drafter = make_drafter("hispec", model, d=d, v=v, n=5, k=3, threshold=0.0)
     log = LayerLog(model)

@@ -67,6 +67,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full-head", action="store_true",
                    help="also run each of our drafters (the AR loop included) on an engine whose greedy verdicts read "
                         "the full fp32 LM head, without its fp16 screen (specviz.greedy_head), as '<drafter>+full-head'")
+    p.add_argument("--hf-layers", action="store_true",
+                   help="also run each of our drafters (the AR loop included) on an engine whose passes call transformers' "
+                        "decoder-layer modules instead of the same layers as plain tensor code (specviz.lean_layers), "
+                        "as '<drafter>+hf-layers'")
     p.add_argument("--one-pass", action="store_true",
                    help="also run each of our drafter rows with the two-pass verify off (greedy, CPU: by default a "
                         "long draft likely to fail early is verified rows-first, specviz.verify_split), as "

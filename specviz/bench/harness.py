@@ -305,5 +305,7 @@ class Bench:
             "packed_linears": self.engine.runner.linears.table() if self.engine.runner.linears else None,
             # the LM head's greedy screen: its bound and the row counts it was measured faster for
             "greedy_screen": screen_table(self.engine.runner),
+            # why the decoder layers ran through transformers' modules (None: as lean_layers writes them)
+            "lean_layers_refused": self.engine.runner.lean_refused,
             "speedup_convention": "mean over samples of new tokens / wall s, divided by the same mean of generate()",
         }

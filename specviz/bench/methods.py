@@ -29,6 +29,7 @@ COST_K = "+cost-k"  # name suffix of a drafter run with GenerationConfig.adaptiv
 ONE_PASS = "+one-pass"  # name suffix of a drafter run with GenerationConfig.verify_split off
 UNPACKED = "+F.linear"  # name suffix of a drafter run on an engine without packed linears
 FULL_HEAD = "+full-head"  # name suffix of a drafter run on an engine without the LM head's greedy screen
+HF_LAYERS = "+hf-layers"  # name suffix of a drafter run on an engine through transformers' layer modules
 
 
 @dataclass
@@ -160,6 +161,8 @@ class MethodList:
             methods += self._kernel_twin(UNPACKED, name, options, settings, pack_linears=False)
         if getattr(args, "full_head", False):
             methods += self._kernel_twin(FULL_HEAD, name, options, settings, screen_head=False)
+        if getattr(args, "hf_layers", False):
+            methods += self._kernel_twin(HF_LAYERS, name, options, settings, lean=False)
         if not args.no_transformers and name in HF_COUNTERPART:
             methods += self._transformers_comparison(methods[0], options)
         return methods
@@ -171,7 +174,7 @@ class MethodList:
     def _kernel_twin(self, suffix: str, name: str, options: dict[str, Any], settings: dict[str, Any],
                      **switch: bool) -> list[Method]:
         """The drafter again on an engine with one of the engine's kernels switched off (`Engine`'s
-        `pack_linears` or `screen_head`): what that kernel buys, in the same interleaved run."""
+        `pack_linears`, `screen_head` or `lean`): what that kernel buys, in the same interleaved run."""
         label = f"{name}{suffix}"
         twin = self._build_or_skip(label, name, options)
         if twin is None:
