@@ -12,7 +12,9 @@ because speculative decoding needs what `model()` cannot do:
 Positions are always explicit (absolute token positions), never inferred from the cache: after a
 layer-skip draft the per-layer cache lengths differ, and `model()` would take layer 0's length.
 The mask of a pass is built against a layer that actually runs (`layer_idx=`), as the
-transformers docstring asks for caches whose layers hold different lengths.
+transformers docstring asks for caches whose layers hold different lengths. Each layer runs through
+`lean_layers.decoder_layer` (the same operations as transformers' layer, bit for bit, without its
+per-module call overhead) where the model passes that module's self-test, else through the module.
 """
 
 from __future__ import annotations
