@@ -99,18 +99,21 @@ def check(model) -> str | None:
 
 @torch.inference_mode()
 def _same_as_transformers(model) -> bool:
-    """Run the first layer both ways, on 3 rows after a 2-token prefix, and compare bit for bit."""
+    """Run the first layer both ways after a 2-token prefix, on one row without a mask (a decoding
+    step) and on 3 rows with one (a verify pass), and compare bit for bit."""
     layer = model.model.layers[0]
-    config = model.config
-    parameter = next(model.parameters())
+    config, parameter = model.config, next(model.parameters())
     probe = torch.Generator().manual_seed(0)
-    hidden = torch.randn(1, 3, config.hidden_size, generator=probe).to(parameter)
     head_dim = layer.self_attn.head_dim
     prefix = [torch.randn(1, config.num_key_value_heads, 2, head_dim, generator=probe).to(parameter) for _ in range(2)]
-    positions = torch.arange(2, 5, device=parameter.device).unsqueeze(0)
-    rope = model.model.rotary_emb(hidden, position_ids=positions)
-    visible = torch.ones(3, 5, dtype=torch.bool, device=parameter.device).tril(diagonal=2)[None, None]
-    theirs = layer(hidden, attention_mask=visible, position_embeddings=rope, position_ids=positions,
-                   past_key_values=PrefixOnlyCache(*prefix), use_cache=True)
-    ours = decoder_layer(layer, hidden, rope, visible, PrefixOnlyCache(*prefix))
-    return torch.equal(theirs, ours)
+    for rows in (1, 3):
+        hidden = torch.randn(1, rows, config.hidden_size, generator=probe).to(parameter)
+        positions = torch.arange(2, 2 + rows, device=parameter.device).unsqueeze(0)
+        rope = model.model.rotary_emb(hidden, position_ids=positions)
+        causal = torch.ones(rows, 2 + rows, dtype=torch.bool, device=parameter.device).tril(diagonal=2)
+        visible = None if rows == 1 else causal[None, None]
+        theirs = layer(hidden, attention_mask=visible, position_embeddings=rope, position_ids=positions,
+                       past_key_values=PrefixOnlyCache(*prefix), use_cache=True)
+        if not torch.equal(theirs, decoder_layer(layer, hidden, rope, visible, PrefixOnlyCache(*prefix))):
+            return False
+    return True

@@ -37,7 +37,8 @@ def test_passes_equal_transformers_layers_bit_for_bit(arch, dtype):
             for run, cache in zip((theirs, ours), caches):
                 run.crop(cache, 7)
         candidates = prefill[0].states[3][:, -1:].expand(1, 5, -1).contiguous()
-        assert torch.equal(*(run.layer_on_candidates(3, candidates, 6, cache) for run, cache in zip((theirs, ours), caches)))
+        assert torch.equal(*(run.layer_on_candidates(3, candidates, 6, cache)
+                             for run, cache in zip((theirs, ours), caches)))
 
 
 def test_the_engine_runs_lean_layers_and_generate_does_not(monkeypatch):
