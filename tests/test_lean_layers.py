@@ -12,7 +12,13 @@ from specviz.drafters.prompt_lookup import PromptLookup
 from specviz.engine import Engine, GenerationConfig
 from specviz.layers import LayerRunner
 
-from tests.tiny import ARCHS, random_prompt, reference_greedy, tiny_model
+from tests.tiny import ARCHS, count_calls, random_prompt, reference_greedy, tiny_model
+
+
+def wrong_rotate(heads, cos, sin):
+    """A planted wrong rotation: the rotated half without its sign flip."""
+    half = heads.shape[-1] // 2
+    return heads * cos + torch.cat((heads[..., half:], heads[..., :half]), dim=-1) * sin
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -42,14 +48,7 @@ def test_passes_equal_transformers_layers_bit_for_bit(arch, dtype):
 
 
 def test_the_engine_runs_lean_layers_and_generate_does_not(monkeypatch):
-    calls = [0]
-    layer = lean_layers.decoder_layer
-
-    def counted(*args):
-        calls[0] += 1
-        return layer(*args)
-
-    monkeypatch.setattr(lean_layers, "decoder_layer", counted)
+    calls = count_calls(monkeypatch, lean_layers, "decoder_layer")
     model = tiny_model("qwen2", seed=3)
     engine = Engine(model)
     calls[0] = 0  # the self-test ran it once
@@ -66,10 +65,6 @@ def test_the_engine_runs_lean_layers_and_generate_does_not(monkeypatch):
 def test_a_wrong_lean_layer_is_refused_by_the_self_test(monkeypatch):
     """Teeth: a rotation off by a sign in half the dimensions fails the self-test, and the runner
     keeps transformers' layers and stays lossless."""
-    def wrong_rotate(heads, cos, sin):
-        half = heads.shape[-1] // 2
-        return heads * cos + torch.cat((heads[..., half:], heads[..., :half]), dim=-1) * sin
-
     monkeypatch.setattr(lean_layers, "rotate", wrong_rotate)
     model = tiny_model("llama", seed=4)
     runner = LayerRunner(model)
@@ -81,10 +76,6 @@ def test_a_wrong_lean_layer_is_refused_by_the_self_test(monkeypatch):
 
 def test_a_wrong_lean_layer_let_through_changes_the_output(monkeypatch):
     """Teeth for the equality tests: if the check were skipped, the wrong rotation would show."""
-    def wrong_rotate(heads, cos, sin):
-        half = heads.shape[-1] // 2
-        return heads * cos + torch.cat((heads[..., half:], heads[..., :half]), dim=-1) * sin
-
     monkeypatch.setattr(lean_layers, "rotate", wrong_rotate)
     monkeypatch.setattr(lean_layers, "check", lambda model: None)
     model = tiny_model("llama", seed=0)

@@ -11,7 +11,7 @@ from specviz.drafters.prompt_lookup import PromptLookup
 from specviz.engine import Engine, GenerationConfig
 from specviz.packed_linears import PackedLinears
 
-from tests.tiny import random_prompt, reference_greedy, tiny_model
+from tests.tiny import count_calls, random_prompt, reference_greedy, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn)")
 
@@ -22,15 +22,7 @@ def packed_everywhere(monkeypatch):
     count; returns the count of packed calls."""
     monkeypatch.setattr(packed_linears, "MIN_SIZE", 0)
     monkeypatch.setattr(PackedLinears, "_fastest", lambda self, stand_ins, rows: "packed")
-    calls = [0]
-    run = packed_linears._PackedLinear.run_packed
-
-    def counted(self, flat):
-        calls[0] += 1
-        return run(self, flat)
-
-    monkeypatch.setattr(packed_linears._PackedLinear, "run_packed", counted)
-    return calls
+    return count_calls(monkeypatch, packed_linears._PackedLinear, "run_packed")
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

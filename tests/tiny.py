@@ -91,3 +91,16 @@ def random_draft_parts(model, folder, exits, seed: int = 0, scale: float = 0.5) 
     rank = torch.randperm(cfg.vocab_size, generator=torch.Generator().manual_seed(seed)).int()
     save_file({"rank": rank}, str(folder / VOCAB_FILE))
     model.specviz_assets = str(folder)
+
+
+def count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Replace `owner.name` by a wrapper that counts its calls; returns the counter ([n])."""
+    calls = [0]
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls

@@ -30,6 +30,9 @@ ONE_PASS = "+one-pass"  # name suffix of a drafter run with GenerationConfig.ver
 UNPACKED = "+F.linear"  # name suffix of a drafter run on an engine without packed linears
 FULL_HEAD = "+full-head"  # name suffix of a drafter run on an engine without the LM head's greedy screen
 HF_LAYERS = "+hf-layers"  # name suffix of a drafter run on an engine through transformers' layer modules
+# bench flag -> (name suffix of its twin rows, the Engine switch the twin's engine turns off)
+KERNEL_TWINS = {"unpacked": (UNPACKED, "pack_linears"), "full_head": (FULL_HEAD, "screen_head"),
+                "hf_layers": (HF_LAYERS, "lean")}
 
 
 @dataclass
@@ -157,12 +160,9 @@ class MethodList:
             methods += self._trace_overhead_twin(name, options, settings)
         if getattr(args, "one_pass", False) and name != "ar":
             methods += self._one_pass_twin(name, name, options, settings)
-        if getattr(args, "unpacked", False):
-            methods += self._kernel_twin(UNPACKED, name, options, settings, pack_linears=False)
-        if getattr(args, "full_head", False):
-            methods += self._kernel_twin(FULL_HEAD, name, options, settings, screen_head=False)
-        if getattr(args, "hf_layers", False):
-            methods += self._kernel_twin(HF_LAYERS, name, options, settings, lean=False)
+        for flag, (suffix, switch) in KERNEL_TWINS.items():
+            if getattr(args, flag, False):
+                methods += self._kernel_twin(suffix, name, options, settings, **{switch: False})
         if not args.no_transformers and name in HF_COUNTERPART:
             methods += self._transformers_comparison(methods[0], options)
         return methods
