@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from specviz import packed_linears
+from specviz.drafters import make_drafter
 from specviz.drafters.prompt_lookup import PromptLookup
 from specviz.engine import Engine, GenerationConfig
 from specviz.packed_linears import PackedLinears
@@ -116,3 +117,25 @@ def test_grad_and_long_inputs_keep_the_modules_own_forward(packed_everywhere):
             got = stand_in(x.detach())
         assert packed_everywhere[0] == 1
     assert torch.allclose(got, stand_in.original(x.detach()), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["draft-model", "eagle"])
+def test_drafters_own_passes_take_the_packed_kernel(packed_everywhere, monkeypatch, name):
+    """The draft model's and the EAGLE head's runners pack their linears too: a packed kernel that
+    is off changes their drafts (so they run it), never the engine's output (the target, unpacked
+    here, verifies every draft)."""
+    run = packed_linears._PackedLinear.run_packed
+    monkeypatch.setattr(packed_linears._PackedLinear, "run_packed", lambda self, flat: run(self, flat) * 1.5)
+    model = tiny_model("llama", seed=5)
+    options = {"draft_model": tiny_model("llama", seed=6, num_layers=1)} if name == "draft-model" else {"random_head": True}
+    engine, prompt = Engine(model, pack_linears=False), random_prompt(2)
+    drafts = {}
+    for packed in (True, False):
+        drafter = make_drafter(name, model, k=3, **options)
+        if not packed:
+            drafter.runner.linears = None
+        trace = engine.generate(prompt, drafter, GenerationConfig(max_new_tokens=24))
+        assert trace.generated == reference_greedy(model, prompt, 24)
+        drafts[packed] = [s.draft_tokens for s in trace.steps]
+    assert packed_everywhere[0] > 0
+    assert drafts[True] != drafts[False]

@@ -155,7 +155,7 @@ class EagleDrafter:
         self.k = check_draft_length(k)
         self.threshold = check_threshold(threshold)
         self.eagle, self.source = head, source
-        self.runner = LayerRunner(head.body)
+        self.runner = LayerRunner(head.body, pack_linears=True)  # its layer's linears too (specviz.packed_linears)
         vocab = check_draft_vocab(draft_vocab, target.lm_head.weight.shape[0]) or head.train_vocab
         self.head = DraftHead(target, None, vocab_subset(target, vocab, NAME))
         self.cache = None
