@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 from .draft_length import DraftLengthModel
 from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
 from .layers import LayerRunner, PassOutput
-from .sampling import (SamplingConfig, Verdict, accept_greedy, accept_greedy_in_chunks, accept_rejection,
+from .sampling import (SamplingConfig, Verdict, accept_greedy, accept_rejection, greedy_token,
                        greedy_verdict_in_chunks)
 from .trace import StepEvent, Trace
 from .verify_split import PassCosts, SplitPlanner
@@ -85,7 +85,7 @@ class Engine:
         self.model = model.eval()
         # pack_linears: the decoder's large linears run in the kernel measured fastest for each
         # verify pass's row count on a CPU (specviz.packed_linears); off, every pass uses F.linear.
-        # screen_head: greedy verdicts without a recorded trace read the LM head's argmax through
+        # screen_head: greedy verdicts read the LM head's argmax (where no trace keeps a p) through
         # an fp16 screen and an exact fp32 decision (specviz.greedy_head); off, the full fp32 head.
         # lean: the decoder layers run as plain tensor code, bit for bit transformers' layers
         # (specviz.lean_layers), where the model's layers qualify; off, through transformers' modules
@@ -148,9 +148,11 @@ class Generation:
         self.generator = torch.Generator().manual_seed(config.sampling.seed)
         self.cache = self.runner.new_cache()
         self.tokens = prompt
-        # greedy without a trace of probabilities needs only the head's argmax: the runner's
-        # screened head gives it at a fraction of the full head's cost (specviz.greedy_head)
-        self.tokens_only = config.sampling.greedy and accept_rule is None and not config.record
+        # a greedy verdict needs only the head's argmax, which the runner's screened head gives at a
+        # fraction of the full head's cost (specviz.greedy_head); a recorded trace also keeps p of
+        # each draft token, which needs the full head over those rows (`_greedy_verdict`)
+        self.greedy = config.sampling.greedy and accept_rule is None
+        self.tokens_only = self.greedy and not config.record
         self.length_model = self._length_model() if config.adaptive_length else None
         self.splitter = self._splitter()
         settings = dict(drafter.settings(), **self._sampling_settings())
@@ -239,7 +241,7 @@ class Generation:
         ids = torch.tensor([self.tokens], device=runner.device)
         wants = self.drafter.wants_states
         out = runner.forward(runner.embed(ids), range(runner.num_layers), 0, self.cache, capture=wants)
-        if self.tokens_only:
+        if self.greedy:  # the first token's logits are kept by no trace: its argmax is enough
             verdict = Verdict(0, int(runner.greedy_tokens(out.hidden[0, -1:])[0]))
         else:
             verdict = self._accept([], None, runner.head(out.hidden[:, -1:])[0])
@@ -321,11 +323,7 @@ class Generation:
             return torch.cat(blocks)[lo:hi] if len(blocks) > 1 else blocks[0][lo:hi]
 
         blocks.append(self._timed_pass(inputs[:, : split + 1], start))
-        chunks = (min(2, split + 1), split + 1)
-        if self.tokens_only:
-            tokens_of = lambda lo, hi: self.runner.greedy_tokens(hidden_of(lo, hi)).tolist()  # noqa: E731
-            return greedy_verdict_in_chunks(draft.tokens, tokens_of, chunks), None
-        return accept_greedy_in_chunks(draft.tokens, lambda lo, hi: self.runner.head(hidden_of(lo, hi)), chunks)
+        return self._greedy_verdict(draft.tokens, hidden_of, (min(2, split + 1), split + 1))
 
     def _verify(self, draft: Draft) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """One target pass over [pending, *draft] -> the last layer's output [k+1, d] (+ per-layer
@@ -367,17 +365,36 @@ class Generation:
         return upper.hidden[0], states
 
     def _judge(self, draft: Draft, hidden: torch.Tensor) -> tuple[Verdict, torch.Tensor | None]:
-        """The verdict on `draft` from the verify pass's last-layer output, with the logits it read:
-        greedy reads the LM head only up to the first mismatch (the logits of rows [0, accepted];
-        none without `record`, where only the head's argmax is read), sampling reads every row."""
-        head = self.runner.head
-        if self.tokens_only:
-            tokens_of = lambda start, stop: self.runner.greedy_tokens(hidden[start:stop]).tolist()  # noqa: E731
-            return greedy_verdict_in_chunks(draft.tokens, tokens_of), None
-        if self.config.sampling.greedy and self.accept_rule is None:
-            return accept_greedy_in_chunks(draft.tokens, lambda start, stop: head(hidden[start:stop]))
-        logits = head(hidden)
+        """The verdict on `draft` from the verify pass's last-layer output, with the logits a
+        recorded trace keeps: greedy reads the LM head only up to the first mismatch
+        (`_greedy_verdict`), sampling reads every row."""
+        if self.greedy:
+            return self._greedy_verdict(draft.tokens, lambda start, stop: hidden[start:stop])
+        logits = self.runner.head(hidden)
         return self._accept(draft.tokens, draft.probs, logits), logits
+
+    def _greedy_verdict(self, draft_tokens: list[int], hidden_of: Callable[[int, int], torch.Tensor],
+                        chunks: int | Sequence[int] = 2) -> tuple[Verdict, torch.Tensor | None]:
+        """The greedy verdict on rows `hidden_of(start, stop)` of the verify pass, read in chunks
+        (`greedy_verdict_in_chunks`), with the logits a recorded trace keeps. A draft token's row
+        goes through the full head when recording (the trace keeps p of that token); every other
+        row needs only its argmax, through the screened head: all rows without a record, and with
+        one the row after the last draft token (the bonus, or the only row when nothing was drafted)."""
+        record_rows = 0 if self.tokens_only else len(draft_tokens)
+        scored: list[torch.Tensor] = []
+
+        def tokens_of(start: int, stop: int) -> list[int]:
+            hidden, full = hidden_of(start, stop), max(0, min(stop, record_rows) - start)
+            tokens = []
+            if full:
+                scored.append(self.runner.head(hidden[:full]))
+                tokens = greedy_token(scored[-1]).tolist()
+            if full < stop - start:
+                tokens += self.runner.greedy_tokens(hidden[full:]).tolist()
+            return tokens
+
+        verdict = greedy_verdict_in_chunks(draft_tokens, tokens_of, chunks)
+        return verdict, (torch.cat(scored)[: verdict.accepted + 1] if scored else None)
 
     def _accept(self, draft: list[int], draft_probs, logits: torch.Tensor) -> Verdict:
         sampling = self.config.sampling

@@ -29,8 +29,9 @@ checks the kernel's sums against float64 within g; a CPU or build without the ke
 fails the check, keeps the fp32 head (`ScreenedHead.build` returns None). The candidates' fp32
 logits may round differently in the last bit from a full-vocabulary product, like any change of
 kernel (a k + 1-row verify pass already differs from `generate()`'s one-row steps); the lossless
-tests hold with it. Only greedy verdicts that keep no logits use it (the engine without `record`):
-sampling and the app's step views need every probability.
+tests hold with it. Greedy verdicts use it wherever no probability is kept: every row without `record`, and with
+it (the app's runs) the row after the last draft token and the prefill's, whose logits no trace
+keeps; a draft token's row, whose p the step views show, and sampling read the full head.
 """
 
 from __future__ import annotations

@@ -106,33 +106,17 @@ def accept_greedy(draft: list[int], target_probs: torch.Tensor) -> Verdict:
     return Verdict(n, target_tokens[n])
 
 
-def accept_greedy_in_chunks(draft: list[int], logits_of: Callable[[int, int], torch.Tensor],
-                            first_rows: int | Sequence[int] = 2) -> tuple[Verdict, torch.Tensor]:
-    """`accept_greedy`, scoring the target's rows only as far as the verdict needs.
-
-    `logits_of(start, stop)` gives the target's logits for rows [start, stop) of the k + 1
-    verified. The first `first_rows` rows are scored alone, and the rest only if every draft
-    token among them was accepted, so a draft rejected early never pays for the LM head over the
-    rows behind it. On a CPU the head over a large vocabulary is a real share of a verification
-    (a fifth of a step for SmolLM2's 49k tokens), and most drafts that fail fail early. Several
-    row counts (increasing) make several chunks: the engine's split verify pass computes the
-    rows behind a chunk only when it is asked for them. The verdict is `accept_greedy`'s.
-    Returns it with the rows scored up to it ([accepted + 1, V]).
-    """
-    scored: list[torch.Tensor] = []
-
-    def tokens_of(start: int, stop: int) -> list[int]:
-        scored.append(logits_of(start, stop))
-        return greedy_token(scored[-1]).tolist()
-
-    verdict = greedy_verdict_in_chunks(draft, tokens_of, first_rows)
-    return verdict, torch.cat(scored)[: verdict.accepted + 1]
-
-
 def greedy_verdict_in_chunks(draft: list[int], tokens_of: Callable[[int, int], list[int]],
                              first_rows: int | Sequence[int] = 2) -> Verdict:
-    """`accept_greedy_in_chunks` from the target's greedy tokens alone: `tokens_of(start, stop)`
-    gives its argmax for rows [start, stop) (the engine's screened head, which keeps no logits)."""
+    """`accept_greedy`'s verdict, reading the target's rows only as far as it needs.
+
+    `tokens_of(start, stop)` gives the target's greedy tokens for rows [start, stop) of the k + 1
+    verified (through the full LM head or the engine's screened one). The first `first_rows` rows
+    are read alone, and the rest only if every draft token among them was accepted, so a draft
+    rejected early never pays for the LM head over the rows behind it. On a CPU the head over a
+    large vocabulary is a real share of a verification (a fifth of a step for SmolLM2's 49k
+    tokens), and most drafts that fail fail early. Several row counts (increasing) make several
+    chunks: the engine's split verify pass computes the rows behind a chunk only when asked."""
     rows, start = len(draft) + 1, 0
     stops = [first_rows] if isinstance(first_rows, int) else list(first_rows)
     for stop in [min(n, rows) for n in stops] + [rows]:

@@ -12,6 +12,7 @@ from specviz.drafters.autoregressive import build as build_ar
 from specviz.drafters.prompt_lookup import PromptLookup
 from specviz.engine import Engine, GenerationConfig
 from specviz.greedy_head import ScreenedHead
+from specviz.sampling import SamplingConfig
 
 from tests.tiny import random_prompt, reference_greedy, tiny_model
 
@@ -144,15 +145,33 @@ def test_engine_greedy_verdicts_through_the_screen_are_lossless(screen_everywher
             assert screen_everywhere[0] > before
 
 
-def test_recorded_and_sampled_runs_keep_the_full_head(screen_everywhere):
+def test_recorded_runs_screen_only_the_rows_no_trace_keeps(screen_everywhere, monkeypatch):
+    """A recorded greedy step keeps p of each draft token, so their rows go through the full head;
+    the screen reads only the row after the last draft token (the bonus, or the only row of a step
+    that drafted nothing) and the prefill's. The trace is the full head's, p included. Sampled runs
+    and screen_head=False never use the screen."""
+    screened_rows = []
+    argmax = ScreenedHead.argmax
+    monkeypatch.setattr(ScreenedHead, "argmax", lambda self, x: screened_rows.append(x.shape[0]) or argmax(self, x))
     model = tiny_model("llama", seed=5)
-    engine = Engine(model)
     prompt = random_prompt(0, repeat=True)
-    engine.generate(prompt, PromptLookup(k=6), GenerationConfig(max_new_tokens=16, record=True))
-    assert screen_everywhere[0] == 0
-    off = Engine(model, screen_head=False)
-    off.generate(prompt, PromptLookup(k=6), GenerationConfig(max_new_tokens=16, record=False))
-    assert screen_everywhere[0] == 0
+    config = GenerationConfig(max_new_tokens=24, record=True)
+    trace = Engine(model).generate(prompt, PromptLookup(k=6), config)
+    full = Engine(model, screen_head=False).generate(prompt, PromptLookup(k=6), config)
+    # one row at most per step, the row after its draft (read with the rows before it in a chunk,
+    # so also in some steps that rejected); every step that accepted all its drafts read it
+    assert set(screened_rows) == {1}
+    assert sum(s.accepted == len(s.draft_tokens) for s in trace.steps) <= len(screened_rows) <= len(trace.steps)
+    assert any(s.draft_tokens and s.accepted == len(s.draft_tokens) for s in trace.steps)  # a bonus row was screened
+    assert any(s.accepted < len(s.draft_tokens) for s in trace.steps)  # and a rejected draft token's p was kept
+    assert trace.generated == full.generated == reference_greedy(model, prompt, 24)
+    # the same p (up to the head kernel's rounding, which depends on how many rows it reads)
+    for step, reference in zip(trace.steps, full.steps, strict=True):
+        assert step.target_probs == pytest.approx(reference.target_probs, rel=1e-5, abs=1e-9)
+    screened_rows.clear()
+    sampled = GenerationConfig(max_new_tokens=16, record=False, sampling=SamplingConfig(temperature=1.0, seed=0))
+    Engine(model).generate(prompt, PromptLookup(k=6), sampled)
+    assert screened_rows == []
 
 
 def test_a_wrong_screen_is_caught(screen_everywhere, monkeypatch):
