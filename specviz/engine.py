@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 from .draft_length import DraftLengthModel
 from .drafters.base import DecodeState, Draft, Drafter, VerifyResult
 from .layers import LayerRunner, PassOutput
-from .sampling import (SamplingConfig, Verdict, accept_greedy, accept_rejection, greedy_token,
+from .sampling import (SamplingConfig, Verdict, accept_rejection, greedy_token,
                        greedy_verdict_in_chunks)
 from .trace import StepEvent, Trace
 from .verify_split import PassCosts, SplitPlanner
@@ -397,9 +397,8 @@ class Generation:
         return verdict, (torch.cat(scored)[: verdict.accepted + 1] if scored else None)
 
     def _accept(self, draft: list[int], draft_probs, logits: torch.Tensor) -> Verdict:
+        """A sampled verdict, or a test's planted `accept_rule` (greedy verdicts: `_greedy_verdict`)."""
         sampling = self.config.sampling
-        if sampling.greedy and self.accept_rule is None:
-            return accept_greedy(draft, logits)
         rule = self.accept_rule or accept_rejection
         return rule(draft, draft_probs, sampling.probs(logits), self.generator)
 

@@ -18,8 +18,8 @@ and keeps the faster per (shape, rows) (the packed one only if it is clearly fas
 
 Only specviz's own passes use it (`LayerRunner(..., pack_linears=True)` turns it on around each
 pass of that runner, per thread: the engine's, and the draft model's and the EAGLE head's, whose
-draft steps it makes 14 % and 3 % cheaper on SmolLM2): `model.generate()` and transformers' assisted generation on the
-same model run the model exactly as loaded. The weights' values are the same; the kernels round
+draft steps it makes 14 % and 3 % cheaper on SmolLM2): `model.generate()` and transformers'
+assisted generation on the same model run the model exactly as loaded. The weights' values are the same; the kernels round
 differently in the last bits, like any change of kernel (a k + 1-row pass already differs from
 `generate()`'s one-row steps), and the lossless tests on the bundled model hold with it. The
 reordered copies cost memory: one more copy of each weight this covers (the MLP's, about 320 MB for

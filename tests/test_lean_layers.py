@@ -12,7 +12,7 @@ from specviz.drafters.prompt_lookup import PromptLookup
 from specviz.engine import Engine, GenerationConfig
 from specviz.layers import LayerRunner
 
-from tests.tiny import ARCHS, count_calls, random_prompt, reference_greedy, tiny_model
+from tests.tiny import ARCHS, count_calls, engine_alone_runs, random_prompt, reference_greedy, tiny_model
 
 
 def wrong_rotate(heads, cos, sin):
@@ -52,14 +52,7 @@ def test_the_engine_runs_lean_layers_and_generate_does_not(monkeypatch):
     model = tiny_model("qwen2", seed=3)
     engine = Engine(model)
     calls[0] = 0  # the self-test ran it once
-    for seed in range(2):
-        prompt = random_prompt(seed, repeat=True)
-        before = calls[0]
-        expected = reference_greedy(model, prompt, 30)
-        assert calls[0] == before, "generate() ran the lean layer"
-        trace = engine.generate(prompt, PromptLookup(k=6), GenerationConfig(max_new_tokens=30))
-        assert trace.generated == expected
-        assert calls[0] > 0
+    engine_alone_runs(calls, model, engine, range(2), 30, 6, "the lean layer")
 
 
 def test_a_wrong_lean_layer_is_refused_by_the_self_test(monkeypatch):

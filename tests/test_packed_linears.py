@@ -12,7 +12,7 @@ from specviz.drafters.prompt_lookup import PromptLookup
 from specviz.engine import Engine, GenerationConfig
 from specviz.packed_linears import PackedLinears
 
-from tests.tiny import count_calls, random_prompt, reference_greedy, tiny_model
+from tests.tiny import count_calls, engine_alone_runs, random_prompt, reference_greedy, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn)")
 
@@ -31,15 +31,8 @@ def test_engine_passes_use_the_packed_kernel_and_stay_lossless(packed_everywhere
     """Prompt lookup's long drafts through packed linears equal generate(), and generate() itself,
     on the same model, never touches the packed kernel."""
     model = tiny_model(arch, seed=3)
-    engine = Engine(model)
-    for seed in range(3):
-        prompt = random_prompt(seed, repeat=True)
-        before = packed_everywhere[0]
-        expected = reference_greedy(model, prompt, 40)
-        assert packed_everywhere[0] == before, "generate() ran the packed kernel"
-        trace = engine.generate(prompt, PromptLookup(k=8), GenerationConfig(max_new_tokens=40))
-        assert trace.generated == expected
-        assert packed_everywhere[0] > before
+    traces = engine_alone_runs(packed_everywhere, model, Engine(model), range(3), 40, 8, "the packed kernel")
+    for trace in traces:
         assert max(len(s.draft_tokens) for s in trace.steps) >= 3  # passes of 4+ rows were checked
 
 

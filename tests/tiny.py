@@ -104,3 +104,22 @@ def count_calls(monkeypatch, owner, name: str) -> list[int]:
 
     monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+def engine_alone_runs(calls: list[int], model, engine, seeds: range, max_new: int, k: int, what: str) -> list:
+    """Prompt lookup (draft length `k`) on each seed's repeating prompt: `generate()` never calls
+    `what` (the counter `calls` stays), the engine does (it grows), and its output equals
+    `generate()`'s. Returns the engine's traces."""
+    from specviz.drafters.prompt_lookup import PromptLookup
+    from specviz.engine import GenerationConfig
+
+    traces = []
+    for seed in seeds:
+        prompt = random_prompt(seed, repeat=True)
+        before = calls[0]
+        expected = reference_greedy(model, prompt, max_new)
+        assert calls[0] == before, f"generate() ran {what}"
+        traces.append(engine.generate(prompt, PromptLookup(k=k), GenerationConfig(max_new_tokens=max_new)))
+        assert traces[-1].generated == expected
+        assert calls[0] > before, f"the engine did not run {what}"
+    return traces
